@@ -1,0 +1,17 @@
+"""Shared test set-up.
+
+Two logical CPU devices are configured before TensorFlow touches a device, so distribution tests can
+simulate two replicas on a CPU-only machine (DESIGN.md). Everything else runs on the first one.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
