@@ -1,0 +1,60 @@
+"""Default boxes (anchors, Caffe "priors"): one pure function of the model config.
+
+Contract (DESIGN.md, stated here once):
+
+* Output: float32 numpy array [A, 4], boxes [ymin, xmin, ymax, xmax] normalized by
+  `config.image_size`. Anchors are NOT clipped to [0, 1] (Caffe `clip: false` in ssd_pascal.py), so
+  border anchors extend past the image.
+* Order, outermost first: feature map (in `config.feature_maps` order, largest map first), then row i,
+  then column j, then box spec. This is the order of a head's [B, H, W, boxes*k] output reshaped to
+  [B, H*W*boxes, k] and concatenated over maps; the nets tests prove the heads agree with it.
+* Per location, the Caffe PriorBoxLayer order (boxes_per_location = 2 + 2*len(aspect_ratios)):
+    1. the min_size square,
+    2. the sqrt(min_size * max_size) square (paper §2.2: the extra scale s'_k = sqrt(s_k s_{k+1})),
+    3. for each aspect ratio r, the pair (r, 1/r), where ratio r means
+       width = min_size * sqrt(r), height = min_size / sqrt(r) (wide for r > 1).
+* Centre of cell (i, j): ((i + 0.5) * step, (j + 0.5) * step) / image_size (Caffe `offset: 0.5`,
+  steps from ssd_pascal.py rather than image_size / size, which differ for e.g. 300/38).
+"""
+
+import math
+
+import numpy as np
+
+# Caffe PriorBox `offset`: anchor centres sit in the middle of their cell.
+CELL_CENTER_OFFSET = 0.5
+
+
+def _box_sizes(feature_map):
+    """Per-location (height, width) pairs in pixels, in the Caffe order above: [boxes_per_location, 2]."""
+    min_size = feature_map.min_size
+    square_between = math.sqrt(min_size * feature_map.max_size)
+    sizes = [(min_size, min_size), (square_between, square_between)]
+    for ratio in feature_map.aspect_ratios:
+        root = math.sqrt(ratio)
+        sizes.append((min_size / root, min_size * root))   # ratio r: wide box
+        sizes.append((min_size * root, min_size / root))   # ratio 1/r: tall box
+    return np.asarray(sizes, dtype=np.float64)
+
+
+def _feature_map_anchors(feature_map, image_size):
+    """Anchors of one feature map, [size * size * boxes_per_location, 4] float64 normalized yxyx."""
+    cells = (np.arange(feature_map.size, dtype=np.float64) + CELL_CENTER_OFFSET) * feature_map.step
+    center_y, center_x = np.meshgrid(cells, cells, indexing="ij")          # [rows, cols]
+    sizes = _box_sizes(feature_map)                                       # [k, 2] (h, w)
+    # [rows, cols, k]: the box spec varies fastest, then column, then row.
+    half_h = np.broadcast_to(sizes[:, 0] / 2.0, center_y.shape + (len(sizes),))
+    half_w = np.broadcast_to(sizes[:, 1] / 2.0, center_y.shape + (len(sizes),))
+    cy = center_y[..., None]
+    cx = center_x[..., None]
+    boxes = np.stack([cy - half_h, cx - half_w, cy + half_h, cx + half_w], axis=-1)  # [rows, cols, k, 4]
+    return boxes.reshape(-1, 4) / image_size                                         # [rows*cols*k, 4]
+
+
+def generate(config):
+    """All anchors of `config` (an SSDConfig): float32 [config.num_anchors, 4] normalized yxyx."""
+    per_map = [_feature_map_anchors(fm, config.image_size) for fm in config.feature_maps]
+    anchors = np.concatenate(per_map, axis=0).astype(np.float32)
+    if anchors.shape[0] != config.num_anchors:
+        raise AssertionError(f"generated {anchors.shape[0]} anchors, config says {config.num_anchors}")
+    return anchors
