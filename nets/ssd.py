@@ -1,0 +1,102 @@
+"""The SSD network: reduced-fc VGG16 -> extra feature layers -> multibox heads (paper §2.1, Fig. 2).
+
+`build(config)` maps a float image batch [B, S, S, 3] (RGB minus the ImageNet mean; normalization is
+the input pipeline's job) to
+    {CLS_LOGITS: [B, A, C + 1], BOX_CODES: [B, A, 4]}
+in float32 whatever the Keras dtype policy, where A = config.num_anchors and C = config.num_classes.
+
+Output position k predicts anchor k of `model.anchors.generate(config)`: feature map (largest first),
+then row, then column, then box spec. Each head emits [B, H, W, boxes * k] and a row-major reshape to
+[B, H * W * boxes, k] puts the box spec innermost, column next, row outermost: exactly that order.
+"""
+
+import keras
+
+from dataset import fields
+from nets import vgg16
+
+BOX_CODE_SIZE = 4                # [ty, tx, th, tw]
+HEAD_KERNEL_SIZE = 3             # ssd_pascal.py CreateMultiBoxHead: kernel_size=3, pad=1
+CONF_SUFFIX = "_mbox_conf"
+LOC_SUFFIX = "_mbox_loc"
+
+# Caffe ssd_pascal.py fills the extra layers and heads with `weight_filler { type: "xavier" }`
+# (Glorot uniform) and constant-0 biases.
+_NEW_LAYER_KERNEL_INIT = "glorot_uniform"
+
+
+def _new_conv(filters, kernel_size, name, strides=1, padding="valid", activation=None):
+    return keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding=padding, activation=activation,
+        kernel_initializer=_NEW_LAYER_KERNEL_INIT, bias_initializer="zeros", name=name)
+
+
+def extra_layers(fc7, config):
+    """Applies config.extra_layers after fc7; returns {"<name>_2": [B, h, w, channels(out)]} in order."""
+    features = {}
+    x = fc7
+    for spec in config.extra_layers:
+        x = _new_conv(config.channels(spec.mid_channels), 1, f"{spec.name}_1", activation="relu")(x)
+        # Explicit symmetric padding then a 'valid' conv reproduces Caffe's `pad: p`. TF's 'same'
+        # would pick the padding itself: for a stride-2 conv on an even input (10 -> 5) it pads 0
+        # before and 1 after, shifting every output by one pixel against the Caffe model; and for
+        # SSD512's conv10_2 (4x4, pad 1, 2 -> 1) it would keep the size at 2.
+        x = keras.layers.ZeroPadding2D(spec.padding, name=f"{spec.name}_2_pad")(x)
+        x = _new_conv(config.channels(spec.out_channels), spec.kernel_size, f"{spec.name}_2",
+                      strides=spec.stride, activation="relu")(x)
+        features[f"{spec.name}_2"] = x
+    return features
+
+
+def multibox_heads(features, config):
+    """Class and box heads over every config.feature_maps source, flattened in anchor order.
+
+    features: {source name: [B, size, size, channels]} holding every config.feature_maps source.
+    Returns (cls_logits [B, A, C + 1], box_codes [B, A, 4]) in the compute dtype.
+    """
+    num_logits = config.num_classes + 1
+    conf_parts, loc_parts = [], []
+    for spec in config.feature_maps:
+        source = features[spec.source]
+        boxes = spec.boxes_per_location
+        conf = _new_conv(boxes * num_logits, HEAD_KERNEL_SIZE, spec.source + CONF_SUFFIX, padding="same")(source)
+        loc = _new_conv(boxes * BOX_CODE_SIZE, HEAD_KERNEL_SIZE, spec.source + LOC_SUFFIX, padding="same")(source)
+        # [B, H, W, boxes * k] -> [B, H * W * boxes, k]: row-major, so (row, col, box) with box fastest.
+        conf_parts.append(keras.layers.Reshape((-1, num_logits), name=f"{spec.source}{CONF_SUFFIX}_flat")(conf))
+        loc_parts.append(keras.layers.Reshape((-1, BOX_CODE_SIZE), name=f"{spec.source}{LOC_SUFFIX}_flat")(loc))
+    cls_logits = keras.layers.Concatenate(axis=1, name="mbox_conf")(conf_parts)   # [B, A, C + 1]
+    box_codes = keras.layers.Concatenate(axis=1, name="mbox_loc")(loc_parts)      # [B, A, 4]
+    return cls_logits, box_codes
+
+
+def _check_feature_sizes(features, config):
+    """Raises ValueError naming every source whose spatial size differs from config.feature_maps."""
+    problems = []
+    for spec in config.feature_maps:
+        if spec.source not in features:
+            problems.append(f"{spec.source}: no such layer (have {', '.join(features)})")
+            continue
+        height, width = features[spec.source].shape[1:3]
+        if (height, width) != (spec.size, spec.size):
+            problems.append(f"{spec.source}: network gives {height}x{width}, config expects {spec.size}x{spec.size}")
+    if problems:
+        raise ValueError(f"{config.name} at image_size {config.image_size}: feature maps do not match the "
+                         "config's anchor grid:\n  " + "\n  ".join(problems))
+
+
+def build(config):
+    """The SSD Keras model for `config` (an SSDConfig); see the module docstring for its outputs.
+
+    Layers take the current Keras dtype policy (e.g. mixed_bfloat16); the two outputs are cast to
+    float32 by their final layers so losses and post-processing always see float32.
+    """
+    images = keras.Input(shape=(config.image_size, config.image_size, 3), name="images")
+    features = vgg16.reduced_fc_vgg16(images, config)
+    features.update(extra_layers(features[vgg16.FC7], config))
+    _check_feature_sizes(features, config)
+    cls_logits, box_codes = multibox_heads(features, config)
+    outputs = {
+        fields.CLS_LOGITS: keras.layers.Activation("linear", dtype="float32", name=fields.CLS_LOGITS)(cls_logits),
+        fields.BOX_CODES: keras.layers.Activation("linear", dtype="float32", name=fields.BOX_CODES)(box_codes),
+    }
+    return keras.Model(images, outputs, name=config.name)
