@@ -1,0 +1,94 @@
+"""The SSD multibox loss (paper §2.2 "Training objective", Caffe MultiBoxLossLayer in ssd_pascal.py).
+
+    total = (softmax CE over positives and hard negatives + smooth L1 over positives) / N
+
+* Positives: anchors with cls_targets > 0 (the matcher's output, via model.targets).
+* Hard negatives, per image i: the k_i background anchors with the highest CE (the loss for class 0),
+  k_i = min(floor(negative_ratio * positives_i), negatives_i). An image without positives contributes
+  no negatives (Caffe / ssd.pytorch). The ranking is computed on stop_gradient'ed losses: mining selects
+  anchors, it is not itself differentiated.
+* Localisation: smooth L1 with delta 1 (Caffe `SMOOTH_L1`), summed over the 4 code coordinates of
+  positives; alpha = 1 (Caffe `loc_weight: 1.0`).
+* N: `normalizer` if given, else the batch's positives. Under tf.distribute the training loop passes the
+  GLOBAL number of positives over all replicas, so that summing the replicas' losses (the default
+  all-reduce of gradients) gives exactly the single-device update.
+
+Shapes: cls_logits [B, A, C+1], box_codes [B, A, 4], cls_targets int [B, A], box_targets [B, A, 4].
+"""
+
+import tensorflow as tf
+
+from dataset import fields
+
+# Caffe `SMOOTH_L1` loc loss: quadratic below |x| = 1, linear above.
+SMOOTH_L1_DELTA = 1.0
+
+
+def _smooth_l1(diff):
+    abs_diff = tf.abs(diff)
+    return tf.where(abs_diff < SMOOTH_L1_DELTA,
+                    0.5 * tf.square(abs_diff) / SMOOTH_L1_DELTA,
+                    abs_diff - 0.5 * SMOOTH_L1_DELTA)
+
+
+def hard_negative_mask(background_loss, positive, negative_ratio):
+    """Per image, the negatives with the highest loss: bool [B, A].
+
+    background_loss: float [B, A] (loss of class 0; only its order among negatives matters);
+    positive: bool [B, A]. Keeps k_i = min(floor(negative_ratio * positives_i), negatives_i) per image;
+    ties in the loss are broken by the lower anchor index (stable sort).
+    """
+    background_loss = tf.stop_gradient(background_loss)
+    negative = tf.logical_not(positive)
+    # Positives sort after every negative (losses are >= 0).
+    mining_loss = tf.where(negative, background_loss, -1.0)
+    order = tf.argsort(mining_loss, axis=1, direction="DESCENDING", stable=True)      # [B, A]
+    rank = tf.argsort(order, axis=1, stable=True)                                     # [B, A]
+    num_positive = tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)                 # [B]
+    num_negative = tf.reduce_sum(tf.cast(negative, tf.int32), axis=1)                 # [B]
+    wanted = tf.cast(tf.floor(negative_ratio * tf.cast(num_positive, tf.float32)), tf.int32)
+    k = tf.minimum(wanted, num_negative)                                              # [B]
+    return tf.logical_and(negative, rank < k[:, None])
+
+
+def multibox_loss(cls_logits, box_codes, cls_targets, box_targets, negative_ratio=3.0, normalizer=None):
+    """The SSD loss: dict of float32 scalars "cls_loss", "box_loss", "total_loss", "num_positives".
+
+    Args:
+      cls_logits: [B, A, C+1] (any float dtype; computed in float32 for mixed precision).
+      box_codes: [B, A, 4] predicted [ty, tx, th, tw].
+      cls_targets: int [B, A], 0 background, 1..C positives.
+      box_targets: [B, A, 4] encoded targets (ignored at background anchors).
+      negative_ratio: hard negatives per positive (config.negative_ratio; paper: 3).
+      normalizer: scalar divisor; default max(positives in this batch, 1).
+    """
+    cls_logits = tf.cast(cls_logits, tf.float32)
+    box_codes = tf.cast(box_codes, tf.float32)
+    box_targets = tf.cast(box_targets, tf.float32)
+    cls_targets = tf.cast(cls_targets, tf.int32)
+    positive = cls_targets > fields.BACKGROUND_CLASS                                  # [B, A]
+
+    cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=cls_targets, logits=cls_logits)                                        # [B, A]
+    # At a negative the CE *is* the background loss, so it ranks the negatives directly.
+    hard_negative = hard_negative_mask(cross_entropy, positive, negative_ratio)
+    selected = tf.cast(tf.logical_or(positive, hard_negative), tf.float32)
+    cls_sum = tf.reduce_sum(cross_entropy * selected)
+
+    box_per_anchor = tf.reduce_sum(_smooth_l1(box_codes - box_targets), axis=-1)    # [B, A]
+    box_sum = tf.reduce_sum(tf.where(positive, box_per_anchor, 0.0))
+
+    num_positives = tf.reduce_sum(tf.cast(positive, tf.float32))
+    if normalizer is None:
+        # A batch without any object (legal: all-background crops) would divide by zero; its loss is
+        # then the hard-negative CE alone, which is zero too, so dividing by 1 changes nothing else.
+        normalizer = tf.maximum(num_positives, 1.0)
+    normalizer = tf.cast(normalizer, tf.float32)
+    cls_loss = cls_sum / normalizer
+    box_loss = box_sum / normalizer
+    return {
+        "cls_loss": cls_loss,
+        "box_loss": box_loss,
+        "total_loss": cls_loss + box_loss,
+        "num_positives": num_positives,
+    }
