@@ -1,0 +1,250 @@
+"""Geometric augmentation: zoom-out ("expand"), the min-IoU crop ("batch sampler") and flip (paper §2.2).
+
+Follows Caffe SSD (ssd_pascal.py `expand_param`, `batch_sampler`, `mirror`; the code in
+src/caffe/util/im_transforms.cpp `ExpandImage` and src/caffe/util/sampler.cpp):
+
+* Zoom-out, with probability 0.5: ratio r ~ U[1, 4]; the canvas is floor(H r) x floor(W r), filled with
+  the mean pixel, the image pasted at integer offsets floor(U[0, canvas - size]) per axis.
+* Crop: every sampler of ssd_pascal.py is tried and one *successful* sample is picked uniformly, as
+  Caffe's AnnotatedDataLayer does (`rand_idx = caffe_rng_rand() % sampled_bboxes.size()`). The samplers
+  are: the whole image (always succeeds), and six patch samplers with 50 trials each that keep their
+  first trial whose IoU with at least one box is >= 0.1, 0.3, 0.5, 0.7, 0.9, and one with no minimum
+  (Caffe's `max_jaccard_overlap: 1.0`, which still needs at least one box). An image without boxes
+  therefore always keeps the whole image, as in Caffe. A trial patch (SampleBBox) has scale
+  s ~ U[0.3, 1] and aspect a ~ U[max(0.5, s^2), min(2, 1/s^2)], width s sqrt(a), height s / sqrt(a),
+  all normalized to the (zoomed-out) image, and a uniform offset keeping it inside.
+  The trials are drawn all at once ([samplers, trials]) so there is no loop at all.
+* Boxes whose centre lies in the patch (edges included, Caffe's EmitConstraint CENTER) are kept,
+  clipped to it, and re-normalized to it; boxes left with zero area are dropped (Caffe ProjectBBox).
+* Horizontal flip with probability 0.5.
+
+The crop is computed in pixels of the zoomed-out canvas (Caffe CropImage truncates the patch to whole
+pixels) and boxes are re-normalized to that pixel window, so image and boxes agree exactly.
+`zoom_out_and_crop_image` materialises only the final patch; `zoom_out_image` followed by
+`crop_image` is the plain two-step version it must equal (tested).
+
+Boxes are float32 [N, 4], [ymin, xmin, ymax, xmax] normalized to their image (DESIGN.md).
+"""
+
+import dataclasses
+from typing import Tuple
+
+import tensorflow as tf
+
+from model.presets import IMAGENET_MEAN_RGB
+
+WHOLE_IMAGE_PATCH = (0.0, 0.0, 1.0, 1.0)   # normalized [ymin, xmin, ymax, xmax]
+_WHOLE_IMAGE_MIN_IOU = 0.0                   # the whole-image sampler has no constraint
+
+
+@dataclasses.dataclass(frozen=True)
+class ZoomOutConfig:
+    """ssd_pascal.py expand_param: prob 0.5, max_expand_ratio 4.0; the canvas is mean-filled."""
+
+    prob: float = 0.5
+    max_ratio: float = 4.0
+    fill_rgb: Tuple[float, float, float] = IMAGENET_MEAN_RGB
+
+
+@dataclasses.dataclass(frozen=True)
+class CropConfig:
+    """ssd_pascal.py batch_sampler: the whole image plus one patch sampler per minimum IoU.
+
+    A minimum IoU of 0.0 is the unconstrained patch sampler (needs at least one box, as in Caffe).
+    """
+
+    min_ious: Tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.0)
+    scale_range: Tuple[float, float] = (0.3, 1.0)     # patch side relative to the image side
+    aspect_range: Tuple[float, float] = (0.5, 2.0)    # patch width / height, normalized units
+    max_trials: int = 50
+
+
+def iou(boxes_a, boxes_b):
+    """IoU of every pair: boxes_a [..., M, 4] and boxes_b [N, 4] -> [..., M, N] (0 for empty unions)."""
+    a = boxes_a[..., :, None, :]
+    ymin = tf.maximum(a[..., 0], boxes_b[:, 0])
+    xmin = tf.maximum(a[..., 1], boxes_b[:, 1])
+    ymax = tf.minimum(a[..., 2], boxes_b[:, 2])
+    xmax = tf.minimum(a[..., 3], boxes_b[:, 3])
+    intersection = tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
+    union = area_a + area_b - intersection
+    return tf.math.divide_no_nan(intersection, union)
+
+
+# --- zoom-out ---------------------------------------------------------------------------------------
+
+def draw_zoom_out(image_hw, seed, config: ZoomOutConfig = ZoomOutConfig()):
+    """Draws a zoom-out: the canvas size and where the image sits on it.
+
+    Args:
+      image_hw: int32 [2], the image's height and width.
+      seed: int [2].
+    Returns:
+      canvas_hw int32 [2] and offset_yx int32 [2] (top-left of the image on the canvas). Without
+      zoom-out (probability 1 - prob) the canvas is the image: canvas_hw == image_hw, offset 0.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    applies = tf.random.stateless_uniform([], seeds[0]) < config.prob
+    ratio = tf.random.stateless_uniform([], seeds[1], minval=1.0, maxval=config.max_ratio)
+    ratio = tf.where(applies, ratio, 1.0)
+    image_hw_f = tf.cast(image_hw, tf.float32)
+    canvas_hw = tf.cast(tf.floor(image_hw_f * ratio), tf.int32)
+    slack = tf.cast(canvas_hw - image_hw, tf.float32)
+    offset_yx = tf.cast(tf.floor(tf.random.stateless_uniform([2], seeds[2]) * slack), tf.int32)
+    return canvas_hw, offset_yx
+
+
+def _image_to_canvas_pixels(boxes, image_hw, offset_yx):
+    """Normalized boxes of the image [N, 4] -> pixel boxes on the canvas [N, 4]."""
+    scale = tf.tile(tf.cast(image_hw, tf.float32), [2])
+    shift = tf.tile(tf.cast(offset_yx, tf.float32), [2])
+    return boxes * scale + shift
+
+
+def zoom_out_image(image, canvas_hw, offset_yx, fill_rgb=IMAGENET_MEAN_RGB):
+    """The image [H, W, 3] pasted at offset_yx on a canvas [canvas_h, canvas_w, 3] filled with fill_rgb."""
+    fill = tf.constant(fill_rgb, tf.float32)
+    image_hw = tf.shape(image)[:2]
+    after = canvas_hw - image_hw - offset_yx
+    paddings = tf.stack([tf.stack([offset_yx[0], after[0]]), tf.stack([offset_yx[1], after[1]]), [0, 0]])
+    return tf.pad(image - fill, paddings) + fill
+
+
+# --- crop -------------------------------------------------------------------------------------------
+
+def sample_patch(boxes, seed, config: CropConfig = CropConfig()):
+    """Caffe's batch sampler, vectorised: all samplers x all trials drawn at once.
+
+    Args:
+      boxes: float32 [N, 4] normalized to the (zoomed-out) image; N may be 0.
+      seed: int [2].
+    Returns:
+      patch float32 [4], normalized [ymin, xmin, ymax, xmax], and min_iou float32 [], the minimum IoU
+      of the sampler that produced it (0.0 for the whole image and the unconstrained sampler). Some
+      box has IoU >= min_iou with the patch whenever a patch sampler was chosen.
+    """
+    num_samplers = len(config.min_ious)
+    shape = [num_samplers, config.max_trials]
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    min_scale, max_scale = config.scale_range
+    scale = tf.random.stateless_uniform(shape, seeds[0], minval=min_scale, maxval=max_scale)
+    # Caffe narrows the aspect range so that the patch fits: width and height stay <= 1.
+    min_aspect = tf.maximum(config.aspect_range[0], tf.square(scale))
+    max_aspect = tf.minimum(config.aspect_range[1], 1.0 / tf.square(scale))
+    aspect = min_aspect + (max_aspect - min_aspect) * tf.random.stateless_uniform(shape, seeds[1])
+    width = scale * tf.sqrt(aspect)
+    height = scale / tf.sqrt(aspect)
+    ymin = (1.0 - height) * tf.random.stateless_uniform(shape, seeds[2])
+    xmin = (1.0 - width) * tf.random.stateless_uniform(shape, seeds[3])
+    trials = tf.stack([ymin, xmin, ymin + height, xmin + width], axis=-1)  # [samplers, trials, 4]
+
+    min_ious = tf.constant(config.min_ious, tf.float32)
+    overlaps = iou(trials, boxes)                                           # [samplers, trials, N]
+    passes = tf.reduce_any(overlaps >= min_ious[:, None, None], axis=-1)   # [samplers, trials]
+    succeeded = tf.reduce_any(passes, axis=-1)                             # [samplers]
+    first_pass = tf.argmax(tf.cast(passes, tf.int32), axis=-1, output_type=tf.int32)
+    chosen_trials = tf.gather(trials, first_pass, batch_dims=1)             # [samplers, 4]
+
+    # Candidates: the whole image first, then each sampler's first passing trial. The largest of
+    # i.i.d. uniform keys among the successful candidates is a uniform choice among them.
+    candidates = tf.concat([tf.constant([WHOLE_IMAGE_PATCH]), chosen_trials], axis=0)
+    candidate_min_ious = tf.concat([[_WHOLE_IMAGE_MIN_IOU], min_ious], axis=0)
+    valid = tf.concat([[True], succeeded], axis=0)
+    keys = tf.where(valid, tf.random.stateless_uniform([num_samplers + 1], seeds[4]), -1.0)
+    choice = tf.argmax(keys, output_type=tf.int32)
+    return candidates[choice], candidate_min_ious[choice]
+
+
+def patch_window(patch, canvas_hw):
+    """Normalized patch [4] -> integer pixel window [y, x, height, width] inside the canvas.
+
+    Truncates like Caffe CropImage; at least one pixel per side.
+    """
+    canvas_f = tf.tile(tf.cast(canvas_hw, tf.float32), [2])
+    corners = patch * canvas_f
+    top_left = tf.cast(tf.floor(corners[:2]), tf.int32)
+    size = tf.cast(tf.floor(corners[2:] - corners[:2]), tf.int32)
+    top_left = tf.clip_by_value(top_left, 0, canvas_hw - 1)
+    size = tf.clip_by_value(size, 1, canvas_hw - top_left)
+    return tf.concat([top_left, size], axis=0)
+
+
+def crop_image(image, window):
+    """image [H, W, C] -> image[y:y+height, x:x+width] for window [y, x, height, width]."""
+    return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], -1])
+
+
+def zoom_out_and_crop_image(image, canvas_hw, offset_yx, window, fill_rgb=IMAGENET_MEAN_RGB):
+    """Equals crop_image(zoom_out_image(image, canvas_hw, offset_yx, fill_rgb), window), computed
+    without the canvas: slice the part of the image inside the window, pad the rest with fill_rgb.
+
+    Args:
+      image: float32 [H, W, 3].
+      canvas_hw, offset_yx: from draw_zoom_out.  window: int32 [4] from patch_window.
+    Returns:
+      float32 [window height, window width, 3].
+    """
+    image_hw = tf.shape(image)[:2]
+    start_on_canvas, size = window[:2], window[2:]
+    start = tf.clip_by_value(start_on_canvas - offset_yx, 0, image_hw)
+    stop = tf.clip_by_value(start_on_canvas + size - offset_yx, 0, image_hw)
+    inside = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([stop - start, [-1]], 0))
+    before = tf.clip_by_value(offset_yx - start_on_canvas, 0, size)
+    after = size - before - (stop - start)
+    fill = tf.constant(fill_rgb, tf.float32)
+    paddings = tf.stack([tf.stack([before[0], after[0]]), tf.stack([before[1], after[1]]), [0, 0]])
+    # Most patches lie inside the image (always without zoom-out): then there is nothing to fill.
+    return tf.cond(tf.reduce_any(paddings > 0),
+                   lambda: tf.pad(inside - fill, paddings) + fill,
+                   lambda: inside)
+
+
+def crop_boxes(boxes_on_canvas, window):
+    """Keeps the boxes whose centre is in the window, clipped to it and normalized to it.
+
+    Args:
+      boxes_on_canvas: float32 [N, 4], pixel [ymin, xmin, ymax, xmax] on the canvas.
+      window: int32 [4], [y, x, height, width].
+    Returns:
+      boxes float32 [K, 4] normalized to the window, with positive area, and keep int32 [K], the
+      indices of the kept input boxes (gather labels and other per-box tensors with it).
+    """
+    window_f = tf.cast(window, tf.float32)
+    low = window_f[:2]
+    high = window_f[:2] + window_f[2:]
+    centres = (boxes_on_canvas[:, :2] + boxes_on_canvas[:, 2:]) / 2.0
+    centre_inside = tf.reduce_all((centres >= low) & (centres <= high), axis=-1)
+    clipped_min = tf.clip_by_value(boxes_on_canvas[:, :2], low, high)
+    clipped_max = tf.clip_by_value(boxes_on_canvas[:, 2:], low, high)
+    positive_area = tf.reduce_all(clipped_max > clipped_min, axis=-1)
+    keep = tf.cast(tf.where(centre_inside & positive_area)[:, 0], tf.int32)
+    normalized = tf.concat([(clipped_min - low) / window_f[2:], (clipped_max - low) / window_f[2:]], axis=-1)
+    return tf.clip_by_value(tf.gather(normalized, keep), 0.0, 1.0), keep
+
+
+def draw_zoom_out_and_crop(image_hw, boxes, seed, zoom_out: ZoomOutConfig, crop: CropConfig):
+    """Draws both geometric steps and maps the boxes through them.
+
+    Args:
+      image_hw: int32 [2].  boxes: float32 [N, 4] normalized to the image.  seed: int [2].
+    Returns:
+      canvas_hw [2], offset_yx [2], window [4] (int32) for the image functions above, and
+      boxes float32 [K, 4] normalized to the window with keep int32 [K] as in crop_boxes.
+    """
+    zoom_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    canvas_hw, offset_yx = draw_zoom_out(image_hw, zoom_seed, zoom_out)
+    boxes_on_canvas = _image_to_canvas_pixels(boxes, image_hw, offset_yx)
+    canvas_scale = tf.tile(tf.cast(canvas_hw, tf.float32), [2])
+    patch, _ = sample_patch(boxes_on_canvas / canvas_scale, crop_seed, crop)
+    window = patch_window(patch, canvas_hw)
+    cropped_boxes, keep = crop_boxes(boxes_on_canvas, window)
+    return canvas_hw, offset_yx, window, cropped_boxes, keep
+
+
+def flip_left_right(image, boxes, applies):
+    """Mirrors image [H, W, C] and normalized boxes [N, 4] when the scalar bool `applies` is True."""
+    flipped_boxes = tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
+    return (tf.cond(applies, lambda: tf.reverse(image, axis=[1]), lambda: image),
+            tf.where(applies, flipped_boxes, boxes))
