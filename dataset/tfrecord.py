@@ -1,0 +1,109 @@
+"""tf.train.Example building (TF Object Detection API keys, dataset/fields.py) and atomic shard files.
+
+Shards are named `<split>-00000-of-00004`. Each is written to `<name>.tmp-<pid>` and renamed into place
+with os.replace, so a conversion killed at any moment leaves no file that looks complete; a rerun
+rewrites every shard and removes leftover temporary files and shards of an older shard count.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from dataset import fields
+
+JPEG_FORMAT = b"jpeg"
+_TMP_MARKER = ".tmp-"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """Everything one record holds. Boxes are normalized [ymin, xmin, ymax, xmax] float32 [N, 4];
+    labels are 1-based ids [N]; class_names, difficult, truncated and poses are per object [N]."""
+    image_id: str
+    filename: str
+    jpeg: bytes
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: tuple
+    class_names: tuple
+    difficult: tuple
+    truncated: tuple
+    poses: tuple
+
+
+def _bytes(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _ints(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _floats(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def build_example(record):
+    """The tf.train.Example of an ImageRecord; `image/object/area` is in pixels (as COCO records)."""
+    boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
+    area_px = ((boxes[:, 2] - boxes[:, 0]) * record.height *
+               (boxes[:, 3] - boxes[:, 1]) * record.width)
+    feature = {
+        fields.IMAGE_ENCODED: _bytes([record.jpeg]),
+        fields.IMAGE_FORMAT: _bytes([JPEG_FORMAT]),
+        fields.IMAGE_FILENAME: _bytes([record.filename.encode()]),
+        fields.IMAGE_SOURCE_ID: _bytes([record.image_id.encode()]),
+        fields.IMAGE_KEY_SHA256: _bytes([hashlib.sha256(record.jpeg).hexdigest().encode()]),
+        fields.IMAGE_HEIGHT: _ints([record.height]),
+        fields.IMAGE_WIDTH: _ints([record.width]),
+        fields.OBJECT_YMIN: _floats(boxes[:, 0]),
+        fields.OBJECT_XMIN: _floats(boxes[:, 1]),
+        fields.OBJECT_YMAX: _floats(boxes[:, 2]),
+        fields.OBJECT_XMAX: _floats(boxes[:, 3]),
+        fields.OBJECT_LABEL: _ints(record.labels),
+        fields.OBJECT_TEXT: _bytes([n.encode() for n in record.class_names]),
+        fields.OBJECT_DIFFICULT: _ints(record.difficult),
+        fields.OBJECT_TRUNCATED: _ints(record.truncated),
+        fields.OBJECT_VIEW: _bytes([p.encode() for p in record.poses]),
+        fields.OBJECT_AREA: _floats(area_px),
+        fields.OBJECT_IS_CROWD: _ints([0] * len(record.labels)),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def shard_name(split, index, num_shards):
+    """'train-00003-of-00008' for split 'train', shard index 3 of 8."""
+    return "%s-%05d-of-%05d" % (split, index, num_shards)
+
+
+def write_shard(path, serialized_examples):
+    """Write serialized examples to the TFRecord file `path` atomically; returns how many."""
+    tmp = "%s%s%d" % (path, _TMP_MARKER, os.getpid())
+    count = 0
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for serialized in serialized_examples:
+                writer.write(serialized)
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return count
+
+
+def remove_stale_files(output_dir, split, num_shards):
+    """Delete leftover temporary files and `split` shards not of the current count; returns them."""
+    current = {shard_name(split, i, num_shards) for i in range(num_shards)}
+    stale = [p for p in glob.glob(os.path.join(output_dir, "%s-*-of-*" % split))
+             if os.path.basename(p) not in current]
+    stale += [p for p in glob.glob(os.path.join(output_dir, "*" + _TMP_MARKER + "*"))
+              if p not in stale]
+    for path in stale:
+        os.remove(path)
+    return sorted(stale)

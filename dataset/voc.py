@@ -1,0 +1,202 @@
+"""Reading one VOC-layout directory: image sets, annotation XML and images, each validated.
+
+Layout (the VOC devkit's, unchanged for VOC2007, VOC2012 and the embedded sample):
+
+    <voc_dir>/JPEGImages/<id>.jpg  <voc_dir>/Annotations/<id>.xml  <voc_dir>/ImageSets/Main/<set>.txt
+
+The id from the image list alone decides which files are opened; the XML <filename> is never used as
+a path. Every problem is raised as `BadInput(reason)` so the converter can skip the file and name the
+reason; fixable problems are repaired and described in the returned `repairs`.
+"""
+
+import dataclasses
+import io
+import os
+import re
+import xml.etree.ElementTree as ET
+
+from PIL import Image, ImageOps
+
+ANNOTATIONS_DIR = "Annotations"
+IMAGES_DIR = "JPEGImages"
+IMAGE_SETS_DIR = os.path.join("ImageSets", "Main")
+DEFAULT_IMAGE_SET = "trainval"
+# Looked for in this order; the file's content, not its extension, decides the repair.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG", ".png", ".PNG", ".bmp", ".BMP")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+MAX_IMAGE_PIXELS = 50_000_000   # decompression-bomb guard, checked from the header before decoding
+REENCODE_QUALITY = 95           # repaired images are re-encoded once, close to lossless
+MAX_XML_BYTES = 10_000_000
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# A DTD is the only way to declare entities, so refusing both stops billion-laughs and external
+# entity (XXE) attacks before the parser sees them (defusedxml is not a dependency we may add).
+_HOSTILE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+class BadInput(Exception):
+    """A file that cannot be converted; str(error) is the reason shown in the summary."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VocObject:
+    """One <object>: class name, flags, and the VOC box (xmin, ymin, xmax, ymax), 1-based inclusive."""
+    name: str
+    pose: str
+    truncated: bool
+    difficult: bool
+    box: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class VocAnnotation:
+    """One parsed annotation file; `width`/`height` as written in <size> (0 when absent)."""
+    filename: str
+    width: int
+    height: int
+    objects: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedImage:
+    """An image ready for a record: JPEG bytes whose decoded pixels are upright RGB of this size."""
+    jpeg: bytes
+    width: int
+    height: int
+    repairs: tuple   # human-readable reasons; empty when the original bytes are stored unchanged
+
+
+def check_image_id(image_id):
+    """Raise BadInput unless `image_id` is a plain file stem (no path separators, no leading dot)."""
+    if not _SAFE_ID.match(image_id):
+        raise BadInput("unsafe image id %r (not a plain file stem)" % image_id)
+
+
+def read_image_set(voc_dir, image_set):
+    """Ids listed in ImageSets/Main/<image_set>.txt, in file order.
+
+    Per-class lists have lines like '000005  1'; the first token is the id. Blank lines are ignored.
+    """
+    path = os.path.join(voc_dir, IMAGE_SETS_DIR, image_set + ".txt")
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def default_image_ids(voc_dir):
+    """The image list when a split names no image set: trainval.txt if present, else every XML."""
+    if os.path.exists(os.path.join(voc_dir, IMAGE_SETS_DIR, DEFAULT_IMAGE_SET + ".txt")):
+        return read_image_set(voc_dir, DEFAULT_IMAGE_SET)
+    names = sorted(os.listdir(os.path.join(voc_dir, ANNOTATIONS_DIR)))
+    return [n[:-len(".xml")] for n in names if n.endswith(".xml")]
+
+
+def _text(element, tag, default=None):
+    child = element.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        if default is None:
+            raise BadInput("malformed annotation: missing <%s>" % tag)
+        return default
+    return child.text.strip()
+
+
+def _number(element, tag, default=None):
+    text = _text(element, tag, None if default is None else str(default))
+    try:
+        return float(text)
+    except ValueError:
+        raise BadInput("malformed annotation: <%s> is %r, not a number" % (tag, text)) from None
+
+
+def parse_annotation(xml_bytes):
+    """Parse VOC annotation XML bytes into a VocAnnotation; raise BadInput on hostile or bad XML."""
+    if len(xml_bytes) > MAX_XML_BYTES:
+        raise BadInput("annotation larger than %d bytes" % MAX_XML_BYTES)
+    if _HOSTILE_XML.search(xml_bytes):
+        raise BadInput("annotation declares a DTD or entities (refused: entity expansion / XXE)")
+    try:
+        root = ET.fromstring(xml_bytes)
+    except ET.ParseError as e:
+        raise BadInput("malformed annotation XML: %s" % e) from None
+    if root.tag != "annotation":
+        raise BadInput("malformed annotation: root is <%s>, not <annotation>" % root.tag)
+    size = root.find("size")
+    width = int(_number(size, "width", 0)) if size is not None else 0
+    height = int(_number(size, "height", 0)) if size is not None else 0
+    objects = []
+    for obj in root.findall("object"):
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise BadInput("malformed annotation: <object> without <bndbox>")
+        box = tuple(_number(bndbox, tag) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        objects.append(VocObject(
+            name=_text(obj, "name"), pose=_text(obj, "pose", "Unspecified"),
+            truncated=_number(obj, "truncated", 0) != 0, difficult=_number(obj, "difficult", 0) != 0,
+            box=box))
+    return VocAnnotation(filename=_text(root, "filename", ""), width=width, height=height,
+                         objects=tuple(objects))
+
+
+def read_annotation(voc_dir, image_id):
+    """Read and parse Annotations/<image_id>.xml; BadInput when missing or invalid."""
+    check_image_id(image_id)
+    path = os.path.join(voc_dir, ANNOTATIONS_DIR, image_id + ".xml")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_XML_BYTES + 1)
+    except FileNotFoundError:
+        raise BadInput("missing annotation file %s" % path) from None
+    return parse_annotation(data)
+
+
+def find_image(voc_dir, image_id):
+    """Path of JPEGImages/<image_id>.<ext> for the first existing IMAGE_EXTENSIONS; BadInput if none."""
+    check_image_id(image_id)
+    for ext in IMAGE_EXTENSIONS:
+        path = os.path.join(voc_dir, IMAGES_DIR, image_id + ext)
+        if os.path.isfile(path):
+            return path
+    raise BadInput("missing image file %s.jpg" % os.path.join(voc_dir, IMAGES_DIR, image_id))
+
+
+def load_image(data, max_pixels=MAX_IMAGE_PIXELS):
+    """Validate encoded image bytes and return a LoadedImage whose JPEG decodes to upright RGB.
+
+    Kept unchanged: a baseline RGB JPEG without an EXIF rotation. Repaired (re-encoded as JPEG and
+    listed in `repairs`): another format, a non-RGB mode (grayscale, CMYK, RGBA, palette), or an EXIF
+    orientation, which is applied because TensorFlow's decoder ignores EXIF while annotation tools
+    (and image viewers) show the upright image the boxes were drawn on. Raises BadInput for corrupt,
+    truncated, unsupported or over-large (> max_pixels, read from the header) images.
+    """
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadInput("image of %dx%d exceeds the %d-pixel limit" % (width, height, max_pixels))
+        image.load()  # full decode: raises on truncated or corrupt data
+    except Image.DecompressionBombError as e:
+        raise BadInput("image refused as a decompression bomb: %s" % e) from None
+    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
+        raise BadInput("corrupt or unreadable image: %s" % e) from None
+    repairs = []
+    if image.format != "JPEG":
+        repairs.append("%s image re-encoded as JPEG" % image.format)
+    orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation tag
+    if orientation not in (0, 1):
+        image = ImageOps.exif_transpose(image)
+        repairs.append("EXIF orientation %d applied" % orientation)
+    if image.mode != "RGB":
+        repairs.append("%s image converted to RGB" % image.mode)
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            # Transparent pixels over white, as a viewer shows them (alpha is not part of VOC).
+            rgba = image.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            image = canvas
+        else:
+            image = image.convert("RGB")
+    if not repairs:
+        return LoadedImage(jpeg=data, width=width, height=height, repairs=())
+    out = io.BytesIO()
+    # 4:4:4 chroma keeps colour edges; no exif= argument, so the applied orientation is not re-applied.
+    image.save(out, format="JPEG", quality=REENCODE_QUALITY, subsampling=0)
+    return LoadedImage(jpeg=out.getvalue(), width=image.width, height=image.height,
+                       repairs=tuple(repairs))
