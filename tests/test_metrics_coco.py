@@ -110,3 +110,17 @@ def test_ap50_agrees_with_voc_all_point_ap_without_plus_one():
     voc_map = voc.mean_average_precision(aps)
     assert 0.3 < voc_map < 0.95  # a case with real misses and false positives
     assert ap50 == pytest.approx(voc_map, abs=0.005)  # measured gap here: 4e-4
+
+
+def test_evaluator_coco_numbers_from_normalized_boxes():
+    from metrics.evaluator import DetectionEvaluator
+
+    # LARGE [x, y, w, h] = [300, 200, 200, 200] in 640x480 is yxyx [200/480, 300/640, 400/480, 500/640].
+    large_yxyx = np.array([[200 / 480, 300 / 640, 400 / 480, 500 / 640]])
+    evaluator = DetectionEvaluator(CLASS_NAMES)
+    evaluator.add("000001", 480, 640, large_yxyx, [3], [False], large_yxyx, [0.9], [3])
+    results = evaluator.evaluate(metrics=("coco",))
+    assert results["coco"]["APs"] is None and results["coco"]["ARm"] is None
+    assert results["coco"]["AP"] == pytest.approx(1.0)
+    assert results["coco"]["APl"] == pytest.approx(1.0)
+    assert "COCO: AP 1.0000" in evaluator.format_table(results)

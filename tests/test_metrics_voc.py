@@ -188,3 +188,72 @@ def test_agrees_with_devkit_loop_on_random_sets():
     got = _evaluate(dets, gts, num_classes=num_classes)
     for metric in ("voc07", "voc12"):
         np.testing.assert_allclose(got[metric], expected[metric], rtol=1e-12)
+
+
+# --- Through the evaluator: normalized boxes in, devkit pixels inside. ---
+
+def _hand_case_evaluator():
+    from dataset.voc_boxes import voc_pixels_to_normalized
+    from metrics.evaluator import DetectionEvaluator
+
+    width, height = 100, 80
+    evaluator = DetectionEvaluator(["cat", "dog"])
+
+    def norm(*boxes):
+        return voc_pixels_to_normalized(np.array(boxes, float), width, height)
+
+    # The hand case above split over two images (B moves to image "b" with its TP detection);
+    # "dog" has no ground truth at all.
+    evaluator.add("a", height, width, norm(GT_A, GT_D), [1, 1], [False, True],
+                  norm(FAR_AWAY, GT_A, GT_D, GT_A), [0.6, 0.9, 0.7, 0.8], [1, 1, 1, 1])
+    evaluator.add("b", height, width, norm(GT_B), [1], [False], norm(GT_B, GT_B), [0.5, 0.4], [1, 2])
+    return evaluator
+
+
+def test_evaluator_reproduces_hand_case_and_is_json_clean():
+    import json
+
+    evaluator = _hand_case_evaluator()
+    results = evaluator.evaluate(metrics=("voc07", "voc12"))
+    assert results["voc07"]["AP"]["cat"] == pytest.approx(8.5 / 11)
+    assert results["voc12"]["AP"]["cat"] == pytest.approx(0.75)
+    assert results["voc12"]["AP"]["dog"] is None  # no ground truth: undefined, not in the mean
+    assert results["voc12"]["mAP"] == pytest.approx(0.75)
+    assert results["num_positives"] == {"cat": 2, "dog": 0}
+    assert (results["num_images"], results["num_detections"]) == (2, 6)
+    assert "coco" not in results
+    json.dumps(results, allow_nan=False)
+    table = evaluator.format_table(results).splitlines()
+    assert table[1].split() == ["cat", "2", "0.7727", "0.7500"]
+    assert table[2].split() == ["dog", "0", "n/a", "n/a"]
+    assert table[3].split() == ["mAP", "2", "0.7727", "0.7500"]
+
+
+def test_evaluator_rejects_bad_input():
+    from metrics.evaluator import DetectionEvaluator
+
+    evaluator = DetectionEvaluator(["cat"])
+    box = np.array([[0.1, 0.1, 0.5, 0.5]])
+    evaluator.add("x", 10, 10, box, [1], [False], box, [0.9], [1])
+    with pytest.raises(ValueError, match="added twice"):
+        evaluator.add("x", 10, 10, box, [1], [False], box, [0.9], [1])
+    with pytest.raises(ValueError, match=r"det_classes \[2\] outside 1..1"):
+        evaluator.add("y", 10, 10, box, [1], [False], box, [0.9], [2])
+    with pytest.raises(ValueError, match="gt_labels has 2 rows, expected 1"):
+        evaluator.add("y", 10, 10, box, [1, 1], [False], box, [0.9], [1])
+    with pytest.raises(ValueError, match="non-finite"):
+        evaluator.add("y", 10, 10, box, [1], [False], box, [np.nan], [1])
+    with pytest.raises(ValueError, match="unknown metrics"):
+        evaluator.evaluate(metrics=("voc2099",))
+    assert evaluator.num_images == 1
+    with pytest.raises(ValueError, match="no images"):
+        DetectionEvaluator(["cat"]).evaluate()
+
+
+def test_evaluator_accepts_images_without_boxes():
+    from metrics.evaluator import DetectionEvaluator
+
+    evaluator = DetectionEvaluator(["cat"])
+    evaluator.add("empty", 10, 10, np.zeros((0, 4)), [], [], np.zeros((0, 4)), [], [])
+    results = evaluator.evaluate(metrics=("voc07",))
+    assert results["voc07"] == {"mAP": None, "AP": {"cat": None}}

@@ -75,3 +75,25 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
         result_files.write_atomically(str(path), b"bytes")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_evaluator_writes_original_pixel_boxes(tmp_path):
+    from dataset.voc_boxes import voc_pixels_to_normalized
+    from metrics.evaluator import DetectionEvaluator
+
+    # A detection exactly on an XML box (48, 240, 195, 371) of a 353x500 image is written back with
+    # the XML's pixel coordinates (the voc_boxes round trip), and as COCO [47, 239, 148, 132].
+    xml_box = np.array([[48, 240, 195, 371]], float)
+    boxes = voc_pixels_to_normalized(xml_box, 353, 500)
+    evaluator = DetectionEvaluator(CLASS_NAMES)
+    evaluator.add("000001", 500, 353, boxes, [2], [False], boxes, [0.75], [2])
+    paths = evaluator.write_results(str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == [
+        "comp4_det_test_aeroplane.txt", "comp4_det_test_bicycle.txt", "comp4_det_test_bird.txt",
+        result_files.COCO_RESULTS_FILENAME, result_files.IMAGE_ID_MAP_FILENAME]
+    with open(paths[1]) as f:
+        assert f.read() == "000001 0.750000 48.0 240.0 195.0 371.0\n"
+    with open(paths[3]) as f:
+        (result,) = json.load(f)
+    assert result["bbox"] == pytest.approx([47, 239, 148, 132], abs=1e-4)
+    assert (result["image_id"], result["category_id"]) == (1, 2)

@@ -1,0 +1,208 @@
+"""Accumulates per-image ground truth and detections, then computes VOC and COCO metrics at once.
+
+The eval script feeds it one image at a time (numpy, after post-processing) and every image exactly
+once: a repeated image id raises, because a double-counted or missing image silently shifts mAP.
+
+Boxes arrive normalized [ymin, xmin, ymax, xmax] and are turned into pixels only here, at the edge:
+VOC metrics and files use dataset.voc_boxes.normalized_to_voc_pixels (1-based inclusive pixels,
+which gives back the XML coordinates exactly), COCO uses metrics.coco.normalized_to_coco_xywh.
+
+`evaluate` returns plain Python values (JSON-serialisable with allow_nan=False): an AP that is
+undefined (a class without non-difficult ground truth, a COCO size range without objects) is None.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from dataset.voc_boxes import normalized_to_voc_pixels
+from metrics import coco, result_files, voc
+
+METRIC_NAMES = ("voc07", "voc12", "coco")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSet:
+    """Every added image flattened into arrays; index k is the k-th added image.
+
+    image_ids [N] str, heights [N] int, widths [N] int;
+    gt_image_index [G] int, gt_boxes [G, 4] normalized yxyx, gt_labels [G] int, gt_difficult [G] bool;
+    det_image_index [K] int, det_boxes [K, 4] normalized yxyx, det_scores [K] float, det_classes [K] int.
+    """
+    image_ids: tuple
+    heights: np.ndarray
+    widths: np.ndarray
+    gt_image_index: np.ndarray
+    gt_boxes: np.ndarray
+    gt_labels: np.ndarray
+    gt_difficult: np.ndarray
+    det_image_index: np.ndarray
+    det_boxes: np.ndarray
+    det_scores: np.ndarray
+    det_classes: np.ndarray
+
+    def gt_voc_pixels(self):
+        idx = self.gt_image_index
+        return normalized_to_voc_pixels(self.gt_boxes, self.widths[idx], self.heights[idx])
+
+    def det_voc_pixels(self):
+        idx = self.det_image_index
+        return normalized_to_voc_pixels(self.det_boxes, self.widths[idx], self.heights[idx])
+
+    def gt_coco_xywh(self):
+        idx = self.gt_image_index
+        return coco.normalized_to_coco_xywh(self.gt_boxes, self.widths[idx], self.heights[idx])
+
+    def det_coco_xywh(self):
+        idx = self.det_image_index
+        return coco.normalized_to_coco_xywh(self.det_boxes, self.widths[idx], self.heights[idx])
+
+
+def _undefined_to_none(value):
+    return None if math.isnan(value) else float(value)
+
+
+def _checked(image_id, name, array, dtype, shape_tail, length=None):
+    array = np.asarray(array, dtype=dtype)
+    if array.ndim != 1 + len(shape_tail) or array.shape[1:] != shape_tail:
+        raise ValueError("image %r: %s has shape %s, expected [N%s]"
+                         % (image_id, name, array.shape, "".join(", %d" % d for d in shape_tail)))
+    if length is not None and array.shape[0] != length:
+        raise ValueError("image %r: %s has %d rows, expected %d" % (image_id, name, array.shape[0], length))
+    return array
+
+
+class DetectionEvaluator:
+    """VOC07, VOC2010+ and COCO metrics over images added one by one.
+
+    Args:
+      class_names: C names from the label map; name i is class id i + 1.
+    """
+
+    def __init__(self, class_names):
+        self.class_names = tuple(class_names)
+        self._images = []  # (image_id, height, width, gt_boxes, gt_labels, gt_difficult, det_*)
+        self._seen_ids = set()
+
+    @property
+    def num_images(self):
+        return len(self._images)
+
+    def add(self, image_id, height, width, gt_boxes, gt_labels, gt_difficult,
+            det_boxes, det_scores, det_classes):
+        """Adds one image.
+
+        Args:
+          image_id: str, unique over the evaluation (e.g. VOC "000001").
+          height, width: original image size in pixels.
+          gt_boxes [G, 4] normalized yxyx, gt_labels [G] int (1..C), gt_difficult [G] bool.
+          det_boxes [K, 4] normalized yxyx, det_scores [K], det_classes [K] int (1..C), already
+            trimmed to the number of valid detections.
+        """
+        if not isinstance(image_id, str):
+            raise TypeError("image id must be a str, got %r" % (image_id,))
+        if image_id in self._seen_ids:
+            raise ValueError("image %r added twice: the evaluation must see every image once" % image_id)
+        if int(height) <= 0 or int(width) <= 0:
+            raise ValueError("image %r: size %sx%s is not positive" % (image_id, height, width))
+        gt_boxes = _checked(image_id, "gt_boxes", gt_boxes, np.float32, (4,))
+        num_gt = gt_boxes.shape[0]
+        gt_labels = _checked(image_id, "gt_labels", gt_labels, np.int64, (), num_gt)
+        gt_difficult = _checked(image_id, "gt_difficult", gt_difficult, bool, (), num_gt)
+        det_boxes = _checked(image_id, "det_boxes", det_boxes, np.float32, (4,))
+        num_det = det_boxes.shape[0]
+        det_scores = _checked(image_id, "det_scores", det_scores, np.float32, (), num_det)
+        det_classes = _checked(image_id, "det_classes", det_classes, np.int64, (), num_det)
+        num_classes = len(self.class_names)
+        for name, labels in (("gt_labels", gt_labels), ("det_classes", det_classes)):
+            bad = labels[(labels < 1) | (labels > num_classes)]
+            if bad.size:
+                raise ValueError("image %r: %s %s outside 1..%d" % (image_id, name, bad.tolist(), num_classes))
+        for name, values in (("gt_boxes", gt_boxes), ("det_boxes", det_boxes), ("det_scores", det_scores)):
+            if not np.all(np.isfinite(values)):
+                raise ValueError("image %r: %s has non-finite values" % (image_id, name))
+        self._seen_ids.add(image_id)
+        self._images.append((image_id, int(height), int(width), gt_boxes, gt_labels, gt_difficult,
+                             det_boxes, det_scores, det_classes))
+
+    def evaluation_set(self):
+        """Everything added so far, flattened (see EvaluationSet)."""
+        if not self._images:
+            raise ValueError("no images were added")
+        ids, heights, widths, gt_boxes, gt_labels, gt_difficult, det_boxes, det_scores, det_classes = (
+            zip(*self._images))
+        return EvaluationSet(
+            image_ids=ids, heights=np.array(heights), widths=np.array(widths),
+            gt_image_index=np.repeat(np.arange(len(ids)), [len(g) for g in gt_labels]),
+            gt_boxes=np.concatenate(gt_boxes), gt_labels=np.concatenate(gt_labels),
+            gt_difficult=np.concatenate(gt_difficult),
+            det_image_index=np.repeat(np.arange(len(ids)), [len(d) for d in det_classes]),
+            det_boxes=np.concatenate(det_boxes), det_scores=np.concatenate(det_scores),
+            det_classes=np.concatenate(det_classes))
+
+    def evaluate(self, metrics=METRIC_NAMES):
+        """Computes the requested metrics over all added images.
+
+        Returns:
+          {"num_images": int, "num_detections": int,
+           "num_positives": {class name: non-difficult gts},
+           "voc07"/"voc12": {"mAP": float|None, "AP": {class name: float|None}},
+           "coco": {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs",
+                    "ARm", "ARl": float|None}}, with only the requested metric keys.
+        """
+        unknown = set(metrics) - set(METRIC_NAMES)
+        if unknown:
+            raise ValueError("unknown metrics %s; known: %s" % (sorted(unknown), METRIC_NAMES))
+        data = self.evaluation_set()
+        positives = np.bincount(data.gt_labels[~data.gt_difficult], minlength=len(self.class_names) + 1)
+        results = {"num_images": len(data.image_ids), "num_detections": int(data.det_scores.size),
+                   "num_positives": {name: int(positives[i + 1]) for i, name in enumerate(self.class_names)}}
+        voc_metrics = [m for m in metrics if m in ("voc07", "voc12")]
+        if voc_metrics:
+            aps = voc.voc_average_precisions(
+                len(self.class_names), data.det_image_index, data.det_classes, data.det_scores,
+                data.det_voc_pixels(), data.gt_image_index, data.gt_labels, data.gt_difficult,
+                data.gt_voc_pixels())
+            for metric in voc_metrics:
+                results[metric] = {
+                    "mAP": _undefined_to_none(voc.mean_average_precision(aps[metric])),
+                    "AP": {name: _undefined_to_none(ap) for name, ap in zip(self.class_names, aps[metric])}}
+        if "coco" in metrics:
+            coco_gt = coco.build_ground_truth(self.class_names, data.heights, data.widths,
+                                              data.gt_image_index, data.gt_labels, data.gt_difficult,
+                                              data.gt_coco_xywh())
+            numbers = coco.coco_metrics(coco_gt, data.det_image_index, data.det_classes,
+                                        data.det_scores, data.det_coco_xywh())
+            results["coco"] = {name: _undefined_to_none(v) for name, v in numbers.items()}
+        return results
+
+    def format_table(self, results):
+        """Human-readable per-class table of a result dict from `evaluate`."""
+        def cell(value):
+            return "%8s" % ("n/a" if value is None else "%.4f" % value)
+
+        voc_metrics = [m for m in ("voc07", "voc12") if m in results]
+        width = max([len("mAP")] + [len(n) for n in self.class_names])
+        lines = ["%-*s %8s" % (width, "class", "num_gt") + "".join("%9s" % m for m in voc_metrics)]
+        for name in self.class_names:
+            lines.append("%-*s %8d" % (width, name, results["num_positives"][name])
+                         + "".join(" " + cell(results[m]["AP"][name]) for m in voc_metrics))
+        lines.append("%-*s %8d" % (width, "mAP", sum(results["num_positives"].values()))
+                     + "".join(" " + cell(results[m]["mAP"]) for m in voc_metrics))
+        if "coco" in results:
+            lines.append("COCO: " + "  ".join("%s %s" % (k, cell(v).strip())
+                                              for k, v in results["coco"].items()))
+        lines.append("(%d images, %d detections)" % (results["num_images"], results["num_detections"]))
+        return "\n".join(lines)
+
+    def write_results(self, output_dir):
+        """VOC devkit comp4 files, COCO results JSON and image id map in `output_dir`; returns paths."""
+        data = self.evaluation_set()
+        paths = result_files.write_voc_result_files(
+            output_dir, self.class_names, data.image_ids, data.det_image_index, data.det_classes,
+            data.det_scores, data.det_voc_pixels())
+        paths.extend(result_files.write_coco_results(
+            output_dir, data.image_ids, data.det_image_index, data.det_classes, data.det_scores,
+            data.det_coco_xywh()))
+        return paths
