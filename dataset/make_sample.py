@@ -150,7 +150,7 @@ def _shape_mask(rng, name, width, height):
     return np.asarray(mask) > 0, truncated
 
 
-def _box_of(mask):
+def box_of_mask(mask):
     """VOC (xmin, ymin, xmax, ymax), 1-based inclusive, of the True pixels of `mask` [H, W]."""
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     return int(cols[0]) + 1, int(rows[0]) + 1, int(cols[-1]) + 1, int(rows[-1]) + 1
@@ -194,7 +194,7 @@ def render(number):
     annotated = []
     for k, obj in enumerate(objects):
         visible_mask = owner == k
-        xmin, ymin, xmax, ymax = _box_of(visible_mask)
+        xmin, ymin, xmax, ymax = box_of_mask(visible_mask)
         if min(xmax - xmin, ymax - ymin) + 1 < MIN_BOX_SIDE_PX:
             continue  # a sliver: not annotated, like unrecognisable fragments in VOC
         occluded = visible_mask.sum() / full_area[k] < OCCLUDED_FRACTION
