@@ -1,0 +1,208 @@
+"""The training machinery behind train_ssd.py: strategy, schedule, weight decay, the distributed step.
+
+Estimator-style in TF2 (DESIGN.md): the input function and the model function are separate; one
+`model_dir` holds checkpoints (`ckpt-N`) and TensorBoard events; a restart resumes.
+
+Distribution contract: every replica computes its loss divided by the GLOBAL number of positives in the
+global batch, and the Keras 3 optimizer SUMs gradients across replicas (keras/src/backend/tensorflow/
+optimizer.py all-reduces with ReduceOp.SUM). So N replicas take exactly the step one replica would take
+on the whole global batch. The weight-decay term is divided by the number of replicas for the same reason.
+"""
+
+import json
+import math
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from dataset import fields
+from model import losses as losses_lib
+
+
+def make_strategy():
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, MirroredStrategy over all local
+    GPUs, the default strategy on CPU (DESIGN.md)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    cluster = tf_config.get("cluster", {})
+    num_workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    if num_workers > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """Only the chief writes checkpoints and summaries. Without a cluster every process is the chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """lr(step) = base_lr * factors[i] * warmup(step), i = number of boundaries <= step.
+
+    warmup rises linearly from `warmup_start` to 1 over `warmup_steps` (early NaN is the most reported SSD
+    training failure without it). `factors` has one more entry than `boundaries`; the paper's recipe is
+    boundaries (80000, 100000), factors (1, 0.1, 0.01).
+    """
+
+    def __init__(self, base_lr, boundaries, factors, warmup_steps=0, warmup_start=0.1):
+        super().__init__()
+        if len(factors) != len(boundaries) + 1:
+            raise ValueError(f"need len(factors) == len(boundaries) + 1, got factors {list(factors)} "
+                             f"and boundaries {list(boundaries)}")
+        if list(boundaries) != sorted(boundaries):
+            raise ValueError(f"decay boundaries must be increasing, got {list(boundaries)}")
+        self.base_lr = float(base_lr)
+        self.boundaries = [int(b) for b in boundaries]
+        self.factors = [float(f) for f in factors]
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_start = float(warmup_start)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        factor = tf.constant(self.factors[0], tf.float32)
+        for boundary, value in zip(self.boundaries, self.factors[1:]):
+            factor = tf.where(step >= boundary, tf.constant(value, tf.float32), factor)
+        if self.warmup_steps > 0:
+            progress = tf.minimum(step / self.warmup_steps, 1.0)
+            factor *= self.warmup_start + (1.0 - self.warmup_start) * progress
+        return self.base_lr * factor
+
+    def get_config(self):
+        return dict(base_lr=self.base_lr, boundaries=self.boundaries, factors=self.factors,
+                    warmup_steps=self.warmup_steps, warmup_start=self.warmup_start)
+
+
+def decayed_variables(model):
+    """Variables under weight decay: conv kernels only.
+
+    Caffe's ssd_pascal.py gives biases `decay_mult: 0`; we also leave the conv4_3_norm scale undecayed,
+    since shrinking it towards 0 would fight its purpose (re-scaling the normalized conv4_3 to ~20).
+    """
+    return [v for v in model.trainable_variables if v.path.endswith("kernel")]
+
+
+def weight_decay_loss(variables, weight_decay):
+    """0.5 * wd * sum ||w||^2: its gradient wd * w is exactly Caffe's weight_decay update."""
+    if not weight_decay or not variables:
+        return tf.constant(0.0)
+    return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
+                                          for v in variables])
+
+
+def make_optimizer(schedule, momentum, mixed_precision):
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+    if mixed_precision == "float16":
+        # float16 gradients underflow without dynamic loss scaling; bfloat16 has float32's range.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def make_train_step(model, optimizer, config, strategy, weight_decay, jit_compile=False):
+    """A tf.function running one distributed step on `next(iterator)`; returns the global loss dict.
+
+    The caller checks the losses of every step (`check_finite`) before it may save, so weights touched by
+    a non-finite step are never written over the last good checkpoint.
+    """
+    decayed = decayed_variables(model)
+    num_replicas = strategy.num_replicas_in_sync
+
+    def replica_step(features, labels):
+        replica = tf.distribute.get_replica_context()
+        local_pos = tf.reduce_sum(labels[fields.NUM_POSITIVES])
+        # Every replica normalizes by the positives of the whole global batch (see module docstring).
+        global_pos = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_pos)
+        with tf.GradientTape() as tape:
+            outputs = model(features, training=True)
+            loss_dict = losses_lib.multibox_loss(
+                outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
+                labels[fields.CLS_TARGETS], labels[fields.BOX_TARGETS],
+                negative_ratio=config.negative_ratio, normalizer=tf.maximum(global_pos, 1.0))
+            reg = weight_decay_loss(decayed, weight_decay) / num_replicas
+            total = loss_dict["total_loss"] + reg
+            scaled = optimizer.scale_loss(total) if hasattr(optimizer, "scale_loss") else total
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return {
+            "cls_loss": loss_dict["cls_loss"],
+            "box_loss": loss_dict["box_loss"],
+            "weight_decay_loss": reg,
+            "total_loss": total,
+            "num_positives": local_pos,
+        }
+
+    # XLA compiles the replica's math; reading the iterator stays outside (it cannot be compiled).
+    compiled_step = tf.function(replica_step, jit_compile=True) if jit_compile else replica_step
+
+    @tf.function
+    def step(iterator):
+        features, labels = next(iterator)
+        per_replica = strategy.run(compiled_step, args=(features, labels))
+        # Losses are already divided by the global normalizer, so the replicas' SUM is the global value.
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
+    return step
+
+
+def init_backbone(model, path, require_pretrained, loader):
+    """Loads the VGG16 backbone from `path` when it holds one; otherwise warns (or fails if required)."""
+    present = bool(path) and (os.path.isfile(path) or os.path.isfile(path + ".index") or
+                              (os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path))))
+    if present:
+        return loader.load_backbone(model, path)
+    message = (f"no pretrained backbone at --checkpoint_path={path!r}: put the reduced-fc VGG16 checkpoint "
+               f"(or Keras VGG16 .h5) there; training from scratch")
+    if require_pretrained:
+        raise FileNotFoundError(message.replace("; training from scratch", " (--require_pretrained is set)"))
+    logging.warning("%s. Expect far lower mAP than the paper's.", message)
+    return 0
+
+
+def check_finite(step, loss_dict, last_checkpoint):
+    """Stop on a non-finite loss, naming the step, the losses and the checkpoint that stays the latest."""
+    values = {k: float(v) for k, v in loss_dict.items()}
+    if all(math.isfinite(v) for v in values.values()):
+        return values
+    raise FloatingPointError(
+        f"non-finite loss at step {step}: {values}; the weights were not updated and the last good "
+        f"checkpoint {last_checkpoint or '(none yet)'} remains the latest. Lower --learning_rate or "
+        f"raise --warmup_steps.")
+
+
+class ProgressLogger:
+    """Console line every N steps: step, losses, lr, images/s and ETA."""
+
+    def __init__(self, max_steps, global_batch):
+        self.max_steps = max_steps
+        self.global_batch = global_batch
+        self._last_step = None
+        self._last_time = None
+
+    def rate(self, step, now):
+        """Images per second since the previous call (None on the first)."""
+        if self._last_step is None or step == self._last_step:
+            self._last_step, self._last_time = step, now
+            return None
+        images = (step - self._last_step) * self.global_batch
+        rate = images / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        return rate
+
+    def log(self, step, values, lr, rate):
+        eta = ""
+        if rate:
+            seconds = (self.max_steps - step) * self.global_batch / rate
+            eta = f" ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+        losses = " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "num_positives")
+        logging.info("step %d/%d %s lr=%.6g %s%s", step, self.max_steps, losses, lr,
+                     f"{rate:.1f} img/s" if rate else "", eta)
