@@ -1,0 +1,40 @@
+"""Boxes drawn on an image, for a human check (PNG files, TensorBoard image summaries)."""
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+DEFAULT_COLOR_RGB = (255, 0, 0)
+_LINE_WIDTH_PX = 2
+
+
+def draw_boxes(image, boxes, labels, class_names: Optional[Sequence[str]] = None, scores=None,
+               color: Tuple[int, int, int] = DEFAULT_COLOR_RGB):
+    """Draws normalized boxes with their class (and score) on a copy of the image.
+
+    Args:
+      image: uint8 [H, W, 3] RGB, numpy array or tensor.
+      boxes: [N, 4] normalized [ymin, xmin, ymax, xmax].
+      labels: [N] class ids 1..C.
+      class_names: C names, name i for class id i + 1 (label-map order); ids are shown without it.
+      scores: optional [N] scores, shown after the name with two decimals.
+      color: RGB of the boxes and captions.
+    Returns:
+      uint8 [H, W, 3] numpy array; the input is not modified.
+    """
+    image = np.asarray(image, dtype=np.uint8)
+    height, width = image.shape[:2]
+    canvas = Image.fromarray(image.copy())
+    draw = ImageDraw.Draw(canvas)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1)
+    for i, (ymin, xmin, ymax, xmax) in enumerate(boxes):
+        corners = [xmin * (width - 1), ymin * (height - 1), xmax * (width - 1), ymax * (height - 1)]
+        draw.rectangle(corners, outline=color, width=_LINE_WIDTH_PX)
+        label = int(labels[i])
+        caption = class_names[label - 1] if class_names is not None else str(label)
+        if scores is not None:
+            caption += f" {float(np.asarray(scores).reshape(-1)[i]):.2f}"
+        draw.text((corners[0] + _LINE_WIDTH_PX, corners[1] + _LINE_WIDTH_PX), caption, fill=color)
+    return np.asarray(canvas)
