@@ -1,0 +1,122 @@
+"""Input functions: TFRecord shards -> batches the model and the loss consume (DESIGN.md data flow).
+
+    train_input_fn -> (features float32 [B, S, S, 3],
+                       {cls_targets int32 [B, A], box_targets float32 [B, A, 4], num_positives float32 [B]})
+    eval_input_fn  -> (features float32 [B, S, S, 3],
+                       {image_id string [B], height int32 [B], width int32 [B],
+                        boxes float32 [B, G, 4], labels int32 [B, G] (0 = padding), difficult bool [B, G]})
+
+Both resize by warping the whole image to S x S, as Caffe SSD does (no aspect-preserving letterbox), with
+bilinear interpolation: it is Caffe's LINEAR mode (the first of ssd_pascal.py's resize modes), it is the
+cheapest good filter, and the anchors never see the difference at 300 px. Images become RGB float32
+minus the ImageNet mean (config.pixel_mean).
+
+Randomness is stateless and keyed by (seed, element index), so the same seed gives the same batches even
+though the map runs in parallel.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from dataset import fields, reader
+from model import targets
+from preprocessing.augment import AugmentConfig, augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainInputConfig:
+    augment: AugmentConfig = AugmentConfig()
+    exclude_difficult: bool = False     # Caffe trains on difficult boxes (ssd_pascal.py); this opts out
+    shuffle_buffer: int = 2048
+    cycle_length: int = 8               # shards read at once
+    seed: int = 0
+
+
+def normalize(image, config):
+    """RGB 0-255 [..., 3] -> float32 minus the ImageNet mean (DESIGN.md: images into the net)."""
+    return tf.cast(image, tf.float32) - tf.constant(config.pixel_mean, tf.float32)
+
+
+def resize(image, config):
+    """[H, W, 3] -> float32 [S, S, 3], bilinear (see the module docstring for why)."""
+    size = [config.image_size, config.image_size]
+    return tf.image.resize(image, size, method=tf.image.ResizeMethod.BILINEAR)
+
+
+def _read_shards(files, cycle_length, input_context=None, shuffle_seed=None):
+    """Interleaved records of `files`, sharded by input pipeline when distributed."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)),
+                         num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _augment_example(index, serialized, config, input_config):
+    example = reader.parse_example(serialized)
+    boxes, labels = example[fields.BOXES], example[fields.LABELS]
+    if input_config.exclude_difficult:
+        keep = tf.logical_not(example[fields.DIFFICULT])
+        boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
+    seed = tf.stack([tf.cast(input_config.seed, tf.int64), index])
+    image, boxes, labels = augment(tf.cast(example[fields.IMAGE], tf.float32), boxes, labels, seed,
+                                   input_config.augment)
+    return normalize(resize(image, config), config), boxes, labels
+
+
+def _encode_batch(anchors, config):
+    def encode(images, boxes, labels):
+        # padded_batch pads labels with 0 (background), which marks padding rows.
+        encoded = targets.encode_targets(boxes, labels, labels > 0, anchors, config)
+        return images, encoded
+    return encode
+
+
+def train_input_fn(data_dir, config, anchors, global_batch_size, input_context=None,
+                   input_config=TrainInputConfig(), split="train"):
+    """Endless, shuffled, augmented, target-encoded training batches (drop_remainder=True).
+
+    Usable with `strategy.distribute_datasets_from_function`: with an `input_context` it batches the
+    per-replica share of `global_batch_size` and reads only its input pipeline's shards.
+    """
+    files = reader.shard_files(data_dir, split)
+    batch_size = global_batch_size
+    seed = input_config.seed
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        seed = seed + input_context.input_pipeline_id  # different pipelines, different augmentations
+    input_config = dataclasses.replace(input_config, seed=seed)
+
+    ds = _read_shards(files, input_config.cycle_length, input_context, shuffle_seed=seed)
+    ds = ds.shuffle(input_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate()
+    ds = ds.map(lambda i, s: _augment_example(i, s, config, input_config),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.padded_batch(batch_size, padded_shapes=([config.image_size, config.image_size, 3],
+                                                    [None, 4], [None]), drop_remainder=True)
+    # Matching a whole batch at once is one [B, G, A] IoU instead of B small ones.
+    ds = ds.map(_encode_batch(tf.constant(anchors), config), num_parallel_calls=AUTOTUNE,
+                deterministic=True)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _eval_example(serialized, config):
+    example = reader.parse_example(serialized)
+    features = normalize(resize(example[fields.IMAGE], config), config)
+    labels = {key: example[key] for key in (fields.IMAGE_ID, fields.HEIGHT, fields.WIDTH, fields.BOXES,
+                                            fields.LABELS, fields.DIFFICULT)}
+    return features, labels
+
+
+def eval_input_fn(data_dir, config, batch_size, split="val"):
+    """Every record of `split` exactly once, in file order; the last batch may be smaller."""
+    files = reader.shard_files(data_dir, split)
+    ds = tf.data.TFRecordDataset(files)
+    ds = ds.map(lambda s: _eval_example(s, config), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.padded_batch(batch_size, drop_remainder=False)
+    return ds.prefetch(AUTOTUNE)

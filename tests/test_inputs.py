@@ -1,0 +1,117 @@
+"""Input functions on the converted sample: shapes, determinism, every val image once, sharding."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dataset import fields, reader
+from model import anchors as anchors_lib
+from model import presets, targets
+from preprocessing import inputs
+from preprocessing.augment import AugmentConfig
+from preprocessing.geometric import CropConfig, ZoomOutConfig
+from preprocessing.photometric import PhotometricConfig
+
+
+# Every random step off: the crop keeps the whole image when it has no patch samplers.
+NO_AUGMENTATION = AugmentConfig(
+    photometric=PhotometricConfig(brightness_prob=0.0, contrast_prob=0.0, saturation_prob=0.0,
+                                  hue_prob=0.0),
+    zoom_out=ZoomOutConfig(prob=0.0), crop=CropConfig(min_ious=()), flip_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def setup(sample_records):
+    config = presets.get("ssd300_vgg16", reader.num_classes(f"{sample_records}/label_map.pbtxt"))
+    return sample_records, config, anchors_lib.generate(config)
+
+
+def _first_batch(data_dir, config, anchors, batch, **kwargs):
+    ds = inputs.train_input_fn(data_dir, config, anchors, batch, input_config=inputs.TrainInputConfig(**kwargs))
+    return next(iter(ds))
+
+
+def test_train_batch_shapes_and_ranges(setup):
+    data_dir, config, anchors = setup
+    features, labels = _first_batch(data_dir, config, anchors, 4)
+    assert features.shape == (4, 300, 300, 3) and features.dtype == tf.float32
+    assert labels[fields.CLS_TARGETS].shape == (4, 8732)
+    assert labels[fields.BOX_TARGETS].shape == (4, 8732, 4)
+    assert labels[fields.NUM_POSITIVES].shape == (4,)
+    # Mean-subtracted 0-255 RGB: within [-mean, 255 - mean] per channel.
+    pixels = features.numpy().reshape(-1, 3)
+    mean = np.array(config.pixel_mean)
+    assert (pixels >= -mean - 1e-3).all() and (pixels <= 255 - mean + 1e-3).all()
+    cls = labels[fields.CLS_TARGETS].numpy()
+    assert cls.min() >= 0 and cls.max() <= config.num_classes
+    np.testing.assert_array_equal((cls > 0).sum(axis=1), labels[fields.NUM_POSITIVES].numpy())
+    assert np.isfinite(labels[fields.BOX_TARGETS].numpy()).all()
+
+
+def test_same_seed_same_batch_other_seed_other_batch(setup):
+    data_dir, config, anchors = setup
+    a = _first_batch(data_dir, config, anchors, 2, seed=3)
+    b = _first_batch(data_dir, config, anchors, 2, seed=3)
+    c = _first_batch(data_dir, config, anchors, 2, seed=4)
+    np.testing.assert_array_equal(a[0].numpy(), b[0].numpy())
+    np.testing.assert_array_equal(a[1][fields.CLS_TARGETS].numpy(), b[1][fields.CLS_TARGETS].numpy())
+    assert not np.array_equal(a[0].numpy(), c[0].numpy())
+
+
+def test_without_augmentation_targets_match_the_records(setup):
+    """No augmentation and no shuffle: positives of the first image are the ones its own boxes give."""
+    data_dir, config, anchors = setup
+    features, labels = _first_batch(data_dir, config, anchors, 8, augment=NO_AUGMENTATION, shuffle_buffer=1,
+                                    cycle_length=1)
+    files = reader.shard_files(data_dir, "train")
+    # With a one-element shuffle buffer and one shard at a time the first element is a shard's first
+    # record; the file order itself is shuffled by seed, so find which shard came first.
+    firsts = [next(iter(tf.data.TFRecordDataset(f).map(reader.parse_example))) for f in files]
+    resized = [inputs.normalize(inputs.resize(e[fields.IMAGE], config), config).numpy() for e in firsts]
+    index = int(np.argmin([np.abs(r - features[0].numpy()).max() for r in resized]))
+    assert np.abs(resized[index] - features[0].numpy()).max() < 1e-3
+    example = firsts[index]
+    boxes = example[fields.BOXES][None]
+    expected = targets.encode_targets(boxes, example[fields.LABELS][None],
+                                      tf.ones(tf.shape(boxes)[:2], tf.bool), anchors, config)
+    np.testing.assert_array_equal(labels[fields.CLS_TARGETS][0].numpy(),
+                                  expected[fields.CLS_TARGETS][0].numpy())
+
+
+def test_exclude_difficult_drops_difficult_boxes(setup):
+    data_dir, config, anchors = setup
+    records = list(reader.read_split(data_dir, "train"))
+    n_difficult = sum(int(tf.reduce_sum(tf.cast(e[fields.DIFFICULT], tf.int32))) for e in records)
+    assert n_difficult > 0  # the sample has difficult boxes, so the flag has something to drop
+    example = next(e for e in records if bool(tf.reduce_any(e[fields.DIFFICULT])))
+    serialized = None
+    for s in tf.data.TFRecordDataset(reader.shard_files(data_dir, "train")):
+        if reader.parse_example(s)[fields.IMAGE_ID] == example[fields.IMAGE_ID]:
+            serialized = s
+            break
+    for exclude, expected in ((False, example[fields.LABELS]),
+                              (True, example[fields.LABELS][~example[fields.DIFFICULT]])):
+        cfg = inputs.TrainInputConfig(augment=NO_AUGMENTATION, exclude_difficult=exclude)
+        _, _, labels = inputs._augment_example(tf.constant(0, tf.int64), serialized, config, cfg)
+        np.testing.assert_array_equal(labels.numpy(), expected.numpy())
+
+
+def test_eval_sees_every_image_once_with_ground_truth(setup):
+    data_dir, config, _ = setup
+    ids, n_boxes = [], 0
+    for features, labels in inputs.eval_input_fn(data_dir, config, batch_size=16):
+        assert features.shape[1:] == (300, 300, 3)
+        ids.extend(labels[fields.IMAGE_ID].numpy().tolist())
+        n_boxes += int(tf.reduce_sum(tf.cast(labels[fields.LABELS] > 0, tf.int32)))
+    assert len(ids) == 80 and len(set(ids)) == 80  # 80 val images, last batch of 16 kept whole
+    assert n_boxes == sum(int(tf.size(e[fields.LABELS])) for e in reader.read_split(data_dir, "val"))
+
+
+def test_distributed_input_splits_the_global_batch(setup):
+    data_dir, config, anchors = setup
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    ds = strategy.distribute_datasets_from_function(
+        lambda ctx: inputs.train_input_fn(data_dir, config, anchors, 4, ctx))
+    features, _ = next(iter(ds))
+    shapes = [t.shape for t in strategy.experimental_local_results(features)]
+    assert shapes == [(2, 300, 300, 3), (2, 300, 300, 3)]
