@@ -53,6 +53,7 @@ class SplitResult:
     """What happened to one output split (e.g. 'train'); file lists hold (path, reason) pairs."""
     images: int = 0
     objects: int = 0
+    difficult: int = 0
     images_without_objects: int = 0
     objects_per_class: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     skipped: list = dataclasses.field(default_factory=list)
@@ -61,8 +62,12 @@ class SplitResult:
 
 
 def list_images(dataset_dir, splits):
-    """[(voc_dir, image_id)] of comma-merged `splits`, in list order, each id once (first wins)."""
-    tasks, seen = [], set()
+    """Image list of comma-merged `splits`: ([(voc_dir, image_id)] in list order, [(path, reason)]).
+
+    Ids are unique within an output split (fields.IMAGE_ID); a repeated id is listed once and every
+    later occurrence from another directory is returned as skipped.
+    """
+    tasks, duplicates, first_dir = [], [], {}
     for split in splits:
         voc_dir = os.path.join(dataset_dir, split.directory)
         if not os.path.isdir(voc_dir):
@@ -70,10 +75,13 @@ def list_images(dataset_dir, splits):
         ids = (voc.read_image_set(voc_dir, split.image_set) if split.image_set
                else voc.default_image_ids(voc_dir))
         for image_id in ids:
-            if (voc_dir, image_id) not in seen:
-                seen.add((voc_dir, image_id))
+            if image_id not in first_dir:
+                first_dir[image_id] = voc_dir
                 tasks.append((voc_dir, image_id))
-    return tasks
+            elif first_dir[image_id] != voc_dir:
+                duplicates.append((os.path.join(voc_dir, image_id),
+                                   "duplicate image id (already taken from %s)" % first_dir[image_id]))
+    return tasks, duplicates
 
 
 def fix_boxes(objects, width, height):
@@ -199,6 +207,7 @@ def convert_split(name, items, output_dir, num_shards, class_names, skip_unknown
             continue
         result.images += 1
         result.objects += len(record.labels)
+        result.difficult += sum(record.difficult)
         result.images_without_objects += not record.labels
         result.objects_per_class.update(record.class_names)
         result.repaired.extend((where, note) for note in notes)
@@ -233,8 +242,9 @@ def convert(dataset_dir, output_dir, splits, num_shards, num_threads=4, label_ma
     annotated, results = {}, {}
     for name, split_list in splits.items():
         results[name] = SplitResult()
-        annotated[name], results[name].skipped = read_annotations(
-            list_images(dataset_dir, split_list), num_threads)
+        tasks, duplicates = list_images(dataset_dir, split_list)
+        annotated[name], bad = read_annotations(tasks, num_threads)
+        results[name].skipped = duplicates + bad
     seen = sorted({o.name for items in annotated.values() for _, _, a in items for o in a.objects})
     if label_map_path:
         class_names = label_map.read_label_map(label_map_path)
@@ -256,8 +266,9 @@ def format_summary(results, class_names):
     """Human-readable closing summary: counts per split and class, every skipped or repaired file."""
     lines = []
     for name, r in results.items():
-        lines.append("%s: %d images, %d objects, %d images without objects, %d shards" % (
-            name, r.images, r.objects, r.images_without_objects, len(r.shards)))
+        lines.append("%s: %d images, %d objects (%d difficult), %d images without objects, %d shards"
+                     % (name, r.images, r.objects, r.difficult, r.images_without_objects,
+                        len(r.shards)))
         lines.append("  objects per class: " + ", ".join(
             "%s %d" % (c, r.objects_per_class[c]) for c in class_names))
         lines.append("  skipped: %d files" % len(r.skipped))

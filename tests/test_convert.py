@@ -98,6 +98,7 @@ def test_merged_voc2007_voc2012_layout(devkit, tmp_path):
     assert sorted(e["image_id"].decode() for e in train) == [
         "000005", "000007", "000009", "2008_000002", "2008_000003"]
     assert (results["train"].images, results["train"].objects) == (5, 5)
+    assert results["train"].difficult == 1
     assert results["train"].images_without_objects == 1
     assert dict(results["train"].objects_per_class) == {"cat": 3, "dog": 2}
     by_id = {e["image_id"].decode(): e for e in train}
@@ -107,6 +108,16 @@ def test_merged_voc2007_voc2012_layout(devkit, tmp_path):
     assert by_id["000007"]["difficult"].tolist() == [True]
     assert by_id["000009"]["boxes"].shape == (0, 4)
     assert [v["image_id"] for v in read_all(out, "val")] == [b"000001"]
+
+
+def test_repeated_id_from_another_directory_is_skipped(devkit, tmp_path):
+    make_voc(devkit, "VOC2012b", {"000005": (jpeg_bytes(20, 20), voc_xml(20, 20))},
+             {"trainval": ["000005"]})
+    results, _ = run(devkit, tmp_path / "out", "VOC2007,VOC2012b", "VOC2007:test")
+    assert results["train"].images == 3
+    assert results["train"].skipped == [(os.path.join(str(devkit), "VOC2012b", "000005"),
+                                         "duplicate image id (already taken from %s)"
+                                         % os.path.join(str(devkit), "VOC2007"))]
 
 
 def test_per_class_image_set_lines_take_first_token(devkit, tmp_path):

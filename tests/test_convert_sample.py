@@ -21,10 +21,12 @@ def run_main(*argv):
     """Run the script's main with only `argv` flags set; returns its exit status."""
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["convert_voc_sample_tfrecords.py", *argv])
+    pillow_limit = Image.MAX_IMAGE_PIXELS  # main sets Pillow's global guard; other tests keep theirs
     try:
         return script.main(["convert_voc_sample_tfrecords.py"])
     finally:
         flags.FLAGS.unparse_flags()
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 @pytest.fixture(scope="module")
