@@ -126,3 +126,20 @@ def get(name: str, num_classes: int, **overrides) -> SSDConfig:
         raise ValueError(f"num_classes must be >= 1 (object classes, without background), got {num_classes}")
     config = SSDConfig(name=name, num_classes=num_classes, **_PRESETS[name])
     return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def to_json(config: SSDConfig) -> str:
+    """The whole config as JSON, so a model_dir can rebuild its model without the original flags."""
+    import json
+    return json.dumps(dataclasses.asdict(config), indent=2)
+
+
+def from_json(text: str) -> SSDConfig:
+    import json
+    values = json.loads(text)
+    values["feature_maps"] = tuple(FeatureMapSpec(**dict(fm, aspect_ratios=tuple(fm["aspect_ratios"])))
+                                   for fm in values["feature_maps"])
+    values["extra_layers"] = tuple(ExtraLayerSpec(**e) for e in values["extra_layers"])
+    for key in ("pixel_mean", "variances"):
+        values[key] = tuple(values[key])
+    return SSDConfig(**values)

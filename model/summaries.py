@@ -1,0 +1,70 @@
+"""TensorBoard writing for training and evaluation: named scalars and images with boxes drawn."""
+
+import numpy as np
+import tensorflow as tf
+
+from dataset import fields
+from model import box_coder, postprocess
+from preprocessing.visualize import draw_boxes
+
+
+def net_input_to_uint8(features, config):
+    """Net input (RGB minus mean) [B, S, S, 3] -> uint8 images."""
+    images = np.asarray(features, np.float32) + np.asarray(config.pixel_mean, np.float32)
+    return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+def _ground_truth(labels, anchors, config):
+    """Boxes and classes recovered from encoded targets: every positive anchor decodes to its gt box."""
+    cls_targets = np.asarray(labels[fields.CLS_TARGETS])
+    decoded = box_coder.decode(labels[fields.BOX_TARGETS], anchors, config.variances).numpy()
+    out = []
+    for image_cls, image_boxes in zip(cls_targets, decoded):
+        positive = image_cls > 0
+        boxes, classes = np.round(image_boxes[positive], 4), image_cls[positive]
+        unique = np.unique(np.concatenate([boxes, classes[:, None]], axis=1), axis=0)
+        out.append((unique[:, :4], unique[:, 4].astype(np.int32)))
+    return out
+
+
+class Writer:
+    """A summary writer that does nothing when disabled (non-chief workers)."""
+
+    def __init__(self, logdir, enabled=True):
+        self._writer = tf.summary.create_file_writer(logdir) if enabled else None
+
+    def scalars(self, step, values, prefix=""):
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(prefix + name, float(value))
+
+    def images(self, step, name, images):
+        if self._writer is None or not len(images):
+            return
+        with self._writer.as_default(step=step):
+            tf.summary.image(name, np.stack(images), max_outputs=len(images))
+
+    def detection_images(self, step, name, model, batch, anchors, config, class_names, min_score=0.3):
+        """Training inputs with ground truth (green) and the current detections (red, score >= min_score)."""
+        if self._writer is None:
+            return
+        features, labels = batch
+        outputs = model(features, training=False)
+        detections = postprocess.postprocess(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
+                                             anchors, config)
+        drawn = []
+        for i, (image, (gt_boxes, gt_classes)) in enumerate(zip(net_input_to_uint8(features, config),
+                                                                 _ground_truth(labels, anchors, config))):
+            image = draw_boxes(image, gt_boxes, gt_classes, class_names, color=(0, 255, 0))
+            scores = detections[fields.DETECTION_SCORES][i].numpy()
+            keep = scores >= min_score
+            drawn.append(draw_boxes(image, detections[fields.DETECTION_BOXES][i].numpy()[keep],
+                                    detections[fields.DETECTION_CLASSES][i].numpy()[keep], class_names,
+                                    scores=scores[keep], color=(255, 0, 0)))
+        self.images(step, name, drawn)
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()

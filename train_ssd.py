@@ -1,0 +1,131 @@
+"""Train SSD: flags -> config -> datasets -> model -> restore -> loop.
+
+    python3 train_ssd.py --batch_size 16                 # the paper's recipe on dataset/tfrecords
+    tensorboard --logdir logs/                           # loss, lr, images/s, images with boxes
+
+Resumes from the latest checkpoint in --model_dir. Uses every local GPU (MirroredStrategy), several
+workers when TF_CONFIG names them (MultiWorkerMirroredStrategy), the CPU otherwise.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of train-*/val-* shards and label_map.pbtxt.")
+flags.DEFINE_string("model_dir", "logs/", "Checkpoints and TensorBoard events (train/, eval/).")
+flags.DEFINE_enum("model", "ssd300_vgg16", ["ssd300_vgg16", "ssd512_vgg16"], "Model preset.")
+flags.DEFINE_float("width_multiplier", 1.0, "Scales every conv's channels; < 1 for small fast models.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas (paper: 32).")
+flags.DEFINE_integer("max_steps", 120000, "Training steps (paper: 120k for VOC07+12).")
+flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate (paper: 1e-3 at batch 32).")
+flags.DEFINE_integer("warmup_steps", 1000, "Linear warm-up steps from 0.1x the base rate; 0 disables.")
+flags.DEFINE_list("decay_boundaries", ["80000", "100000"], "Steps where the rate factor changes.")
+flags.DEFINE_list("lr_decay_factors", ["1", "0.1", "0.01"], "Rate factors, one more than boundaries.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on conv kernels (not biases, not the conv4_3 scale).")
+flags.DEFINE_string("checkpoint_path", "model/pretrained/",
+                    "Reduced-fc VGG16 backbone: a slim TF checkpoint (prefix or dir) or Keras VGG16 .h5.")
+flags.DEFINE_bool("require_pretrained", False, "Fail instead of training from scratch without a backbone.")
+flags.DEFINE_integer("save_checkpoints_steps", 1000, "Steps between checkpoints.")
+flags.DEFINE_integer("keep_checkpoints", 5, "Checkpoints kept in --model_dir.")
+flags.DEFINE_integer("log_every_n_steps", 20, "Steps between console lines.")
+flags.DEFINE_integer("save_summary_steps", 100, "Steps between TensorBoard scalars.")
+flags.DEFINE_integer("image_summary_steps", 500, "Steps between TensorBoard images with boxes; 0 disables.")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
+                  "Compute dtype; float16 uses dynamic loss scaling.")
+flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
+flags.DEFINE_integer("seed", 0, "Seed of initialization, shuffling and augmentation.")
+flags.DEFINE_integer("eval_every_steps", 0, "Evaluate the val shards every N steps (and at the end); 0: never.")
+flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation.")
+flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    import keras
+    import tensorflow as tf
+
+    from dataset import reader
+    from model import anchors as anchors_lib, evaluation, model_dir, presets, summaries, training
+    from nets import backbone_loader, ssd
+    from preprocessing import inputs
+
+    if FLAGS.mixed_precision != "none":
+        keras.mixed_precision.set_dtype_policy(f"mixed_{FLAGS.mixed_precision}")
+    keras.utils.set_random_seed(FLAGS.seed)
+    strategy = training.make_strategy()
+    chief = training.is_chief(strategy)
+
+    class_names = reader.read_label_map(os.path.join(FLAGS.data_dir, "label_map.pbtxt"))
+    config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier)
+    if chief:
+        model_dir.write(FLAGS.model_dir, config, class_names)
+    anchors = anchors_lib.generate(config)
+    input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
+                                          input_config))
+
+    schedule = training.WarmupPiecewiseSchedule(
+        FLAGS.learning_rate, [int(b) for b in FLAGS.decay_boundaries],
+        [float(f) for f in FLAGS.lr_decay_factors], FLAGS.warmup_steps)
+    with strategy.scope():
+        model = ssd.build(config)
+        optimizer = training.make_optimizer(schedule, FLAGS.momentum, FLAGS.mixed_precision)
+        optimizer.build(model.trainable_variables)  # before the first distributed step (DESIGN.md)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+
+    # Non-chief workers must take part in every save (it is collective) but write to a scratch dir.
+    write_dir = FLAGS.model_dir if chief else tempfile.mkdtemp(prefix="ssd_worker_")
+    manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=FLAGS.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(FLAGS.model_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("resumed from %s at step %d", latest, int(optimizer.iterations))
+    else:
+        training.init_backbone(model, FLAGS.checkpoint_path, FLAGS.require_pretrained, backbone_loader)
+
+    step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
+                                       FLAGS.jit_compile)
+    writer = summaries.Writer(os.path.join(FLAGS.model_dir, "train"), enabled=chief)
+    image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4,
+                                               input_config=input_config)) if chief else None
+    progress = training.ProgressLogger(FLAGS.max_steps, FLAGS.batch_size)
+    iterator = iter(dataset)
+    step = int(optimizer.iterations)
+    progress.rate(step, time.time())
+    last_saved = latest
+    while step < FLAGS.max_steps:
+        values = training.check_finite(step + 1, step_fn(iterator), last_saved)
+        step = int(optimizer.iterations)
+        if step % FLAGS.log_every_n_steps == 0 or step == FLAGS.max_steps:
+            rate = progress.rate(step, time.time())
+            progress.log(step, values, float(schedule(step)), rate)
+            writer.scalars(step, {**values, "learning_rate": float(schedule(step)),
+                                  "images_per_second": rate or 0.0,
+                                  "positives_per_image": values["num_positives"] / FLAGS.batch_size})
+        elif step % FLAGS.save_summary_steps == 0:
+            writer.scalars(step, {**values, "learning_rate": float(schedule(step))})
+        if chief and FLAGS.image_summary_steps and step % FLAGS.image_summary_steps == 0:
+            writer.detection_images(step, "train/inputs", model, next(image_batches), anchors, config,
+                                    class_names)
+        if step % FLAGS.save_checkpoints_steps == 0 or step == FLAGS.max_steps:
+            last_saved = manager.save(checkpoint_number=step)
+            logging.info("saved %s", last_saved)
+        if FLAGS.eval_every_steps and (step % FLAGS.eval_every_steps == 0 or step == FLAGS.max_steps):
+            if chief:
+                results = evaluation.evaluate(model, FLAGS.data_dir, config, anchors, class_names,
+                                              FLAGS.eval_batch_size, os.path.join(FLAGS.model_dir, "eval"),
+                                              step)
+                logging.info("step %d eval: %s", step, evaluation.headline(results))
+    writer.close()
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
