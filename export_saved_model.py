@@ -1,0 +1,34 @@
+"""Export a trained SSD as a SavedModel with pre- and post-processing in the graph (model/serving.py).
+
+    python3 export_saved_model.py --model_dir logs/ --output_dir exported/ssd300
+    python3 export_saved_model.py --checkpoint_path logs/ckpt-120000 --output_dir exported/ssd300
+
+The export holds saved_model.pb + variables/, and beside them the config.json and label_map.pbtxt the
+model was trained with. Signatures: serving_default (uint8 images [B, H, W, 3]) and serving_encoded
+(JPEG/PNG bytes [B]); outputs use the TF Object Detection API's names and float32 dtypes.
+"""
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("model_dir", "logs/", "Training model_dir; its latest checkpoint is exported.")
+flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N) to export instead of the latest.")
+flags.DEFINE_string("output_dir", None, "Folder to write the SavedModel into (replaced if it is an export).")
+flags.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy the network is built with; outputs stay float32.")
+flags.mark_flag_as_required("output_dir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from model import serving
+
+    module, config, class_names, checkpoint = serving.from_checkpoint(
+        FLAGS.model_dir, FLAGS.checkpoint_path, FLAGS.dtype_policy)
+    path = serving.export(module, config, class_names, FLAGS.output_dir)
+    logging.info("exported %s (%s, %d classes, %s) to %s", checkpoint, config.name, config.num_classes,
+                 FLAGS.dtype_policy, path)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,182 @@
+"""Serving: a tf.Module whose signatures take raw images and return post-processed detections.
+
+Everything between the raw image and the detections runs in the graph, with the eval path's functions
+(preprocessing/inputs.py resize + normalize, model/postprocess.py), so a SavedModel's detections equal
+the checkpoint's through model/evaluation.make_detect_fn on normalize(resize(image)).
+
+Signatures (input names are the keyword names a loaded signature takes):
+
+  serving_default(images: uint8 [B, H, W, 3])        any H, W > 0 and B > 0; RGB
+  serving_encoded(encoded_images: string [B])        JPEG, PNG, GIF (first frame) or BMP bytes;
+                                                     images of one batch may differ in size
+
+Both return the TF Object Detection API's output names and dtypes, so tools written for its exported
+detectors read ours unchanged:
+
+  detection_boxes    float32 [B, K, 4]  normalized [ymin, xmin, ymax, xmax] of the original image
+  detection_scores   float32 [B, K]     descending, 0 in padding
+  detection_classes  float32 [B, K]     label-map ids 1..C as floats (the OD API's dtype), 0 in padding
+  num_detections     float32 [B]        valid rows per image (the OD API's dtype)
+
+K = config.max_detections. Resizing warps to S x S (no letterbox), so normalized boxes of the S x S
+input are normalized boxes of the original image.
+"""
+
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from dataset import fields
+from model import model_dir as model_dir_lib
+from model import postprocess
+from preprocessing import inputs
+
+SERVING_DEFAULT = "serving_default"
+SERVING_ENCODED = "serving_encoded"
+IMAGES_INPUT = "images"
+ENCODED_INPUT = "encoded_images"
+RGB_CHANNELS = 3
+SAVED_MODEL_FILENAME = "saved_model.pb"
+
+
+def decode_image(encoded):
+    """Encoded image bytes (string []) -> uint8 [H, W, 3] RGB, decoded as the eval records are.
+
+    JPEG goes through decode_jpeg with INTEGER_ACCURATE (dataset/reader.py's choice: it matches a
+    Pillow decode); decode_image cannot take a dct_method, so it handles only the other formats.
+    A string that is no image raises InvalidArgumentError ("Unknown image file format ...").
+    """
+    def jpeg():
+        return tf.io.decode_jpeg(encoded, channels=RGB_CHANNELS, dct_method="INTEGER_ACCURATE")
+
+    def other():
+        return tf.io.decode_image(encoded, channels=RGB_CHANNELS, expand_animations=False)
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    image.set_shape([None, None, RGB_CHANNELS])
+    return image
+
+
+def _check_images(images):
+    """Asserts with readable messages what the signature's TensorSpec cannot express."""
+    shape = tf.shape(images)
+    return [
+        tf.debugging.assert_equal(shape[-1], RGB_CHANNELS,
+                                  message="images must be RGB: [batch, height, width, 3] uint8 "
+                                          "(got another number of channels; convert grey/RGBA first)"),
+        tf.debugging.assert_positive(shape[0], message="images: empty batch (batch size 0)"),
+        tf.debugging.assert_positive(shape[1] * shape[2],
+                                     message="images: empty image (height or width is 0)"),
+    ]
+
+
+class DetectionModule(tf.Module):
+    """Raw images in, post-processed detections out (module docstring); `model` is nets.ssd.build's."""
+
+    def __init__(self, model, anchors, config):
+        super().__init__(name="ssd_detector")
+        self.model = model
+        self._anchors = tf.constant(anchors, tf.float32)      # [A, 4]
+        self._config = config
+
+    def _detect(self, resized):
+        """float32 [B, S, S, 3] 0-255 RGB -> the output dict of the module docstring."""
+        outputs = self.model(inputs.normalize(resized, self._config), training=False)
+        detections = postprocess.postprocess(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
+                                             self._anchors, self._config)
+        return {
+            fields.DETECTION_BOXES: detections[fields.DETECTION_BOXES],
+            fields.DETECTION_SCORES: detections[fields.DETECTION_SCORES],
+            fields.DETECTION_CLASSES: tf.cast(detections[fields.DETECTION_CLASSES], tf.float32),
+            fields.NUM_DETECTIONS: tf.cast(detections[fields.NUM_DETECTIONS], tf.float32),
+        }
+
+    # Channels are left open in the spec so a grey or RGBA batch gets the clear message of
+    # _check_images instead of a bare shape mismatch.
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=IMAGES_INPUT)])
+    def serve_images(self, images):
+        """uint8 [B, H, W, 3] -> detections."""
+        with tf.control_dependencies(_check_images(images)):
+            resized = inputs.resize(images, self._config)               # [B, S, S, 3] float32
+        return self._detect(resized)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=ENCODED_INPUT)])
+    def serve_encoded(self, encoded_images):
+        """string [B] of encoded images (sizes may differ) -> detections."""
+        size = self._config.image_size
+        check = tf.debugging.assert_positive(tf.size(encoded_images),
+                                             message="encoded_images: empty batch (batch size 0)")
+
+        def decode_and_resize(encoded):
+            image = decode_image(encoded)
+            with tf.control_dependencies(_check_images(image[None])):
+                return inputs.resize(image, self._config)                 # [S, S, 3] float32
+
+        with tf.control_dependencies([check]):
+            resized = tf.map_fn(decode_and_resize, encoded_images,
+                                fn_output_signature=tf.TensorSpec([size, size, RGB_CHANNELS], tf.float32))
+        return self._detect(resized)
+
+    def signatures(self):
+        return {SERVING_DEFAULT: self.serve_images.get_concrete_function(),
+                SERVING_ENCODED: self.serve_encoded.get_concrete_function()}
+
+
+def export(module, config, class_names, output_dir):
+    """Writes `module` as a SavedModel plus config.json and label_map.pbtxt into `output_dir`.
+
+    Written into a temporary folder beside `output_dir` and renamed into place, so an interrupted
+    export never leaves a complete-looking half SavedModel. An existing `output_dir` is replaced only
+    when it is itself an export (holds saved_model.pb); any other existing path is refused.
+    """
+    output_dir = os.path.abspath(output_dir)
+    if os.path.exists(output_dir) and not os.path.exists(os.path.join(output_dir, SAVED_MODEL_FILENAME)):
+        raise FileExistsError(f"{output_dir} exists and is not a SavedModel export; refusing to replace it")
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    temp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.tmp-")
+    try:
+        tf.saved_model.save(module, temp_dir, signatures=module.signatures())
+        model_dir_lib.write(temp_dir, config, class_names)
+        if os.path.exists(output_dir):
+            old_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.old-")
+            os.replace(output_dir, os.path.join(old_dir, "export"))
+            os.replace(temp_dir, output_dir)
+            shutil.rmtree(old_dir)
+        else:
+            os.replace(temp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def from_checkpoint(model_dir=None, checkpoint_path=None, dtype_policy="float32"):
+    """(DetectionModule, config, class_names, checkpoint path) for --checkpoint_path or the latest in
+    --model_dir, with the model built under the Keras `dtype_policy` (e.g. "mixed_bfloat16")."""
+    import keras
+
+    from model import anchors as anchors_lib
+    from nets import ssd
+
+    checkpoint = model_dir_lib.resolve_checkpoint(model_dir, checkpoint_path)
+    config, class_names = model_dir_lib.read(checkpoint if checkpoint_path else model_dir)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy)
+    try:
+        model = ssd.build(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model_dir_lib.restore_model(model, checkpoint)
+    return DetectionModule(model, anchors_lib.generate(config), config), config, class_names, checkpoint
+
+
+def load(saved_model_dir):
+    """(loaded SavedModel, config, class_names) of an export; call loaded.signatures[SERVING_DEFAULT].
+
+    Keep the loaded object alive while using its signatures: they hold its variables only weakly.
+    """
+    config, class_names = model_dir_lib.read(saved_model_dir)
+    return tf.saved_model.load(saved_model_dir), config, class_names
