@@ -35,16 +35,26 @@ class AugmentConfig:
     flip_prob: float = 0.5   # transform_param mirror: true
 
 
+def split_seeds(seed):
+    """One stateless seed [2] -> the seeds of the photometric, geometric and flip steps, each [2]."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, _NUM_STEPS))
+
+
 def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
             extras: Optional[Dict[str, tf.Tensor]] = None):
     """Random SSD augmentation of one image and its boxes.
+
+    Equals photometric.distort_colors on the whole image, then geometric.zoom_out_image, crop_image
+    and flip_left_right (tested), but never builds the zoomed-out canvas and distorts only the pixels
+    of the image that end up in the patch: the colour distortion is pointwise, so it commutes with
+    slicing, and the mean fill is added afterwards, undistorted, as in Caffe.
 
     Args:
       image: float32 [H, W, 3], RGB in [0, 255].
       boxes: float32 [N, 4], normalized [ymin, xmin, ymax, xmax].
       labels: int32 [N].
       seed: int32 or int64 [2], stateless seed.
-      config: probabilities and ranges.
+      config: probabilities and ranges. Pass one instance: tf.function traces again for a new one.
       extras: optional dict of other per-box tensors [N, ...] (e.g. difficult flags), kept, dropped and
         reordered exactly like labels.
     Returns:
@@ -52,14 +62,14 @@ def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
       inside [0, 1] with positive area, labels int32 [K]), plus the gathered extras dict as a fourth
       element when `extras` was given.
     """
-    photometric_seed, geometric_seed, flip_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, _NUM_STEPS))
-    image = photometric.distort_colors(image, photometric_seed, config.photometric)
-
-    canvas_hw, offset_yx, window, boxes, keep = geometric.draw_zoom_out_and_crop(
-        tf.shape(image)[:2], boxes, geometric_seed, config.zoom_out, config.crop)
-    image = geometric.zoom_out_and_crop_image(image, canvas_hw, offset_yx, window,
-                                              config.zoom_out.fill_rgb)
+    photometric_seed, geometric_seed, flip_seed = split_seeds(seed)
+    image_hw = tf.shape(image)[:2]
+    _, offset_yx, window, boxes, keep = geometric.draw_zoom_out_and_crop(
+        image_hw, boxes, geometric_seed, config.zoom_out, config.crop)
+    begin, size, paddings = geometric.image_part_in_window(image_hw, offset_yx, window)
+    inside = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+    inside = photometric.distort_colors(inside, photometric_seed, config.photometric)
+    image = geometric.pad_with_fill(inside, paddings, config.zoom_out.fill_rgb)
     labels = tf.gather(labels, keep)
 
     flips = tf.random.stateless_uniform([], flip_seed) < config.flip_prob

@@ -176,29 +176,45 @@ def crop_image(image, window):
     return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], -1])
 
 
-def zoom_out_and_crop_image(image, canvas_hw, offset_yx, window, fill_rgb=IMAGENET_MEAN_RGB):
+def image_part_in_window(image_hw, offset_yx, window):
+    """Where the window of the canvas meets the image: what to slice from the image, how to pad it.
+
+    Args:
+      image_hw: int32 [2].  offset_yx: int32 [2], the image's place on the canvas.
+      window: int32 [4], [y, x, height, width] on the canvas.
+    Returns:
+      begin_yx int32 [2] and size_hw int32 [2] of the image slice (possibly empty), and paddings
+      int32 [3, 2] that pad the slice to the window (zero for the channel axis).
+    """
+    start_on_canvas, size = window[:2], window[2:]
+    begin = tf.clip_by_value(start_on_canvas - offset_yx, 0, image_hw)
+    end = tf.clip_by_value(start_on_canvas + size - offset_yx, 0, image_hw)
+    before = tf.clip_by_value(offset_yx - start_on_canvas, 0, size)
+    after = size - before - (end - begin)
+    paddings = tf.stack([tf.stack([before[0], after[0]]), tf.stack([before[1], after[1]]), [0, 0]])
+    return begin, end - begin, paddings
+
+
+def pad_with_fill(image, paddings, fill_rgb=IMAGENET_MEAN_RGB):
+    """tf.pad of image [H, W, 3] with a per-channel fill colour instead of zeros."""
+    fill = tf.constant(fill_rgb, tf.float32)
+    # Most patches lie inside the image (always without zoom-out): then there is nothing to fill.
+    return tf.cond(tf.reduce_any(paddings > 0), lambda: tf.pad(image - fill, paddings) + fill, lambda: image)
+
+
+def zoom_out_and_crop_image(image, offset_yx, window, fill_rgb=IMAGENET_MEAN_RGB):
     """Equals crop_image(zoom_out_image(image, canvas_hw, offset_yx, fill_rgb), window), computed
     without the canvas: slice the part of the image inside the window, pad the rest with fill_rgb.
 
     Args:
       image: float32 [H, W, 3].
-      canvas_hw, offset_yx: from draw_zoom_out.  window: int32 [4] from patch_window.
+      offset_yx: from draw_zoom_out.  window: int32 [4] from patch_window.
     Returns:
       float32 [window height, window width, 3].
     """
-    image_hw = tf.shape(image)[:2]
-    start_on_canvas, size = window[:2], window[2:]
-    start = tf.clip_by_value(start_on_canvas - offset_yx, 0, image_hw)
-    stop = tf.clip_by_value(start_on_canvas + size - offset_yx, 0, image_hw)
-    inside = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([stop - start, [-1]], 0))
-    before = tf.clip_by_value(offset_yx - start_on_canvas, 0, size)
-    after = size - before - (stop - start)
-    fill = tf.constant(fill_rgb, tf.float32)
-    paddings = tf.stack([tf.stack([before[0], after[0]]), tf.stack([before[1], after[1]]), [0, 0]])
-    # Most patches lie inside the image (always without zoom-out): then there is nothing to fill.
-    return tf.cond(tf.reduce_any(paddings > 0),
-                   lambda: tf.pad(inside - fill, paddings) + fill,
-                   lambda: inside)
+    begin, size, paddings = image_part_in_window(tf.shape(image)[:2], offset_yx, window)
+    inside = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+    return pad_with_fill(inside, paddings, fill_rgb)
 
 
 def crop_boxes(boxes_on_canvas, window):

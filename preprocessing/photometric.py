@@ -74,26 +74,27 @@ def distort_colors(image, seed, config: PhotometricConfig = PhotometricConfig())
     seeds = tf.random.experimental.stateless_split(seed, _NUM_DRAWS)
     contrast_first = _applies(seeds[0], config.contrast_first_prob)
 
-    # Brightness and contrast are cheap elementwise ops: an identity amount when not applied avoids
-    # a branch (x + 0 and x * 1 are exact, so probability 0 leaves the image bit-identical).
-    brightness = tf.where(_applies(seeds[1], config.brightness_prob),
-                          _draw(seeds[2], config.brightness_delta_range), 0.0)
-    contrast = tf.where(_applies(seeds[3], config.contrast_prob),
-                        _draw(seeds[4], config.contrast_factor_range), 1.0)
+    # Each op runs only when drawn (tf.cond): on a 500x375 image one HSV op costs several ms on a core.
+    do_brightness = _applies(seeds[1], config.brightness_prob)
+    brightness = _draw(seeds[2], config.brightness_delta_range)
+    do_contrast = _applies(seeds[3], config.contrast_prob)
+    contrast = _draw(seeds[4], config.contrast_factor_range)
     do_saturation = _applies(seeds[5], config.saturation_prob)
     saturation = _draw(seeds[6], config.saturation_factor_range)
     do_hue = _applies(seeds[7], config.hue_prob)
     hue_turns = _draw(seeds[8], config.hue_delta_degrees_range) / DEGREES_PER_HUE_CIRCLE
 
-    def hsv_part(img):
-        # The HSV round trips are the expensive part, so they run only when drawn. adjust_saturation
-        # and adjust_hue are scale-invariant (HSV value is max(R, G, B)), so 0-255 input is fine.
-        img = tf.cond(do_saturation, lambda: tf.image.adjust_saturation(img, saturation), lambda: img)
-        img = tf.cond(do_hue, lambda: tf.image.adjust_hue(img, hue_turns), lambda: img)
-        return _clip(img)
+    def maybe(applies, op, img):
+        return tf.cond(applies, lambda: op(img), lambda: img)
 
-    image = _clip(image + brightness)
-    image = tf.cond(contrast_first, lambda: _clip(image * contrast), lambda: image)
-    image = hsv_part(image)
-    image = tf.cond(contrast_first, lambda: image, lambda: _clip(image * contrast))
+    def contrast_op(img):
+        return _clip(img * contrast)
+
+    # adjust_saturation and adjust_hue are scale-invariant (HSV value is max(R, G, B)), so 0-255 input
+    # is fine; saturation is clamped to 1 and the value kept, so they stay in range up to rounding.
+    image = maybe(do_brightness, lambda img: _clip(img + brightness), image)
+    image = maybe(do_contrast & contrast_first, contrast_op, image)
+    image = maybe(do_saturation, lambda img: _clip(tf.image.adjust_saturation(img, saturation)), image)
+    image = maybe(do_hue, lambda img: _clip(tf.image.adjust_hue(img, hue_turns)), image)
+    image = maybe(do_contrast & tf.logical_not(contrast_first), contrast_op, image)
     return image

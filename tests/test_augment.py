@@ -3,7 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from preprocessing.augment import AugmentConfig, augment
+from preprocessing import geometric, photometric
+from preprocessing.augment import AugmentConfig, augment, split_seeds
 from preprocessing.geometric import CropConfig
 from preprocessing.photometric import PhotometricConfig
 
@@ -76,6 +77,31 @@ def test_kept_boxes_are_normalized_with_positive_area_and_extras_follow_labels()
         assert image.numpy().min() >= 0.0 and image.numpy().max() <= 255.0
         shapes.add(image.shape)
     assert len(shapes) > NUM_SEEDS // 2  # zoom-out and crop really vary the output size
+
+
+def _augment_step_by_step(image, boxes, labels, seed, config):
+    """The plain version: distort the whole image, build the canvas, crop it, flip."""
+    photometric_seed, geometric_seed, flip_seed = split_seeds(seed)
+    image = photometric.distort_colors(image, photometric_seed, config.photometric)
+    canvas_hw, offset_yx, window, boxes, keep = geometric.draw_zoom_out_and_crop(
+        tf.shape(image)[:2], boxes, geometric_seed, config.zoom_out, config.crop)
+    canvas = geometric.zoom_out_image(image, canvas_hw, offset_yx, config.zoom_out.fill_rgb)
+    image = geometric.crop_image(canvas, window)
+    flips = tf.random.stateless_uniform([], flip_seed) < config.flip_prob
+    image, boxes = geometric.flip_left_right(image, boxes, flips)
+    return image, boxes, tf.gather(labels, keep)
+
+
+def test_augment_equals_the_step_by_step_version():
+    config = AugmentConfig(photometric=PhotometricConfig(brightness_prob=0.8, contrast_prob=0.8,
+                                                         saturation_prob=0.8, hue_prob=0.8))
+    image = tf.random.stateless_uniform([HEIGHT, WIDTH, 3], [4, 4], maxval=255.0)
+    for i in range(12):
+        fast = _augment(image, BOXES, LABELS, _seed(i), config)
+        plain = _augment_step_by_step(image, BOXES, LABELS, _seed(i), config)
+        np.testing.assert_allclose(fast[0], plain[0], atol=1e-3)
+        np.testing.assert_array_equal(fast[1], plain[1])
+        np.testing.assert_array_equal(fast[2], plain[2])
 
 
 def test_same_seed_same_output_different_seeds_differ():

@@ -49,7 +49,7 @@ def test_fused_zoom_out_and_crop_equals_canvas_then_crop():
         canvas_hw, offset_yx, window, _, _ = geometric.draw_zoom_out_and_crop(
             tf.constant([7, 9]), box, _seed(i), zoom, crop)
         naive = geometric.crop_image(geometric.zoom_out_image(image, canvas_hw, offset_yx, FILL), window)
-        fused = geometric.zoom_out_and_crop_image(image, canvas_hw, offset_yx, window, FILL)
+        fused = geometric.zoom_out_and_crop_image(image, offset_yx, window, FILL)
         np.testing.assert_allclose(fused, naive, atol=1e-4)
         padded_patches += int(np.isclose(naive.numpy(), FILL).all(axis=-1).any())
     assert padded_patches > 5  # both branches of the fused version were exercised
