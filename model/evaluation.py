@@ -3,8 +3,13 @@
 Shared by eval_ssd.py and train_ssd.py's in-process evaluation. Every val image is seen exactly once
 (eval_input_fn keeps the last, smaller batch; the evaluator rejects a repeated id). Detections stay
 normalized: the evaluator scales them to each image's original size at the edge.
+
+Continuous evaluation (eval_ssd.py --wait_for_checkpoints) walks a model_dir's checkpoints with
+`watch_checkpoints`, and reads each checkpoint's training step with `checkpoint_step`.
 """
 
+import os
+import re
 import time
 
 import tensorflow as tf
@@ -17,6 +22,11 @@ from preprocessing import inputs
 from preprocessing.visualize import draw_boxes
 
 NUM_SUMMARY_IMAGES = 4
+SUMMARY_MIN_SCORE = 0.3  # only confident detections are drawn; the metrics use all of them
+# train_ssd.py checkpoints hold tf.train.Checkpoint(model=..., optimizer=...); Keras 3 optimizers
+# track their step counter as `_iterations`.
+ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+_CHECKPOINT_NUMBER = re.compile(r"-(\d+)$")
 
 
 def make_detect_fn(model, anchors, config):
@@ -31,28 +41,42 @@ def make_detect_fn(model, anchors, config):
     return detect
 
 
-def run_detection(model, data_dir, config, anchors, class_names, batch_size, split="val",
-                  keep_images=0):
-    """Detections for every image of `split` in a DetectionEvaluator; also up to `keep_images` inputs."""
-    detect = make_detect_fn(model, anchors, config)
+def add_batch(evaluator, labels, detections):
+    """Adds one eval batch to `evaluator`.
+
+    Args:
+      labels: numpy dict from eval_input_fn: image_id [B] bytes, height [B], width [B], boxes [B, G, 4],
+        labels [B, G] (0 in padding rows), difficult [B, G].
+      detections: numpy dict from post-processing: detection_boxes [B, K, 4], detection_scores [B, K],
+        detection_classes [B, K], num_detections [B].
+    """
+    for i in range(len(labels[fields.IMAGE_ID])):
+        n = int(detections[fields.NUM_DETECTIONS][i])
+        valid = labels[fields.LABELS][i] > 0  # padding rows have label 0 (background)
+        evaluator.add(labels[fields.IMAGE_ID][i].decode(), int(labels[fields.HEIGHT][i]),
+                      int(labels[fields.WIDTH][i]), labels[fields.BOXES][i][valid],
+                      labels[fields.LABELS][i][valid], labels[fields.DIFFICULT][i][valid],
+                      detections[fields.DETECTION_BOXES][i][:n],
+                      detections[fields.DETECTION_SCORES][i][:n],
+                      detections[fields.DETECTION_CLASSES][i][:n])
+
+
+def run_detection(detect, dataset, class_names, keep_images=0):
+    """Detections for every image of `dataset` (eval_input_fn batches) in a DetectionEvaluator.
+
+    Returns (evaluator, kept): kept is up to `keep_images` (net input [S, S, 3], detection dict
+    trimmed to the valid detections) pairs, for summaries.
+    """
     evaluator = DetectionEvaluator(class_names)
     kept = []
     start, count = time.time(), 0
-    for features, labels in inputs.eval_input_fn(data_dir, config, batch_size, split):
+    for features, labels in dataset:
         detections = {k: v.numpy() for k, v in detect(features).items()}
-        labels = {k: v.numpy() for k, v in labels.items()}
-        for i in range(features.shape[0]):
+        add_batch(evaluator, {k: v.numpy() for k, v in labels.items()}, detections)
+        for i in range(min(keep_images - len(kept), features.shape[0])):
             n = int(detections[fields.NUM_DETECTIONS][i])
-            valid = labels[fields.LABELS][i] > 0  # padding rows have label 0
-            evaluator.add(labels[fields.IMAGE_ID][i].decode(), int(labels[fields.HEIGHT][i]),
-                          int(labels[fields.WIDTH][i]), labels[fields.BOXES][i][valid],
-                          labels[fields.LABELS][i][valid], labels[fields.DIFFICULT][i][valid],
-                          detections[fields.DETECTION_BOXES][i][:n],
-                          detections[fields.DETECTION_SCORES][i][:n],
-                          detections[fields.DETECTION_CLASSES][i][:n])
-            if len(kept) < keep_images:
-                kept.append((features[i].numpy(), {k: v[i][:n] for k, v in detections.items()
-                                                   if k != fields.NUM_DETECTIONS}))
+            kept.append((features[i].numpy(), {k: v[i][:n] for k, v in detections.items()
+                                               if k != fields.NUM_DETECTIONS}))
         count += features.shape[0]
         logging.log_every_n_seconds(logging.INFO, "evaluated %d images (%.1f images/s)", 10, count,
                                     count / max(time.time() - start, 1e-9))
@@ -70,15 +94,21 @@ def headline(results):
     return ", ".join(parts) + f" ({results['num_images']} images)"
 
 
-def write_summaries(writer, step, results, kept, config, class_names, min_score=0.3):
-    """Every metric, per-class AP, and a few images with detections drawn."""
-    for metric in ("voc07", "voc12"):
-        if metric in results:
-            writer.scalars(step, {"mAP": results[metric]["mAP"] or 0.0}, prefix=f"{metric}/")
-            writer.scalars(step, {name: ap for name, ap in results[metric]["AP"].items() if ap is not None},
-                           prefix=f"{metric}_AP/")
-    if "coco" in results:
-        writer.scalars(step, {k: v for k, v in results["coco"].items() if v is not None}, prefix="coco/")
+def flatten_numbers(results, prefix=""):
+    """Nested result dict -> {"voc07/mAP": x, "voc07/AP/cat": y, "coco/AP50": z, ...}; None is skipped."""
+    flat = {}
+    for key, value in results.items():
+        name = prefix + str(key)
+        if isinstance(value, dict):
+            flat.update(flatten_numbers(value, name + "/"))
+        elif value is not None:
+            flat[name] = float(value)
+    return flat
+
+
+def write_summaries(writer, step, results, kept, config, class_names, min_score=SUMMARY_MIN_SCORE):
+    """Every number of `results` (flattened, undefined APs skipped) and `kept` images with detections."""
+    writer.scalars(step, flatten_numbers(results))
     drawn = []
     for features, det in kept:
         keep = det[fields.DETECTION_SCORES] >= min_score
@@ -90,13 +120,20 @@ def write_summaries(writer, step, results, kept, config, class_names, min_score=
 
 
 def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_dir=None, step=0,
-             metrics=METRIC_NAMES, output_dir=None, split="val"):
-    """Evaluates `model` on `split`; logs the per-class table; optionally writes summaries and result
-    files. Returns the evaluator's result dict."""
-    evaluator, kept = run_detection(model, data_dir, config, anchors, class_names, batch_size, split,
-                                    keep_images=NUM_SUMMARY_IMAGES if summary_dir else 0)
+             metrics=METRIC_NAMES, output_dir=None, split="val", detect=None, log_table=True):
+    """Evaluates `model` on every image of `split` once; logs the per-class table; optionally writes
+    summaries (to `summary_dir`, at `step`) and result files (to `output_dir`).
+
+    `detect` (from make_detect_fn) can be passed to reuse one traced function across checkpoints;
+    `log_table=False` leaves printing the per-class table to the caller.
+    Returns the evaluator's result dict (metrics/evaluator.py).
+    """
+    detect = detect or make_detect_fn(model, anchors, config)
+    evaluator, kept = run_detection(detect, inputs.eval_input_fn(data_dir, config, batch_size, split),
+                                    class_names, keep_images=NUM_SUMMARY_IMAGES if summary_dir else 0)
     results = evaluator.evaluate(metrics)
-    logging.info("step %d evaluation:\n%s", step, evaluator.format_table(results))
+    if log_table:
+        logging.info("step %d evaluation:\n%s", step, evaluator.format_table(results))
     if output_dir:
         for path in evaluator.write_results(output_dir):
             logging.info("wrote %s", path)
@@ -106,3 +143,47 @@ def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_
         writer.close()
     return results
 
+
+def checkpoint_step(checkpoint_path):
+    """Training step of a checkpoint: the optimizer's iteration count, else the N of `ckpt-N`."""
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    if reader.has_tensor(ITERATIONS_KEY):
+        return int(reader.get_tensor(ITERATIONS_KEY))
+    match = _CHECKPOINT_NUMBER.search(os.path.basename(checkpoint_path))
+    if not match:
+        raise ValueError(f"cannot tell the step of {checkpoint_path}: no {ITERATIONS_KEY} and no -N suffix")
+    return int(match.group(1))
+
+
+def _listed_checkpoints(model_dir):
+    """Checkpoint prefixes the `checkpoint` state file of `model_dir` lists (oldest first) that exist."""
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return []
+    return [path for path in state.all_model_checkpoint_paths if tf.io.gfile.exists(path + ".index")]
+
+
+def watch_checkpoints(model_dir, timeout_s, poll_s=1.0, clock=time.monotonic, sleep=time.sleep):
+    """Yields each checkpoint of `model_dir` once, oldest first, including those already there; waits
+    for new ones and returns after `timeout_s` seconds without one.
+
+    Unlike tf.train.checkpoints_iterator, which starts at the latest checkpoint, this also yields the
+    older checkpoints the training's CheckpointManager still keeps, so an evaluator started late (or a
+    training that saved faster than one evaluation) skips none of them. The timeout counts from the
+    end of the last evaluation (the caller's work between yields), as checkpoints_iterator's does.
+    """
+    seen = set()
+    deadline = clock() + timeout_s
+    while True:
+        new = [path for path in _listed_checkpoints(model_dir) if path not in seen]
+        for path in new:
+            seen.add(path)
+            if tf.io.gfile.exists(path + ".index"):  # the manager may have deleted it meanwhile
+                yield path
+        if new:
+            deadline = clock() + timeout_s
+        elif clock() >= deadline:
+            logging.info("no new checkpoint in %s for %.0f s; stopping", model_dir, timeout_s)
+            return
+        else:
+            sleep(min(poll_s, max(deadline - clock(), 0.0)))

@@ -1,0 +1,102 @@
+"""Evaluate SSD checkpoints: VOC07 11-point, VOC2010+ all-point and COCO metrics on the val shards.
+
+    python3 eval_ssd.py --model_dir logs/                          # the latest checkpoint, once
+    python3 eval_ssd.py --model_dir logs/ --wait_for_checkpoints   # every checkpoint as it appears
+    python3 eval_ssd.py --checkpoint_path logs/ckpt-120000 --metrics voc07
+
+The model config and class names come from the checkpoint's model_dir (config.json, label_map.pbtxt,
+written by train_ssd.py); the data's label map must name the same classes in the same order. Every
+image of --split is evaluated exactly once, with boxes scaled to its original size. Per checkpoint:
+the per-class table and then one JSON object with every number go to stdout (the JSON is always the
+last line), TensorBoard summaries to <model_dir>/eval, and VOC devkit comp4 files plus a COCO
+results JSON to --output_dir (default <model_dir>/eval_results/<checkpoint name>).
+"""
+
+import json
+import os
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of val-* shards and label_map.pbtxt.")
+flags.DEFINE_string("model_dir", "logs/", "Training model_dir: checkpoints, config.json, label_map.pbtxt.")
+flags.DEFINE_string("checkpoint_path", "", "A checkpoint prefix (e.g. logs/ckpt-1000); default: the "
+                    "latest in --model_dir.")
+flags.DEFINE_string("split", "val", "Shards <split>-?????-of-????? of --data_dir to evaluate.")
+flags.DEFINE_list("metrics", ["voc07", "voc12", "coco"], "Metrics: voc07 (11-point), voc12 "
+                  "(VOC2010+ all-point), coco (pycocotools).")
+flags.DEFINE_integer("batch_size", 16, "Images per forward call (the last batch may be smaller).")
+flags.DEFINE_string("output_dir", "", "Result files (VOC comp4 per class, COCO JSON); default "
+                    "<model_dir>/eval_results/<checkpoint name>.")
+flags.DEFINE_bool("write_results", True, "Write the result files.")
+flags.DEFINE_bool("write_summaries", True, "Write TensorBoard summaries to <model_dir>/eval.")
+flags.DEFINE_bool("wait_for_checkpoints", False, "Evaluate every checkpoint of --model_dir, oldest "
+                  "first, waiting for new ones until --eval_timeout or --max_steps.")
+flags.DEFINE_integer("eval_timeout", 3600, "Stop waiting after this many seconds without a new checkpoint.")
+flags.DEFINE_integer("max_steps", 0, "Stop after evaluating a checkpoint at or past this step; 0: never.")
+FLAGS = flags.FLAGS
+
+
+def check_label_maps(model_class_names, data_label_map_path, model_folder):
+    """Raises ValueError unless the data's label map names the model's classes in the same order."""
+    from dataset import label_map
+
+    if not os.path.exists(data_label_map_path):
+        raise FileNotFoundError(f"{data_label_map_path} not found: --data_dir holds no label map")
+    data_class_names = label_map.read_label_map(data_label_map_path)
+    if tuple(data_class_names) != tuple(model_class_names):
+        differences = [f"id {i + 1}: model {m!r} vs data {d!r}"
+                       for i, (m, d) in enumerate(zip(model_class_names, data_class_names)) if m != d]
+        raise ValueError(
+            f"label map mismatch: the model in {model_folder} was trained with {len(model_class_names)} "
+            f"classes, {data_label_map_path} has {len(data_class_names)}"
+            + (f"; {', '.join(differences[:5])}" if differences else "")
+            + ". Evaluate on the data the model was trained for.")
+
+
+def main(argv):
+    del argv
+    from dataset import label_map
+    from metrics.evaluator import DetectionEvaluator
+    from model import anchors as anchors_lib, evaluation, model_dir
+    from nets import ssd
+
+    if FLAGS.wait_for_checkpoints:
+        checkpoints = evaluation.watch_checkpoints(FLAGS.model_dir, FLAGS.eval_timeout)
+    else:
+        checkpoints = [model_dir.resolve_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)]
+
+    model = None
+    for checkpoint_path in checkpoints:
+        folder = os.path.dirname(checkpoint_path)
+        if model is None:  # built at the first checkpoint: a watched model_dir may start empty
+            config, class_names = model_dir.read(folder)
+            check_label_maps(class_names, os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME),
+                             folder)
+            model = ssd.build(config)
+            anchors = anchors_lib.generate(config)
+            detect = evaluation.make_detect_fn(model, anchors, config)
+        model_dir.restore_model(model, checkpoint_path)
+        step = evaluation.checkpoint_step(checkpoint_path)
+        output_dir = None
+        if FLAGS.write_results:
+            output_dir = FLAGS.output_dir or os.path.join(folder, "eval_results",
+                                                          os.path.basename(checkpoint_path))
+        results = evaluation.evaluate(
+            model, FLAGS.data_dir, config, anchors, class_names, FLAGS.batch_size,
+            summary_dir=os.path.join(folder, "eval") if FLAGS.write_summaries else None, step=step,
+            metrics=FLAGS.metrics, output_dir=output_dir, split=FLAGS.split, detect=detect,
+            log_table=False)
+        logging.info("%s (step %d): %s", checkpoint_path, step, evaluation.headline(results))
+        print(f"{checkpoint_path} (step {step}):")
+        print(DetectionEvaluator(class_names).format_table(results))
+        # The last stdout line: every number, for scripts and tests.
+        print(json.dumps({"checkpoint": checkpoint_path, "step": step, **results}), flush=True)
+        if FLAGS.max_steps and step >= FLAGS.max_steps:
+            logging.info("step %d >= --max_steps %d; stopping", step, FLAGS.max_steps)
+            break
+    if model is None:
+        logging.warning("no checkpoint appeared in %s within %d s", FLAGS.model_dir, FLAGS.eval_timeout)
+
+
+if __name__ == "__main__":
+    app.run(main)
