@@ -174,9 +174,9 @@ def check_finite(step, loss_dict, last_checkpoint):
     if all(math.isfinite(v) for v in values.values()):
         return values
     raise FloatingPointError(
-        f"non-finite loss at step {step}: {values}; the weights were not updated and the last good "
-        f"checkpoint {last_checkpoint or '(none yet)'} remains the latest. Lower --learning_rate or "
-        f"raise --warmup_steps.")
+        f"non-finite loss at step {step}: {values}; stopped without saving, so the last good checkpoint "
+        f"{last_checkpoint or '(none yet)'} remains the latest. Lower --learning_rate or raise "
+        f"--warmup_steps.")
 
 
 class ProgressLogger:

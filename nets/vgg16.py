@@ -31,12 +31,19 @@ CONV4_3_NORM = "conv4_3_norm"
 # The backbone is normally loaded from a checkpoint; from scratch (tests, ablations) He init keeps the
 # ReLU activations' variance steady through 15 layers where Glorot would shrink it.
 _BACKBONE_KERNEL_INIT = "he_normal"
+# conv1_1 sees raw pixels minus the mean, whose standard deviation is ~58 (ImageNet's per-channel
+# 58.4/57.1/57.4), not 1. He init divided by that variance gives unit-variance conv1_1 outputs;
+# plain He init would carry the x58 through every layer into logits in the hundreds and a loss that
+# explodes in the first steps of training from scratch.
+_PIXEL_STD = 58.0
+_FIRST_KERNEL_INIT = keras.initializers.VarianceScaling(2.0 / _PIXEL_STD ** 2, "fan_in",
+                                                        "truncated_normal")
 
 
-def _conv(filters, kernel_size, name, dilation_rate=1):
+def _conv(filters, kernel_size, name, dilation_rate=1, kernel_initializer=_BACKBONE_KERNEL_INIT):
     return keras.layers.Conv2D(
         filters, kernel_size, padding="same", dilation_rate=dilation_rate, activation="relu",
-        kernel_initializer=_BACKBONE_KERNEL_INIT, bias_initializer="zeros", name=name)
+        kernel_initializer=kernel_initializer, bias_initializer="zeros", name=name)
 
 
 def reduced_fc_vgg16(images, config):
@@ -49,7 +56,8 @@ def reduced_fc_vgg16(images, config):
     x = images
     for block_index, block in enumerate(VGG16_CONV_BLOCKS):
         for name, filters in block:
-            x = _conv(config.channels(filters), 3, name)(x)
+            init = _FIRST_KERNEL_INIT if x is images else _BACKBONE_KERNEL_INIT
+            x = _conv(config.channels(filters), 3, name, kernel_initializer=init)(x)
         if name == CONV4_3:
             conv4_3 = x
         if block_index < len(VGG16_CONV_BLOCKS) - 1:
