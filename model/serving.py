@@ -61,6 +61,10 @@ def decode_image(encoded):
 
 def _check_images(images):
     """Asserts with readable messages what the signature's TensorSpec cannot express."""
+    # A loaded signature does not check the rank its TensorSpec declares, and a graph op with a
+    # static rank-4 input would fold a rank check away: EnsureShape checks at run time.
+    images = tf.ensure_shape(images, [None, None, None, None],
+                             name="images_must_be_batch_height_width_channels")
     shape = tf.shape(images)
     return [
         tf.debugging.assert_equal(shape[-1], RGB_CHANNELS,

@@ -1,0 +1,210 @@
+"""SavedModel export (model/serving.py, export_saved_model.py): layout, parity with the eval path,
+the encoded-bytes signature, bad inputs, atomic writes, the bfloat16 variant."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import REPO_ROOT
+from dataset import fields, label_map
+from model import anchors as anchors_lib
+from model import evaluation, model_dir as model_dir_lib, presets, serving
+from nets import ssd
+from preprocessing import inputs
+
+CLASS_NAMES = ("cat", "dog", "person")
+WIDTH = 0.125
+TOLERANCE = 1e-5
+
+
+def _calibrate_heads(model, image_size):
+    """Scales each random head so its outputs have unit spread on a noise image: untrained heads give
+    logits in the hundreds (every score 1.0, ties everywhere), which would make parity tests weak."""
+    image = tf.random.stateless_normal([1, image_size, image_size, 3], seed=[1, 2], stddev=60.0)
+    for layer in model.layers:
+        if layer.name.endswith((ssd.CONF_SUFFIX, ssd.LOC_SUFFIX)):
+            spread = float(tf.math.reduce_std(keras.Model(model.input, layer.output)(image)))
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel / spread, bias])
+
+
+def write_random_model_dir(path, seed=0):
+    """A model_dir as train_ssd.py leaves it (checkpoint, config.json, label map), random weights."""
+    config = presets.get("ssd300_vgg16", len(CLASS_NAMES), width_multiplier=WIDTH)
+    keras.utils.set_random_seed(seed)
+    model = ssd.build(config)
+    _calibrate_heads(model, config.image_size)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(path), max_to_keep=1).save()
+    model_dir_lib.write(str(path), config, CLASS_NAMES)
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model_dir")
+    return str(path), write_random_model_dir(path)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_dir, tmp_path_factory):
+    path, config = trained_dir
+    module, _, _, _ = serving.from_checkpoint(path)
+    export_dir = serving.export(module, config, CLASS_NAMES, str(tmp_path_factory.mktemp("export") / "ssd"))
+    loaded, _, _ = serving.load(export_dir)
+    return export_dir, loaded
+
+
+@pytest.fixture(scope="module")
+def eval_detect(trained_dir):
+    """The eval path: a model restored from the checkpoint, make_detect_fn on normalize(resize(image))."""
+    path, config = trained_dir
+    model = ssd.build(config)
+    model_dir_lib.restore_model(model, model_dir_lib.resolve_checkpoint(path))
+    detect = evaluation.make_detect_fn(model, anchors_lib.generate(config), config)
+    return lambda images: {k: v.numpy() for k, v in
+                           detect(inputs.normalize(inputs.resize(images, config), config)).items()}
+
+
+def _images(batch, height, width, seed):
+    """Smooth uint8 RGB images (gradients plus noise), so JPEG coding keeps them recognisable."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 200, width)[None, :, None] + np.linspace(0, 50, height)[:, None, None]
+    noise = rng.integers(0, 50, size=(batch, height, width, 3))
+    return np.clip(ramp[None] + noise, 0, 255).astype(np.uint8)
+
+
+def _assert_same_detections(served, reference):
+    np.testing.assert_array_equal(served[fields.NUM_DETECTIONS], reference[fields.NUM_DETECTIONS])
+    for key in (fields.DETECTION_BOXES, fields.DETECTION_SCORES, fields.DETECTION_CLASSES):
+        np.testing.assert_allclose(served[key], reference[key].astype(np.float32), atol=TOLERANCE,
+                                   err_msg=key)
+
+
+def _numpy(outputs):
+    return {k: v.numpy() for k, v in outputs.items()}
+
+
+def test_export_layout_signatures_and_od_api_outputs(exported, trained_dir):
+    export_dir, loaded = exported
+    _, config = trained_dir
+    for name in ("saved_model.pb", "variables", label_map.LABEL_MAP_FILENAME, model_dir_lib.CONFIG_FILENAME):
+        assert os.path.exists(os.path.join(export_dir, name)), name
+    assert label_map.read_label_map(os.path.join(export_dir, label_map.LABEL_MAP_FILENAME)) == CLASS_NAMES
+    assert model_dir_lib.read(export_dir)[0] == config
+    assert os.listdir(os.path.dirname(export_dir)) == ["ssd"]   # no temporary folder left beside it
+
+    default = loaded.signatures[serving.SERVING_DEFAULT]
+    encoded = loaded.signatures[serving.SERVING_ENCODED]
+    assert default.structured_input_signature[1][serving.IMAGES_INPUT].dtype == tf.uint8
+    assert encoded.structured_input_signature[1][serving.ENCODED_INPUT].dtype == tf.string
+    for signature in (default, encoded):
+        outputs = signature.structured_outputs
+        assert sorted(outputs) == sorted([fields.DETECTION_BOXES, fields.DETECTION_SCORES,
+                                          fields.DETECTION_CLASSES, fields.NUM_DETECTIONS])
+        assert all(spec.dtype == tf.float32 for spec in outputs.values())   # the OD API's dtypes
+        assert outputs[fields.DETECTION_BOXES].shape.as_list() == [None, config.max_detections, 4]
+
+
+@pytest.mark.parametrize("height,width,batch", [(300, 300, 2), (97, 211, 1)], ids=["SxS", "non_square"])
+def test_serving_default_equals_eval_path(exported, eval_detect, height, width, batch):
+    _, loaded = exported
+    images = _images(batch, height, width, seed=height)
+    served = _numpy(loaded.signatures[serving.SERVING_DEFAULT](images=tf.constant(images)))
+    reference = eval_detect(tf.constant(images))
+    _assert_same_detections(served, reference)
+    assert served[fields.NUM_DETECTIONS].min() > 0
+    # Distinct scores: the comparison is not between two columns of ties.
+    assert len(np.unique(served[fields.DETECTION_SCORES][0][:10])) == 10
+    classes = served[fields.DETECTION_CLASSES][0][:int(served[fields.NUM_DETECTIONS][0])]
+    assert set(classes.astype(int)) <= {1, 2, 3}
+
+
+def test_serving_encoded_equals_eval_decoder(exported, eval_detect):
+    """A JPEG and a PNG of other sizes in one batch; each row equals the eval path on its decode."""
+    _, loaded = exported
+    jpeg_image, png_image = _images(1, 120, 160, seed=1)[0], _images(1, 75, 50, seed=2)[0]
+    jpeg_bytes, png_bytes = io.BytesIO(), io.BytesIO()
+    Image.fromarray(jpeg_image).save(jpeg_bytes, format="JPEG", quality=90)
+    Image.fromarray(png_image).save(png_bytes, format="PNG")
+    # The eval records' decoder (dataset/reader.py) is integer-accurate, which matches Pillow exactly.
+    jpeg_decoded = tf.io.decode_jpeg(jpeg_bytes.getvalue(), channels=3, dct_method="INTEGER_ACCURATE")
+    np.testing.assert_array_equal(jpeg_decoded.numpy(), np.asarray(Image.open(jpeg_bytes)))
+    np.testing.assert_array_equal(serving.decode_image(tf.constant(jpeg_bytes.getvalue())).numpy(),
+                                  jpeg_decoded.numpy())
+
+    served = _numpy(loaded.signatures[serving.SERVING_ENCODED](
+        encoded_images=tf.constant([jpeg_bytes.getvalue(), png_bytes.getvalue()])))
+    for row, decoded in enumerate([jpeg_decoded, tf.constant(png_image)]):
+        _assert_same_detections({k: v[row:row + 1] for k, v in served.items()}, eval_detect(decoded[None]))
+
+
+@pytest.mark.parametrize("signature,value,message", [
+    (serving.SERVING_DEFAULT, tf.zeros([1, 8, 8, 3], tf.float32), "expected to be a uint8 tensor"),
+    (serving.SERVING_DEFAULT, tf.zeros([8, 8, 3], tf.uint8), "not compatible with expected shape [?,?,?,?]"),
+    (serving.SERVING_DEFAULT, tf.zeros([1, 0, 0, 3], tf.uint8), "empty image"),
+    (serving.SERVING_DEFAULT, tf.zeros([0, 8, 8, 3], tf.uint8), "empty batch"),
+    (serving.SERVING_DEFAULT, tf.zeros([1, 8, 8, 1], tf.uint8), "images must be RGB"),
+    (serving.SERVING_DEFAULT, tf.zeros([1, 8, 8, 4], tf.uint8), "images must be RGB"),
+    (serving.SERVING_ENCODED, tf.constant([b"not an image"]), "Unknown image file format"),
+    (serving.SERVING_ENCODED, tf.zeros([0], tf.string), "encoded_images: empty batch"),
+], ids=["float32", "rank3", "0x0", "batch0", "grey", "rgba", "not_image", "encoded_batch0"])
+def test_bad_input_is_rejected_with_a_clear_message(exported, signature, value, message):
+    _, loaded = exported
+    name = serving.IMAGES_INPUT if signature == serving.SERVING_DEFAULT else serving.ENCODED_INPUT
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message.replace("[", r"\[").replace("?", r"\?")):
+        loaded.signatures[signature](**{name: value})
+
+
+def test_export_replaces_only_an_export_and_leaves_nothing_when_interrupted(trained_dir, tmp_path,
+                                                                            monkeypatch):
+    path, config = trained_dir
+    module, _, _, _ = serving.from_checkpoint(path)
+    not_an_export = tmp_path / "precious"
+    not_an_export.mkdir()
+    (not_an_export / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a SavedModel export"):
+        serving.export(module, config, CLASS_NAMES, str(not_an_export))
+    assert (not_an_export / "notes.txt").read_text() == "keep me"
+
+    def killed(*args):
+        raise KeyboardInterrupt("export killed")
+    monkeypatch.setattr(model_dir_lib, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        serving.export(module, config, CLASS_NAMES, str(tmp_path / "ssd"))
+    assert sorted(os.listdir(tmp_path)) == ["precious"]   # neither ssd/ nor a temporary folder
+
+
+def test_export_script_and_bfloat16_variant(trained_dir, tmp_path):
+    """The CLI from --checkpoint_path, over an earlier export, with the bfloat16 policy: outputs float32."""
+    path, config = trained_dir
+    output_dir = tmp_path / "ssd_bf16"
+    output_dir.mkdir()
+    (output_dir / "saved_model.pb").write_bytes(b"an earlier export")
+    checkpoint = model_dir_lib.resolve_checkpoint(path)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "export_saved_model.py"), "--checkpoint_path", checkpoint,
+         "--output_dir", str(output_dir), "--dtype_policy", "mixed_bfloat16"],
+        capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exported " + checkpoint in result.stderr
+    assert json.loads((output_dir / model_dir_lib.CONFIG_FILENAME).read_text())["width_multiplier"] == WIDTH
+    loaded, _, class_names = serving.load(str(output_dir))
+    assert class_names == CLASS_NAMES
+    outputs = loaded.signatures[serving.SERVING_DEFAULT](images=tf.constant(_images(1, 64, 48, seed=3)))
+    assert all(v.dtype == tf.float32 for v in outputs.values())
+    assert 0 < float(outputs[fields.NUM_DETECTIONS][0]) <= config.max_detections
+
+
+def test_from_checkpoint_builds_under_the_policy_and_restores_the_global_one(trained_dir):
+    path, _ = trained_dir
+    module, _, _, _ = serving.from_checkpoint(path, dtype_policy="mixed_bfloat16")
+    assert module.model.get_layer("conv1_1").compute_dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
