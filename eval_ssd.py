@@ -32,25 +32,9 @@ flags.DEFINE_bool("write_summaries", True, "Write TensorBoard summaries to <mode
 flags.DEFINE_bool("wait_for_checkpoints", False, "Evaluate every checkpoint of --model_dir, oldest "
                   "first, waiting for new ones until --eval_timeout or --max_steps.")
 flags.DEFINE_integer("eval_timeout", 3600, "Stop waiting after this many seconds without a new checkpoint.")
-flags.DEFINE_integer("max_steps", 0, "Stop after evaluating a checkpoint at or past this step; 0: never.")
+flags.DEFINE_integer("max_steps", 0, "With --wait_for_checkpoints: stop after the checkpoint at or past "
+                     "this step; 0: never.")
 FLAGS = flags.FLAGS
-
-
-def check_label_maps(model_class_names, data_label_map_path, model_folder):
-    """Raises ValueError unless the data's label map names the model's classes in the same order."""
-    from dataset import label_map
-
-    if not os.path.exists(data_label_map_path):
-        raise FileNotFoundError(f"{data_label_map_path} not found: --data_dir holds no label map")
-    data_class_names = label_map.read_label_map(data_label_map_path)
-    if tuple(data_class_names) != tuple(model_class_names):
-        differences = [f"id {i + 1}: model {m!r} vs data {d!r}"
-                       for i, (m, d) in enumerate(zip(model_class_names, data_class_names)) if m != d]
-        raise ValueError(
-            f"label map mismatch: the model in {model_folder} was trained with {len(model_class_names)} "
-            f"classes, {data_label_map_path} has {len(data_class_names)}"
-            + (f"; {', '.join(differences[:5])}" if differences else "")
-            + ". Evaluate on the data the model was trained for.")
 
 
 def main(argv):
@@ -61,7 +45,7 @@ def main(argv):
     from nets import ssd
 
     if FLAGS.wait_for_checkpoints:
-        checkpoints = evaluation.watch_checkpoints(FLAGS.model_dir, FLAGS.eval_timeout)
+        checkpoints = evaluation.watch_checkpoints(FLAGS.model_dir, FLAGS.eval_timeout, FLAGS.max_steps)
     else:
         checkpoints = [model_dir.resolve_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)]
 
@@ -70,8 +54,11 @@ def main(argv):
         folder = os.path.dirname(checkpoint_path)
         if model is None:  # built at the first checkpoint: a watched model_dir may start empty
             config, class_names = model_dir.read(folder)
-            check_label_maps(class_names, os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME),
-                             folder)
+            data_label_map = os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME)
+            if not os.path.exists(data_label_map):
+                raise FileNotFoundError(f"{data_label_map} not found: --data_dir holds no label map")
+            evaluation.check_label_maps(class_names, label_map.read_label_map(data_label_map), folder,
+                                        data_label_map)
             model = ssd.build(config)
             anchors = anchors_lib.generate(config)
             detect = evaluation.make_detect_fn(model, anchors, config)
@@ -91,9 +78,6 @@ def main(argv):
         print(DetectionEvaluator(class_names).format_table(results))
         # The last stdout line: every number, for scripts and tests.
         print(json.dumps({"checkpoint": checkpoint_path, "step": step, **results}), flush=True)
-        if FLAGS.max_steps and step >= FLAGS.max_steps:
-            logging.info("step %d >= --max_steps %d; stopping", step, FLAGS.max_steps)
-            break
     if model is None:
         logging.warning("no checkpoint appeared in %s within %d s", FLAGS.model_dir, FLAGS.eval_timeout)
 

@@ -163,9 +163,11 @@ def _listed_checkpoints(model_dir):
     return [path for path in state.all_model_checkpoint_paths if tf.io.gfile.exists(path + ".index")]
 
 
-def watch_checkpoints(model_dir, timeout_s, poll_s=1.0, clock=time.monotonic, sleep=time.sleep):
+def watch_checkpoints(model_dir, timeout_s, max_steps=0, poll_s=1.0, step_fn=checkpoint_step,
+                      clock=time.monotonic, sleep=time.sleep):
     """Yields each checkpoint of `model_dir` once, oldest first, including those already there; waits
-    for new ones and returns after `timeout_s` seconds without one.
+    for new ones; returns after `timeout_s` seconds without one, or after yielding one whose step
+    (`step_fn`) is >= `max_steps` (0: no step limit).
 
     Unlike tf.train.checkpoints_iterator, which starts at the latest checkpoint, this also yields the
     older checkpoints the training's CheckpointManager still keeps, so an evaluator started late (or a
@@ -180,6 +182,9 @@ def watch_checkpoints(model_dir, timeout_s, poll_s=1.0, clock=time.monotonic, sl
             seen.add(path)
             if tf.io.gfile.exists(path + ".index"):  # the manager may have deleted it meanwhile
                 yield path
+                if max_steps and step_fn(path) >= max_steps:
+                    logging.info("%s is at or past --max_steps %d; stopping", path, max_steps)
+                    return
         if new:
             deadline = clock() + timeout_s
         elif clock() >= deadline:
@@ -187,3 +192,16 @@ def watch_checkpoints(model_dir, timeout_s, poll_s=1.0, clock=time.monotonic, sl
             return
         else:
             sleep(min(poll_s, max(deadline - clock(), 0.0)))
+
+
+def check_label_maps(model_class_names, data_class_names, model_folder, data_label_map_path):
+    """Raises ValueError unless the data's classes are the model's, in the same order (same ids)."""
+    if tuple(data_class_names) == tuple(model_class_names):
+        return
+    differences = [f"id {i + 1}: model {m!r} vs data {d!r}"
+                   for i, (m, d) in enumerate(zip(model_class_names, data_class_names)) if m != d]
+    raise ValueError(
+        f"label map mismatch: the model in {model_folder} was trained with {len(model_class_names)} "
+        f"classes, {data_label_map_path} has {len(data_class_names)}"
+        + (f"; {', '.join(differences[:5])}" if differences else "")
+        + ". Evaluate on the data the model was trained for.")

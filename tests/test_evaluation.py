@@ -139,3 +139,29 @@ def test_watch_checkpoints_skips_a_listed_checkpoint_whose_files_are_gone(tmp_pa
     fake = _FakeTime()
     paths = evaluation.watch_checkpoints(model_dir, timeout_s=1, clock=fake.clock, sleep=fake.sleep)
     assert [os.path.basename(p) for p in paths] == ["ckpt-4"]
+
+
+def _step_from_name(path):
+    return int(path.rsplit("-", 1)[1])  # fake checkpoints hold no variables to read a step from
+
+
+def test_watch_checkpoints_stops_after_the_checkpoint_at_max_steps(tmp_path):
+    model_dir = str(tmp_path)
+    for n, listed in ((2, [2]), (4, [2, 4]), (6, [2, 4, 6])):
+        _save_fake_checkpoint(model_dir, n, listed)
+    fake = _FakeTime()
+    paths = evaluation.watch_checkpoints(model_dir, timeout_s=100, max_steps=3,
+                                         step_fn=_step_from_name,
+                                         clock=fake.clock, sleep=fake.sleep)
+    assert [os.path.basename(p) for p in paths] == ["ckpt-2", "ckpt-4"]
+    assert fake.now == 0.0  # stopped by the step, without waiting
+
+
+def test_check_label_maps_names_every_difference():
+    evaluation.check_label_maps(("cat", "dog"), ("cat", "dog"), "m", "d/label_map.pbtxt")
+    with pytest.raises(ValueError, match=r"mismatch: the model in m was trained with 2 classes, "
+                                         r"d/label_map.pbtxt has 2; id 1: model 'cat' vs data 'dog', "
+                                         r"id 2: model 'dog' vs data 'cat'"):
+        evaluation.check_label_maps(("cat", "dog"), ("dog", "cat"), "m", "d/label_map.pbtxt")
+    with pytest.raises(ValueError, match=r"2 classes, d/label_map.pbtxt has 3\. Evaluate"):
+        evaluation.check_label_maps(("cat", "dog"), ("cat", "dog", "cow"), "m", "d/label_map.pbtxt")
