@@ -1,0 +1,149 @@
+"""Inference speed: the exported SavedModel and the in-process checkpoint path against the bare forward.
+
+    python3 benchmarks/infer.py [--width_multiplier 1.0 --model_dir logs/ --policies float32,mixed_bfloat16]
+
+Three callables per Keras dtype policy, all timed in the same run so their ratios are meaningful on a
+shared, noisy machine:
+  forward      the network alone on already-normalized S x S float input (tf.function);
+  checkpoint   model/serving.DetectionModule in process (tf.function): uint8 in, resize + normalize +
+               network + post-processing in the graph;
+  saved_model  the same module exported (model/serving.export), loaded, its serving_default called.
+Latency: median seconds of one call at batch 1. Throughput: images/s at --throughput_batch (median call).
+
+SSD300 with random weights unless --model_dir names a trained model_dir (its preset and width then win).
+Random heads score nearly every anchor ~1/(C+1) > 0.01, so post-processing runs at its worst case
+(config.max_detections_per_class candidates per class). The bfloat16 variant builds the network under
+Keras' mixed_bfloat16 policy; its outputs are float32 like the float32 model's. Defaults keep a CPU run
+of full-width SSD300 to a few minutes. The last stdout line is one JSON object.
+"""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from dataset import fields  # noqa: E402
+from model import anchors as anchors_lib  # noqa: E402
+from model import presets, serving  # noqa: E402
+from nets import ssd  # noqa: E402
+from preprocessing import inputs  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float("width_multiplier", 1.0, "Width of the random SSD300 (ignored with --model_dir).")
+flags.DEFINE_string("model_dir", None, "A trained model_dir to time instead of random weights.")
+flags.DEFINE_list("policies", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
+flags.DEFINE_integer("num_classes", 20, "C of the random model (VOC: 20).")
+flags.DEFINE_integer("warmup", 1, "Untimed calls before each measurement (tracing, allocation).")
+flags.DEFINE_integer("latency_iterations", 5, "Timed batch-1 calls; the median is reported.")
+flags.DEFINE_integer("throughput_batch", 16, "Batch size of the throughput measurement.")
+flags.DEFINE_integer("throughput_iterations", 2, "Timed calls at --throughput_batch; the median is used.")
+flags.DEFINE_integer("seed", 0, "Seed of weights and images.")
+
+PATHS = ("forward", "checkpoint", "saved_model")
+
+
+def _median_seconds(fn, argument, warmup, iterations):
+    for _ in range(warmup):
+        tf.nest.map_structure(lambda t: t.numpy(), fn(argument))
+    seconds = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), fn(argument))   # .numpy() waits for the result
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def _module(policy):
+    """(DetectionModule, config, class names) under `policy`: from --model_dir or random weights."""
+    if FLAGS.model_dir:
+        module, config, class_names, _ = serving.from_checkpoint(FLAGS.model_dir, dtype_policy=policy)
+        return module, config, class_names
+    config = presets.get("ssd300_vgg16", FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
+    keras.utils.set_random_seed(FLAGS.seed)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = ssd.build(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    class_names = tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1))
+    return serving.DetectionModule(model, anchors_lib.generate(config), config), config, class_names
+
+
+def benchmark(policy, export_root):
+    """Latency, throughput and their ratios to the forward for one dtype policy: a dict of numbers."""
+    module, config, class_names = _module(policy)
+    size = config.image_size
+    export_start = time.perf_counter()
+    export_dir = serving.export(module, config, class_names, os.path.join(export_root, policy))
+    export_s = time.perf_counter() - export_start
+    loaded, _, _ = serving.load(export_dir)
+    signature = loaded.signatures[serving.SERVING_DEFAULT]
+
+    model = module.model
+    forward = tf.function(lambda x: model(x, training=False),
+                          input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    callables = {
+        "forward": forward,
+        "checkpoint": module.serve_images,
+        "saved_model": lambda images: signature(**{serving.IMAGES_INPUT: images}),
+    }
+    rng = np.random.default_rng(FLAGS.seed)
+    result = {"export_s": export_s, "batch1_latency_s": {}, "throughput_images_per_s": {}}
+    for batch, iterations, key in ((1, FLAGS.latency_iterations, "batch1_latency_s"),
+                                   (FLAGS.throughput_batch, FLAGS.throughput_iterations,
+                                    "throughput_images_per_s")):
+        images = tf.constant(rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8))
+        # The forward is fed normalized floats outside its timing: normalize once here.
+        normalized = inputs.normalize(images, config)
+        for path in PATHS:
+            argument = normalized if path == "forward" else images
+            seconds = _median_seconds(callables[path], argument, FLAGS.warmup, iterations)
+            result[key][path] = seconds if batch == 1 else batch / seconds
+            logging.info("%s batch %d %s: %.3f s per call", policy, batch, path, seconds)
+    detections = signature(**{serving.IMAGES_INPUT: images})
+    result["mean_detections_per_image"] = float(tf.reduce_mean(detections[fields.NUM_DETECTIONS]))
+    result["latency_over_forward"] = {p: result["batch1_latency_s"][p] / result["batch1_latency_s"]["forward"]
+                                      for p in PATHS[1:]}
+    result["throughput_over_forward"] = {
+        p: result["throughput_images_per_s"][p] / result["throughput_images_per_s"]["forward"] for p in PATHS[1:]}
+    return result, config
+
+
+def main(argv):
+    del argv
+    results, config = {}, None
+    with tempfile.TemporaryDirectory(prefix="ssd_infer_bench_") as export_root:
+        for policy in FLAGS.policies:
+            results[policy], config = benchmark(policy, export_root)
+    if "float32" in results:
+        base = results["float32"]
+        for policy, numbers in results.items():
+            numbers["saved_model_throughput_vs_float32"] = (numbers["throughput_images_per_s"]["saved_model"] /
+                                                            base["throughput_images_per_s"]["saved_model"])
+    summary = {
+        "benchmark": "inference_saved_model_vs_checkpoint",
+        "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",
+        "preset": config.name,
+        "width_multiplier": config.width_multiplier,
+        "weights": FLAGS.model_dir or "random",
+        "throughput_batch": FLAGS.throughput_batch,
+        "warmup": FLAGS.warmup,
+        "latency_iterations": FLAGS.latency_iterations,
+        "throughput_iterations": FLAGS.throughput_iterations,
+        "results": results,
+    }
+    print(json.dumps(summary, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)
