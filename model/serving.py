@@ -60,9 +60,11 @@ def decode_image(encoded):
 
 
 def _check_images(images):
-    """Asserts with readable messages what the signature's TensorSpec cannot express."""
-    # A loaded signature does not check the rank its TensorSpec declares, and a graph op with a
-    # static rank-4 input would fold a rank check away: EnsureShape checks at run time.
+    """Run-time checks of uint8 images [B, H, W, C] with readable messages: rank 4, C = 3, B, H, W > 0.
+
+    A loaded signature checks only the dtype of its TensorSpec, not the rank, and an assert on the
+    rank of a tensor whose static rank is 4 would be folded away: EnsureShape checks at run time.
+    """
     images = tf.ensure_shape(images, [None, None, None, None],
                              name="images_must_be_batch_height_width_channels")
     shape = tf.shape(images)
