@@ -13,7 +13,7 @@ Resizing to the preset's input size and mean subtraction come after this, in the
 """
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 
@@ -41,7 +41,7 @@ def split_seeds(seed):
 
 
 def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
-            extras: Optional[Dict[str, tf.Tensor]] = None):
+            extras: Optional[Dict[str, tf.Tensor]] = None, output_size: Optional[Tuple[int, int]] = None):
     """Random SSD augmentation of one image and its boxes.
 
     Equals photometric.distort_colors on the whole image, then geometric.zoom_out_image, crop_image
@@ -57,8 +57,11 @@ def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
       config: probabilities and ranges. Pass one instance: tf.function traces again for a new one.
       extras: optional dict of other per-box tensors [N, ...] (e.g. difficult flags), kept, dropped and
         reordered exactly like labels.
+      output_size: (height, width) to resize the patch to, fused with the crop (geometric.resize_window):
+        much cheaper than resizing the returned patch, which after a zoom-out can be 4 x 4 times the
+        image. None returns the patch at its own size.
     Returns:
-      (image float32 [H', W', 3] in [0, 255], boxes float32 [K, 4] normalized to the new image and
+      (image float32 [H', W', 3] in [0, 255] ([height, width, 3] given output_size), boxes float32 [K, 4] normalized to the new image and
       inside [0, 1] with positive area, labels int32 [K]), plus the gathered extras dict as a fourth
       element when `extras` was given.
     """
@@ -66,10 +69,17 @@ def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
     image_hw = tf.shape(image)[:2]
     _, offset_yx, window, boxes, keep = geometric.draw_zoom_out_and_crop(
         image_hw, boxes, geometric_seed, config.zoom_out, config.crop)
-    begin, size, paddings = geometric.image_part_in_window(image_hw, offset_yx, window)
-    inside = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
-    inside = photometric.distort_colors(inside, photometric_seed, config.photometric)
-    image = geometric.pad_with_fill(inside, paddings, config.zoom_out.fill_rgb)
+    fill_rgb = config.zoom_out.fill_rgb
+    if output_size is None:
+        begin, size, paddings = geometric.image_part_in_window(image_hw, offset_yx, window)
+    else:
+        begin, size = geometric.image_part_for_resizing(image_hw, offset_yx, window)
+    part = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+    part = photometric.distort_colors(part, photometric_seed, config.photometric)
+    if output_size is None:
+        image = geometric.pad_with_fill(part, paddings, fill_rgb)
+    else:
+        image = geometric.resize_window(part, offset_yx + begin, window, output_size, fill_rgb)
     labels = tf.gather(labels, keep)
 
     flips = tf.random.stateless_uniform([], flip_seed) < config.flip_prob

@@ -217,6 +217,67 @@ def zoom_out_and_crop_image(image, offset_yx, window, fill_rgb=IMAGENET_MEAN_RGB
     return pad_with_fill(inside, paddings, fill_rgb)
 
 
+def image_part_for_resizing(image_hw, offset_yx, window):
+    """The image slice that `resize_window` reads.
+
+    A window inside the image: exactly the window. Otherwise the part of the image inside the window
+    plus one pixel around it where the image goes on (bilinear samples at the window's edge read their
+    neighbours), and at least min(2, image side) pixels per side even where the window misses the image.
+
+    Returns begin_yx int32 [2] and size_hw int32 [2] of the slice.
+    """
+    begin, size, paddings = image_part_in_window(image_hw, offset_yx, window)
+    min_size = tf.minimum(image_hw, 2)
+    begin_with_margin = tf.clip_by_value(begin - 1, 0, image_hw - min_size)
+    end_with_margin = tf.maximum(tf.minimum(begin + size + 1, image_hw), begin_with_margin + min_size)
+    needs_fill = tf.reduce_any(paddings > 0)
+    return (tf.where(needs_fill, begin_with_margin, begin),
+            tf.where(needs_fill, end_with_margin - begin_with_margin, size))
+
+
+def resize_window(part, part_offset_yx, window, output_hw, fill_rgb=IMAGENET_MEAN_RGB):
+    """Bilinear resize of a canvas window to output_hw, reading only `part` of the image.
+
+    A part that is the window itself is resized by tf.image.resize. Otherwise the result equals
+    tf.image.resize(crop_image(canvas, window), output_hw) (bilinear, half-pixel centres; tested)
+    except (1) within one pixel of where image meets fill, which is not blended, and (2) when
+    enlarging, on the outermost output rows and columns, which interpolate with the image pixel just
+    outside the window where tf.image.resize repeats the window's edge pixel. Either way the cost
+    follows the output and the part, however large the zoomed-out window is.
+
+    Args:
+      part: float32 [h, w, 3], h, w >= 1, the slice given by image_part_for_resizing.
+      part_offset_yx: int32 [2], the part's top-left pixel on the canvas.
+      window: int32 [4], [y, x, height, width] on the canvas.
+      output_hw: (height, width) of the result, Python ints.
+      fill_rgb: colour of canvas pixels outside the image.
+    Returns:
+      float32 [output height, output width, 3].
+    """
+    part_hw = tf.shape(part)[:2]
+    is_window = tf.reduce_all(part_offset_yx == window[:2]) & tf.reduce_all(part_hw == window[2:])
+
+    def resize_with_fill():
+        output_hw_f = tf.constant(output_hw, tf.float32)
+        window_f = tf.cast(window, tf.float32)
+        step = window_f[2:] / output_hw_f
+        window_start_in_part = window_f[:2] - tf.cast(part_offset_yx, tf.float32)
+        # Half-pixel centres: output pixel i samples window coordinate (i + 0.5) * step - 0.5.
+        first = window_start_in_part + 0.5 * step - 0.5
+        last = window_start_in_part + (output_hw_f - 0.5) * step - 0.5
+        # crop_and_resize maps a normalized coordinate c to pixel c * (side - 1) and puts
+        # extrapolation_value wherever a sample falls outside the part: 0, i.e. the fill once the
+        # fill has been subtracted.
+        pixels_per_unit = tf.maximum(tf.cast(part_hw, tf.float32) - 1.0, 1.0)
+        box = tf.concat([first / pixels_per_unit, last / pixels_per_unit], axis=0)
+        fill = tf.constant(fill_rgb, tf.float32)
+        resized = tf.image.crop_and_resize((part - fill)[None], box[None], [0], output_hw,
+                                           extrapolation_value=0.0)
+        return resized[0] + fill
+
+    return tf.cond(is_window, lambda: tf.image.resize(part, output_hw), resize_with_fill)
+
+
 def crop_boxes(boxes_on_canvas, window):
     """Keeps the boxes whose centre is in the window, clipped to it and normalized to it.
 

@@ -65,6 +65,18 @@ def test_geometry_stays_aligned_after_resizing():
         _check_paint_inside_boxes(resized, boxes.numpy(), labels.numpy(), 1, 0.9)
 
 
+def test_fused_resize_keeps_geometry_and_boxes():
+    for i in range(NUM_SEEDS // 2):
+        image, boxes, labels = _augment(_painted_image(), BOXES, LABELS, _seed(i), NO_COLOUR_CHANGE,
+                                        output_size=(48, 40))
+        assert image.shape == (48, 40, 3)
+        _check_paint_inside_boxes(image.numpy(), boxes.numpy(), labels.numpy(), 1, 0.9)
+        _, unresized_boxes, unresized_labels = _augment(_painted_image(), BOXES, LABELS, _seed(i),
+                                                        NO_COLOUR_CHANGE)
+        np.testing.assert_array_equal(boxes, unresized_boxes)
+        np.testing.assert_array_equal(labels, unresized_labels)
+
+
 def test_kept_boxes_are_normalized_with_positive_area_and_extras_follow_labels():
     shapes = set()
     for i in range(NUM_SEEDS):

@@ -55,6 +55,42 @@ def test_fused_zoom_out_and_crop_equals_canvas_then_crop():
     assert padded_patches > 5  # both branches of the fused version were exercised
 
 
+def _near_image_edge(sample_on_canvas, image_start, image_size):
+    """Samples within one pixel of where the image meets the fill (ends included), along one axis."""
+    image_end = image_start + image_size
+    return (((sample_on_canvas >= image_start - 1) & (sample_on_canvas <= image_start))
+            | ((sample_on_canvas >= image_end - 1) & (sample_on_canvas <= image_end)))
+
+
+def test_fused_resize_equals_canvas_crop_then_resize_away_from_image_edges():
+    image_hw, output_hw = (17, 23), (12, 14)
+    image = tf.random.stateless_uniform(image_hw + (3,), [2, 2], maxval=255.0)
+    zoom, crop = ZoomOutConfig(prob=0.7, fill_rgb=FILL), CropConfig(min_ious=(0.0,), scale_range=(0.1, 1.0))
+    compared = 0
+    for i in range(40):
+        canvas_hw, offset_yx, window, _, _ = geometric.draw_zoom_out_and_crop(
+            tf.constant(image_hw), tf.constant([[0.2, 0.2, 0.6, 0.7]]), _seed(i), zoom, crop)
+        canvas = geometric.zoom_out_image(image, canvas_hw, offset_yx, FILL)
+        naive = tf.image.resize(geometric.crop_image(canvas, window), output_hw).numpy()
+        begin, size = geometric.image_part_for_resizing(tf.constant(image_hw), offset_yx, window)
+        part = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+        fused = geometric.resize_window(part, offset_yx + begin, window, output_hw, FILL).numpy()
+        assert fused.shape == output_hw + (3,)
+        y, x, height, width = window.numpy()
+        sample_y = y + (np.arange(output_hw[0]) + 0.5) * height / output_hw[0] - 0.5
+        sample_x = x + (np.arange(output_hw[1]) + 0.5) * width / output_hw[1] - 0.5
+        near_y = _near_image_edge(sample_y, offset_yx.numpy()[0], image_hw[0])
+        near_x = _near_image_edge(sample_x, offset_yx.numpy()[1], image_hw[1])
+        # When enlarging, resize clamps samples outside the window to its edge pixel; resize_window
+        # reads the image pixel beyond instead.
+        clamped_y = (sample_y < y) | (sample_y > y + height - 1)
+        clamped_x = (sample_x < x) | (sample_x > x + width - 1)
+        same = ~(near_y[:, None] | near_x[None, :] | clamped_y[:, None] | clamped_x[None, :])
+        np.testing.assert_allclose(fused[same], naive[same], atol=1e-3)
+        compared += same.sum()
+    assert compared > 0.5 * 40 * output_hw[0] * output_hw[1]
+
+
 def test_crop_boxes_keeps_centres_inside_clips_and_normalizes():
     window = tf.constant([10, 20, 40, 50])  # y, x, height, width: rows 10..50, columns 20..70
     boxes = tf.constant([[20.0, 30.0, 60.0, 90.0],    # centre (40, 60) inside: clipped to [20, 30, 50, 70]
