@@ -4,7 +4,8 @@
 same seed under a parallel tf.data map, and it runs in graph mode with dynamic H, W and N (N may be 0;
 a crop may also drop every box, which leaves N = 0: an all-background image downstream).
 
-Resizing to the preset's input size and mean subtraction come after this, in the input function.
+Mean subtraction comes after this, in the input function; so does resizing to the preset's input
+size, unless `output_size` asks augment to fuse it with the crop (much cheaper after a zoom-out).
 
     image   float32 [H, W, 3]  RGB, 0-255, not mean-subtracted
     boxes   float32 [N, 4]     [ymin, xmin, ymax, xmax] normalized to the image
@@ -61,9 +62,9 @@ def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
         much cheaper than resizing the returned patch, which after a zoom-out can be 4 x 4 times the
         image. None returns the patch at its own size.
     Returns:
-      (image float32 [H', W', 3] in [0, 255] ([height, width, 3] given output_size), boxes float32 [K, 4] normalized to the new image and
-      inside [0, 1] with positive area, labels int32 [K]), plus the gathered extras dict as a fourth
-      element when `extras` was given.
+      (image float32 [H', W', 3] in [0, 255], [height, width, 3] given output_size;
+       boxes float32 [K, 4] normalized to the new image, inside [0, 1], with positive area;
+       labels int32 [K]), plus the gathered extras dict as a fourth element when `extras` was given.
     """
     photometric_seed, geometric_seed, flip_seed = split_seeds(seed)
     image_hw = tf.shape(image)[:2]

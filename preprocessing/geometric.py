@@ -7,10 +7,10 @@ src/caffe/util/im_transforms.cpp `ExpandImage` and src/caffe/util/sampler.cpp):
   the mean pixel, the image pasted at integer offsets floor(U[0, canvas - size]) per axis.
 * Crop: every sampler of ssd_pascal.py is tried and one *successful* sample is picked uniformly, as
   Caffe's AnnotatedDataLayer does (`rand_idx = caffe_rng_rand() % sampled_bboxes.size()`). The samplers
-  are: the whole image (always succeeds), and six patch samplers with 50 trials each that keep their
-  first trial whose IoU with at least one box is >= 0.1, 0.3, 0.5, 0.7, 0.9, and one with no minimum
-  (Caffe's `max_jaccard_overlap: 1.0`, which still needs at least one box). An image without boxes
-  therefore always keeps the whole image, as in Caffe. A trial patch (SampleBBox) has scale
+  are: the whole image (always succeeds), and six patch samplers with 50 trials each, keeping their
+  first trial whose IoU with at least one box is >= 0.1, 0.3, 0.5, 0.7, 0.9, or >= 0 for the last
+  (Caffe's `max_jaccard_overlap: 1.0`: no minimum, yet it needs at least one box). An image without
+  boxes therefore always keeps the whole image, as in Caffe. A trial patch (SampleBBox) has scale
   s ~ U[0.3, 1] and aspect a ~ U[max(0.5, s^2), min(2, 1/s^2)], width s sqrt(a), height s / sqrt(a),
   all normalized to the (zoomed-out) image, and a uniform offset keeping it inside.
   The trials are drawn all at once ([samplers, trials]) so there is no loop at all.
@@ -20,8 +20,10 @@ src/caffe/util/im_transforms.cpp `ExpandImage` and src/caffe/util/sampler.cpp):
 
 The crop is computed in pixels of the zoomed-out canvas (Caffe CropImage truncates the patch to whole
 pixels) and boxes are re-normalized to that pixel window, so image and boxes agree exactly.
-`zoom_out_and_crop_image` materialises only the final patch; `zoom_out_image` followed by
-`crop_image` is the plain two-step version it must equal (tested).
+Nothing builds the zoomed-out canvas, which can be 16 times the image: `zoom_out_and_crop_image`
+materialises only the final patch and equals `zoom_out_image` followed by `crop_image` (tested);
+`resize_window` goes straight from the image to the resized patch, equal to canvas -> crop -> resize
+away from the image's border with the fill (tested).
 
 Boxes are float32 [N, 4], [ymin, xmin, ymax, xmax] normalized to their image (DESIGN.md).
 """

@@ -91,6 +91,16 @@ def test_fused_resize_equals_canvas_crop_then_resize_away_from_image_edges():
     assert compared > 0.5 * 40 * output_hw[0] * output_hw[1]
 
 
+def test_fused_resize_of_a_window_that_misses_the_image_is_all_fill():
+    image_hw, offset_yx, window = tf.constant([4, 4]), tf.constant([0, 0]), tf.constant([8, 8, 8, 8])
+    begin, size = geometric.image_part_for_resizing(image_hw, offset_yx, window)
+    np.testing.assert_array_equal(begin, [2, 2])  # a 2 x 2 corner still feeds crop_and_resize
+    np.testing.assert_array_equal(size, [2, 2])
+    part = tf.slice(tf.fill([4, 4, 3], 200.0), tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+    resized = geometric.resize_window(part, offset_yx + begin, window, (5, 6), FILL).numpy()
+    np.testing.assert_allclose(resized, np.broadcast_to(FILL, (5, 6, 3)), atol=1e-4)
+
+
 def test_crop_boxes_keeps_centres_inside_clips_and_normalizes():
     window = tf.constant([10, 20, 40, 50])  # y, x, height, width: rows 10..50, columns 20..70
     boxes = tf.constant([[20.0, 30.0, 60.0, 90.0],    # centre (40, 60) inside: clipped to [20, 30, 50, 70]
