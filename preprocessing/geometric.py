@@ -20,10 +20,10 @@ src/caffe/util/im_transforms.cpp `ExpandImage` and src/caffe/util/sampler.cpp):
 
 The crop is computed in pixels of the zoomed-out canvas (Caffe CropImage truncates the patch to whole
 pixels) and boxes are re-normalized to that pixel window, so image and boxes agree exactly.
-Nothing builds the zoomed-out canvas, which can be 16 times the image: `zoom_out_and_crop_image`
-materialises only the final patch and equals `zoom_out_image` followed by `crop_image` (tested);
-`resize_window` goes straight from the image to the resized patch, equal to canvas -> crop -> resize
-away from the image's border with the fill (tested).
+`zoom_out_image` then `crop_image` define the result; augment never builds that canvas, which can be
+16 times the image: it slices the part of the image in the window (`image_part_in_window`) and pads
+it (`pad_with_fill`), equal to canvas -> crop (tested), or goes straight to the resized patch
+(`resize_window`), equal to canvas -> crop -> resize away from the image's border with the fill (tested).
 
 Boxes are float32 [N, 4], [ymin, xmin, ymax, xmax] normalized to their image (DESIGN.md).
 """
@@ -202,21 +202,6 @@ def pad_with_fill(image, paddings, fill_rgb=IMAGENET_MEAN_RGB):
     fill = tf.constant(fill_rgb, tf.float32)
     # Most patches lie inside the image (always without zoom-out): then there is nothing to fill.
     return tf.cond(tf.reduce_any(paddings > 0), lambda: tf.pad(image - fill, paddings) + fill, lambda: image)
-
-
-def zoom_out_and_crop_image(image, offset_yx, window, fill_rgb=IMAGENET_MEAN_RGB):
-    """Equals crop_image(zoom_out_image(image, canvas_hw, offset_yx, fill_rgb), window), computed
-    without the canvas: slice the part of the image inside the window, pad the rest with fill_rgb.
-
-    Args:
-      image: float32 [H, W, 3].
-      offset_yx: from draw_zoom_out.  window: int32 [4] from patch_window.
-    Returns:
-      float32 [window height, window width, 3].
-    """
-    begin, size, paddings = image_part_in_window(tf.shape(image)[:2], offset_yx, window)
-    inside = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
-    return pad_with_fill(inside, paddings, fill_rgb)
 
 
 def image_part_for_resizing(image_hw, offset_yx, window):
