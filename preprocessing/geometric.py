@@ -87,14 +87,12 @@ def draw_zoom_out(image_hw, seed, config: ZoomOutConfig = ZoomOutConfig()):
       canvas_hw int32 [2] and offset_yx int32 [2] (top-left of the image on the canvas). Without
       zoom-out (probability 1 - prob) the canvas is the image: canvas_hw == image_hw, offset 0.
     """
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    applies = tf.random.stateless_uniform([], seeds[0]) < config.prob
-    ratio = tf.random.stateless_uniform([], seeds[1], minval=1.0, maxval=config.max_ratio)
-    ratio = tf.where(applies, ratio, 1.0)
+    uniforms = tf.random.stateless_uniform([4], seed)  # applies?, ratio, offset y, offset x
+    ratio = tf.where(uniforms[0] < config.prob, 1.0 + (config.max_ratio - 1.0) * uniforms[1], 1.0)
     image_hw_f = tf.cast(image_hw, tf.float32)
     canvas_hw = tf.cast(tf.floor(image_hw_f * ratio), tf.int32)
     slack = tf.cast(canvas_hw - image_hw, tf.float32)
-    offset_yx = tf.cast(tf.floor(tf.random.stateless_uniform([2], seeds[2]) * slack), tf.int32)
+    offset_yx = tf.cast(tf.floor(uniforms[2:] * slack), tf.int32)
     return canvas_hw, offset_yx
 
 
@@ -129,17 +127,21 @@ def sample_patch(boxes, seed, config: CropConfig = CropConfig()):
     """
     num_samplers = len(config.min_ious)
     shape = [num_samplers, config.max_trials]
-    seeds = tf.random.experimental.stateless_split(seed, 5)
+    # One draw: scale, aspect, y offset, x offset for every trial, then a key per candidate.
+    num_trial_draws = 4 * num_samplers * config.max_trials
+    uniforms = tf.random.stateless_uniform([num_trial_draws + num_samplers + 1], seed)
+    trial_uniforms = tf.reshape(uniforms[:num_trial_draws], [4] + shape)
+    choice_keys = uniforms[num_trial_draws:]
     min_scale, max_scale = config.scale_range
-    scale = tf.random.stateless_uniform(shape, seeds[0], minval=min_scale, maxval=max_scale)
+    scale = min_scale + (max_scale - min_scale) * trial_uniforms[0]
     # Caffe narrows the aspect range so that the patch fits: width and height stay <= 1.
     min_aspect = tf.maximum(config.aspect_range[0], tf.square(scale))
     max_aspect = tf.minimum(config.aspect_range[1], 1.0 / tf.square(scale))
-    aspect = min_aspect + (max_aspect - min_aspect) * tf.random.stateless_uniform(shape, seeds[1])
+    aspect = min_aspect + (max_aspect - min_aspect) * trial_uniforms[1]
     width = scale * tf.sqrt(aspect)
     height = scale / tf.sqrt(aspect)
-    ymin = (1.0 - height) * tf.random.stateless_uniform(shape, seeds[2])
-    xmin = (1.0 - width) * tf.random.stateless_uniform(shape, seeds[3])
+    ymin = (1.0 - height) * trial_uniforms[2]
+    xmin = (1.0 - width) * trial_uniforms[3]
     trials = tf.stack([ymin, xmin, ymin + height, xmin + width], axis=-1)  # [samplers, trials, 4]
 
     min_ious = tf.constant(config.min_ious, tf.float32)
@@ -154,7 +156,7 @@ def sample_patch(boxes, seed, config: CropConfig = CropConfig()):
     candidates = tf.concat([tf.constant([WHOLE_IMAGE_PATCH]), chosen_trials], axis=0)
     candidate_min_ious = tf.concat([[_WHOLE_IMAGE_MIN_IOU], min_ious], axis=0)
     valid = tf.concat([[True], succeeded], axis=0)
-    keys = tf.where(valid, tf.random.stateless_uniform([num_samplers + 1], seeds[4]), -1.0)
+    keys = tf.where(valid, choice_keys, -1.0)
     choice = tf.argmax(keys, output_type=tf.int32)
     return candidates[choice], candidate_min_ious[choice]
 

@@ -88,7 +88,7 @@ def test_fused_resize_equals_canvas_crop_then_resize_away_from_image_edges():
         clamped_y = (sample_y < y) | (sample_y > y + height - 1)
         clamped_x = (sample_x < x) | (sample_x > x + width - 1)
         same = ~(near_y[:, None] | near_x[None, :] | clamped_y[:, None] | clamped_x[None, :])
-        np.testing.assert_allclose(fused[same], naive[same], atol=1e-3)
+        np.testing.assert_allclose(fused[same], naive[same], atol=1e-2)  # of 255
         compared += same.sum()
     assert compared > 0.5 * 40 * output_hw[0] * output_hw[1]
 
