@@ -24,7 +24,9 @@ flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate (paper: 1e-3 at ba
 flags.DEFINE_integer("warmup_steps", 1000, "Linear warm-up steps from 0.1x the base rate; 0 disables.")
 flags.DEFINE_list("decay_boundaries", ["80000", "100000"], "Steps where the rate factor changes.")
 flags.DEFINE_list("lr_decay_factors", ["1", "0.1", "0.01"], "Rate factors, one more than boundaries.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"],
+                  "sgd: the paper's, with a pretrained backbone; adam: stable when training from scratch.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum (Adam's beta_1).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on conv kernels (not biases, not the conv4_3 scale).")
 flags.DEFINE_string("checkpoint_path", "model/pretrained/",
                     "Reduced-fc VGG16 backbone: a slim TF checkpoint (prefix or dir) or Keras VGG16 .h5.")
@@ -75,7 +77,8 @@ def main(argv):
         [float(f) for f in FLAGS.lr_decay_factors], FLAGS.warmup_steps)
     with strategy.scope():
         model = ssd.build(config)
-        optimizer = training.make_optimizer(schedule, FLAGS.momentum, FLAGS.mixed_precision)
+        optimizer = training.make_optimizer(schedule, FLAGS.momentum, FLAGS.mixed_precision,
+                                            FLAGS.optimizer)
         optimizer.build(model.trainable_variables)  # before the first distributed step (DESIGN.md)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
@@ -85,7 +88,7 @@ def main(argv):
     latest = tf.train.latest_checkpoint(FLAGS.model_dir)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("resumed from %s at step %d", latest, int(optimizer.iterations))
+        logging.info("resumed from %s at step %d", latest, int(optimizer.iterations.numpy()))
     else:
         training.init_backbone(model, FLAGS.checkpoint_path, FLAGS.require_pretrained, backbone_loader)
 
@@ -96,12 +99,12 @@ def main(argv):
                                                input_config=input_config)) if chief else None
     progress = training.ProgressLogger(FLAGS.max_steps, FLAGS.batch_size)
     iterator = iter(dataset)
-    step = int(optimizer.iterations)
+    step = int(optimizer.iterations.numpy())
     progress.rate(step, time.time())
     last_saved = latest
     while step < FLAGS.max_steps:
         values = training.check_finite(step + 1, step_fn(iterator), last_saved)
-        step = int(optimizer.iterations)
+        step = int(optimizer.iterations.numpy())
         if step % FLAGS.log_every_n_steps == 0 or step == FLAGS.max_steps:
             rate = progress.rate(step, time.time())
             progress.log(step, values, float(schedule(step)), rate)

@@ -99,8 +99,22 @@ def weight_decay_loss(variables, weight_decay):
                                           for v in variables])
 
 
-def make_optimizer(schedule, momentum, mixed_precision):
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(schedule, momentum, mixed_precision, name="sgd"):
+    """SGD with momentum is the paper's (and needs the pretrained backbone to be stable at 1e-3).
+
+    Adam is for training from scratch: raw 0-255 pixels give conv1_1 gradients ~10^4 times its weights'
+    norm while the deep layers get ~0.1 (measured at init), a spread no single SGD rate survives; Adam's
+    per-weight step size does not care. `momentum` is Adam's beta_1.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {OPTIMIZERS}")
+    if name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=momentum)
     if mixed_precision == "float16":
         # float16 gradients underflow without dynamic loss scaling; bfloat16 has float32's range.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

@@ -1,0 +1,136 @@
+"""train_ssd.py end to end on the converted sample, as a user runs it (subprocesses, tiny model)."""
+
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Adam: from scratch, without the pretrained backbone, SGD at the paper's rate diverges (make_optimizer).
+TINY = ["--width_multiplier", "0.125", "--batch_size", "4", "--image_summary_steps", "0",
+        "--log_every_n_steps", "1", "--optimizer", "adam"]
+STEP_LINE = re.compile(r"step (\d+)/\d+ cls_loss=\S+ box_loss=\S+ weight_decay_loss=\S+ total_loss=(\S+)")
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _train(data_dir, model_dir, *flags, timeout=300):
+    cmd = [sys.executable, os.path.join(REPO, "train_ssd.py"), "--data_dir", data_dir,
+           "--model_dir", model_dir, *TINY, *flags]
+    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _losses(output):
+    return {int(m.group(1)): float(m.group(2)) for m in STEP_LINE.finditer(output)}
+
+
+def _steps_in(model_dir):
+    return sorted(int(p.rsplit("-", 1)[1].split(".")[0]) for p in glob.glob(f"{model_dir}/ckpt-*.index"))
+
+
+def test_smoke_run_loss_falls_and_writes_model_dir(sample_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    result = _train(sample_records, model_dir, "--max_steps", "24", "--warmup_steps", "0",
+                    "--learning_rate", "1e-3", "--save_checkpoints_steps", "12", "--seed", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = _losses(result.stderr)
+    assert sorted(losses) == list(range(1, 25))
+    first, last = losses[1], np.mean([losses[s] for s in range(19, 25)])
+    # From random init the mined-negative loss starts high and falls fast; a broken gradient,
+    # a wrong sign or a loss that ignores the targets would not halve it.
+    assert last < 0.5 * first, losses
+    assert _steps_in(model_dir) == [12, 24]
+    assert os.path.exists(os.path.join(model_dir, "config.json"))
+    assert os.path.exists(os.path.join(model_dir, "label_map.pbtxt"))
+    assert glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))
+    assert "no pretrained backbone" in result.stderr  # the warning a user without a backbone sees
+
+
+def test_resumes_after_sigkill(sample_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    cmd = [sys.executable, os.path.join(REPO, "train_ssd.py"), "--data_dir", sample_records,
+           "--model_dir", model_dir, *TINY, "--max_steps", "1000", "--save_checkpoints_steps", "2",
+           "--warmup_steps", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 480  # generous: a loaded CI machine starts TF slowly
+        while time.time() < deadline and not [s for s in _steps_in(model_dir) if s >= 4]:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = _steps_in(model_dir)
+    assert saved and saved[-1] >= 4, saved
+    latest = tf.train.latest_checkpoint(model_dir)
+    resumed_from = int(latest.rsplit("-", 1)[1])
+    assert resumed_from in saved  # the checkpoint state file names a complete checkpoint
+
+    target = resumed_from + 2
+    result = _train(sample_records, model_dir, "--max_steps", str(target), "--save_checkpoints_steps",
+                    "2", "--warmup_steps", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {latest} at step {resumed_from}" in result.stderr
+    assert sorted(_losses(result.stderr)) == [resumed_from + 1, resumed_from + 2]
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{target}")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(sample_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    # A rate of 1e12 makes the first update blow the weights up; the loss of a later step is not finite.
+    result = _train(sample_records, model_dir, "--max_steps", "50", "--save_checkpoints_steps", "1",
+                    "--warmup_steps", "0", "--learning_rate", "1e12")
+    assert result.returncode != 0
+    match = re.search(r"non-finite loss at step (\d+): \{.*'total_loss': (nan|inf)", result.stderr)
+    assert match, result.stderr[-3000:]
+    bad_step = int(match.group(1))
+    assert _steps_in(model_dir) == list(range(1, bad_step))[-5:]  # keep_checkpoints=5
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{bad_step - 1}")
+    assert f"ckpt-{bad_step - 1} remains the latest" in result.stderr
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_end_with_equal_weights(sample_records, tmp_path):
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    script = os.path.join(REPO, "tests", "scripts", "mwms_worker.py")
+    procs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
+                                       "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen([sys.executable, script, sample_records,
+                                       str(tmp_path / f"w{index}.npz")], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    w0, w1 = (np.load(tmp_path / f"w{i}.npz") for i in range(2))
+    assert int(w0["steps"]) == int(w1["steps"]) == 3
+    assert bool(w0["chief"]) and not bool(w1["chief"])  # worker 0 is the chief without a "chief" task
+    names = [k for k in w0.files if k.startswith("arr_")]
+    assert len(names) > 30
+    for name in names:
+        np.testing.assert_allclose(w0[name], w1[name], rtol=1e-5, atol=1e-7, err_msg=name)
