@@ -6,10 +6,15 @@
                        {image_id string [B], height int32 [B], width int32 [B],
                         boxes float32 [B, G, 4], labels int32 [B, G] (0 = padding), difficult bool [B, G]})
 
-Both resize by warping the whole image to S x S, as Caffe SSD does (no aspect-preserving letterbox), with
+Both resize by warping the whole image (training: the augmented patch) to S x S, as Caffe SSD does (no aspect-preserving letterbox), with
 bilinear interpolation: it is Caffe's LINEAR mode (the first of ssd_pascal.py's resize modes), it is the
 cheapest good filter, and the anchors never see the difference at 300 px. Images become RGB float32
 minus the ImageNet mean (config.pixel_mean).
+
+Training fuses the resize with the augmentation's crop (augment(output_size=...)), so a zoomed-out
+canvas (up to 4 x 4 times the image) is never built; mean subtraction and target encoding run once per
+batch, vectorised. `augmented_examples` is the same path stopped before those two steps, for looking at
+the augmentation (visualize_augmentation.py).
 
 Randomness is stateless and keyed by (seed, element index), so the same seed gives the same batches even
 though the map runs in parallel.
@@ -58,22 +63,34 @@ def _read_shards(files, cycle_length, input_context=None, shuffle_seed=None):
 
 
 def _augment_example(index, serialized, config, input_config):
+    """Serialized record -> (image float32 [S, S, 3] RGB 0-255, not mean-subtracted, boxes [K, 4], labels [K])."""
     example = reader.parse_example(serialized)
     boxes, labels = example[fields.BOXES], example[fields.LABELS]
     if input_config.exclude_difficult:
         keep = tf.logical_not(example[fields.DIFFICULT])
         boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
     seed = tf.stack([tf.cast(input_config.seed, tf.int64), index])
-    image, boxes, labels = augment(tf.cast(example[fields.IMAGE], tf.float32), boxes, labels, seed,
-                                   input_config.augment)
-    return normalize(resize(image, config), config), boxes, labels
+    size = (config.image_size, config.image_size)
+    return augment(tf.cast(example[fields.IMAGE], tf.float32), boxes, labels, seed, input_config.augment,
+                   output_size=size)
 
 
-def _encode_batch(anchors, config):
+def _augmented_dataset(data_dir, config, input_config, split, input_context=None):
+    """Endless shuffled (image float32 [S, S, 3] 0-255, boxes [K, 4], labels [K]) of `split`."""
+    files = reader.shard_files(data_dir, split)
+    seed = input_config.seed
+    ds = _read_shards(files, input_config.cycle_length, input_context, shuffle_seed=seed)
+    ds = ds.shuffle(input_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate()
+    return ds.map(lambda i, s: _augment_example(i, s, config, input_config),
+                  num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def _normalize_and_encode_batch(anchors, config):
     def encode(images, boxes, labels):
         # padded_batch pads labels with 0 (background), which marks padding rows.
         encoded = targets.encode_targets(boxes, labels, labels > 0, anchors, config)
-        return images, encoded
+        return normalize(images, config), encoded
     return encode
 
 
@@ -84,25 +101,32 @@ def train_input_fn(data_dir, config, anchors, global_batch_size, input_context=N
     Usable with `strategy.distribute_datasets_from_function`: with an `input_context` it batches the
     per-replica share of `global_batch_size` and reads only its input pipeline's shards.
     """
-    files = reader.shard_files(data_dir, split)
     batch_size = global_batch_size
-    seed = input_config.seed
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        seed = seed + input_context.input_pipeline_id  # different pipelines, different augmentations
-    input_config = dataclasses.replace(input_config, seed=seed)
+        # Different pipelines, different augmentations.
+        input_config = dataclasses.replace(input_config, seed=input_config.seed + input_context.input_pipeline_id)
 
-    ds = _read_shards(files, input_config.cycle_length, input_context, shuffle_seed=seed)
-    ds = ds.shuffle(input_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.enumerate()
-    ds = ds.map(lambda i, s: _augment_example(i, s, config, input_config),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = _augmented_dataset(data_dir, config, input_config, split, input_context)
     ds = ds.padded_batch(batch_size, padded_shapes=([config.image_size, config.image_size, 3],
                                                     [None, 4], [None]), drop_remainder=True)
-    # Matching a whole batch at once is one [B, G, A] IoU instead of B small ones.
-    ds = ds.map(_encode_batch(tf.constant(anchors), config), num_parallel_calls=AUTOTUNE,
+    # Matching a whole batch at once is one [B, G, A] IoU instead of B small ones (measured faster:
+    # benchmarks/input_pipeline.py); the mean subtraction rides along in the same map.
+    ds = ds.map(_normalize_and_encode_batch(tf.constant(anchors), config), num_parallel_calls=AUTOTUNE,
                 deterministic=True)
     return ds.prefetch(AUTOTUNE)
+
+
+def augmented_examples(data_dir, config, input_config=TrainInputConfig(), split="train"):
+    """The training path up to (not including) mean subtraction and target encoding, for inspection.
+
+    Returns an endless tf.data.Dataset of (image uint8 [S, S, 3] RGB, boxes float32 [K, 4] normalized
+    [ymin, xmin, ymax, xmax], labels int32 [K]): exactly the examples train_input_fn batches for the
+    same input_config (same seed, same order), rounded to uint8.
+    """
+    ds = _augmented_dataset(data_dir, config, input_config, split)
+    return ds.map(lambda image, boxes, labels: (
+        tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8), boxes, labels))
 
 
 def _eval_example(serialized, config):
