@@ -95,8 +95,10 @@ def main(argv):
     step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
                                        FLAGS.jit_compile)
     writer = summaries.Writer(os.path.join(FLAGS.model_dir, "train"), enabled=chief)
-    image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4,
-                                               input_config=input_config)) if chief else None
+    image_batches = None
+    if chief and FLAGS.image_summary_steps:
+        image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4,
+                                                   input_config=input_config))
     progress = training.ProgressLogger(FLAGS.max_steps, FLAGS.batch_size)
     iterator = iter(dataset)
     step = int(optimizer.iterations.numpy())
@@ -105,14 +107,14 @@ def main(argv):
     while step < FLAGS.max_steps:
         values = training.check_finite(step + 1, step_fn(iterator), last_saved)
         step = int(optimizer.iterations.numpy())
-        if step % FLAGS.log_every_n_steps == 0 or step == FLAGS.max_steps:
-            rate = progress.rate(step, time.time())
-            progress.log(step, values, float(schedule(step)), rate)
-            writer.scalars(step, {**values, "learning_rate": float(schedule(step)),
-                                  "images_per_second": rate or 0.0,
-                                  "positives_per_image": values["num_positives"] / FLAGS.batch_size})
-        elif step % FLAGS.save_summary_steps == 0:
-            writer.scalars(step, {**values, "learning_rate": float(schedule(step))})
+        log_now = step % FLAGS.log_every_n_steps == 0 or step == FLAGS.max_steps
+        if log_now or step % FLAGS.save_summary_steps == 0:
+            rate, lr = progress.rate(step, time.time()), float(schedule(step))
+            if log_now:
+                progress.log(step, values, lr, rate)
+            if step % FLAGS.save_summary_steps == 0:
+                writer.scalars(step, {**values, "learning_rate": lr, "images_per_second": rate or 0.0,
+                                      "positives_per_image": values["num_positives"] / FLAGS.batch_size})
         if chief and FLAGS.image_summary_steps and step % FLAGS.image_summary_steps == 0:
             writer.detection_images(step, "train/inputs", model, next(image_batches), anchors, config,
                                     class_names)

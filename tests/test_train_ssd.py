@@ -44,7 +44,8 @@ def _steps_in(model_dir):
 def test_smoke_run_loss_falls_and_writes_model_dir(sample_records, tmp_path):
     model_dir = str(tmp_path / "run")
     result = _train(sample_records, model_dir, "--max_steps", "24", "--warmup_steps", "0",
-                    "--learning_rate", "1e-3", "--save_checkpoints_steps", "12", "--seed", "1")
+                    "--learning_rate", "1e-3", "--save_checkpoints_steps", "12", "--seed", "1",
+                    "--save_summary_steps", "6", "--image_summary_steps", "12")
     assert result.returncode == 0, result.stderr[-3000:]
     losses = _losses(result.stderr)
     assert sorted(losses) == list(range(1, 25))
@@ -55,7 +56,15 @@ def test_smoke_run_loss_falls_and_writes_model_dir(sample_records, tmp_path):
     assert _steps_in(model_dir) == [12, 24]
     assert os.path.exists(os.path.join(model_dir, "config.json"))
     assert os.path.exists(os.path.join(model_dir, "label_map.pbtxt"))
-    assert glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))
+    tags = {}
+    for path in glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, set()).add(event.step)
+    for tag in ("cls_loss", "box_loss", "total_loss", "learning_rate", "images_per_second",
+                "positives_per_image"):
+        assert tags.get(tag) == {6, 12, 18, 24}, (tag, tags)
+    assert tags.get("train/inputs") == {12, 24}  # training inputs with boxes drawn
     assert "no pretrained backbone" in result.stderr  # the warning a user without a backbone sees
 
 
