@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dataset import fields, reader
+from dataset import fields, reader, tfrecord
 from model import anchors as anchors_lib
 from model import presets, targets
 from preprocessing import inputs
@@ -115,3 +115,49 @@ def test_distributed_input_splits_the_global_batch(setup):
     features, _ = next(iter(ds))
     shapes = [t.shape for t in strategy.experimental_local_results(features)]
     assert shapes == [(2, 300, 300, 3), (2, 300, 300, 3)]
+
+
+def _serialized(boxes, labels, height=60, width=80):
+    jpeg = tf.io.encode_jpeg(tf.fill([height, width, 3], tf.constant(128, tf.uint8))).numpy()
+    n = len(labels)
+    record = tfrecord.ImageRecord(image_id="x", filename="x.jpg", jpeg=jpeg, width=width, height=height,
+                                  boxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=tuple(labels),
+                                  class_names=("a",) * n, difficult=(False,) * n, truncated=(False,) * n,
+                                  poses=("Unspecified",) * n)
+    return tf.constant(tfrecord.build_example(record).SerializeToString())
+
+
+def test_images_without_boxes_or_whose_crop_drops_every_box_train_as_all_background(setup):
+    """Full training map + batch encoding, default augmentation, many seeds: no box -> no positive, no NaN."""
+    _, config, anchors = setup
+    encode = inputs._normalize_and_encode_batch(tf.constant(anchors), config)
+    cfg = inputs.TrainInputConfig(seed=5)
+    no_boxes = _serialized(np.zeros([0, 4]), [])
+    tiny_corner_box = _serialized([[0.0, 0.0, 0.05, 0.05]], [1])  # most crops leave its centre out
+    emptied = 0
+    for serialized in (no_boxes, tiny_corner_box):
+        examples = [inputs._augment_example(tf.constant(i, tf.int64), serialized, config, cfg) for i in range(12)]
+        for image, boxes, labels in examples:
+            assert image.shape == (300, 300, 3)
+            assert boxes.shape[0] == labels.shape[0]
+            if labels.shape[0] > 0:
+                continue
+            emptied += serialized is tiny_corner_box
+            features, encoded = encode(image[None], tf.zeros([1, 0, 4]), tf.zeros([1, 0], tf.int32))
+            assert np.isfinite(features.numpy()).all()
+            assert not encoded[fields.CLS_TARGETS].numpy().any()
+            assert encoded[fields.NUM_POSITIVES].numpy().tolist() == [0.0]
+            np.testing.assert_array_equal(encoded[fields.BOX_TARGETS].numpy(), 0.0)
+    assert emptied > 0  # some crop did drop the tiny box, so that case was exercised
+
+
+def test_augmented_examples_are_the_training_images_before_mean_subtraction(setup):
+    data_dir, config, anchors = setup
+    cfg = inputs.TrainInputConfig(seed=7)
+    image, boxes, labels = next(iter(inputs.augmented_examples(data_dir, config, cfg)))
+    features, _ = _first_batch(data_dir, config, anchors, 1, seed=7)
+    assert image.dtype == tf.uint8 and image.shape == (300, 300, 3)
+    # Same path, same seed: the batch is the example minus the mean, up to the uint8 rounding.
+    unnormalized = features[0].numpy() + np.array(config.pixel_mean)
+    assert np.abs(image.numpy() - unnormalized).max() <= 0.5 + 1e-3
+    assert ((boxes.numpy() >= 0) & (boxes.numpy() <= 1)).all() and boxes.shape[0] == labels.shape[0]
