@@ -7,7 +7,7 @@ a crop may also drop every box, which leaves N = 0: an all-background image down
 Mean subtraction comes after this, in the input function; so does resizing to the preset's input
 size, unless `output_size` asks augment to fuse it with the crop (much cheaper after a zoom-out).
 
-    image   float32 [H, W, 3]  RGB, 0-255, not mean-subtracted
+    image   float32 or uint8 [H, W, 3]  RGB, 0-255, not mean-subtracted (output: float32)
     boxes   float32 [N, 4]     [ymin, xmin, ymax, xmax] normalized to the image
     labels  int32   [N]
     seed    int32 / int64 [2]
@@ -51,7 +51,7 @@ def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
     slicing, and the mean fill is added afterwards, undistorted, as in Caffe.
 
     Args:
-      image: float32 [H, W, 3], RGB in [0, 255].
+      image: float32 or uint8 [H, W, 3], RGB in [0, 255] (uint8 is cast after the crop: cheaper).
       boxes: float32 [N, 4], normalized [ymin, xmin, ymax, xmax].
       labels: int32 [N].
       seed: int32 or int64 [2], stateless seed.
@@ -76,7 +76,8 @@ def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
     else:
         begin, size = geometric.image_part_for_resizing(image_hw, offset_yx, window)
     part = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
-    part = photometric.distort_colors(part, photometric_seed, config.photometric)
+    # Cast after slicing: a uint8 image is converted only where the patch needs it.
+    part = photometric.distort_colors(tf.cast(part, tf.float32), photometric_seed, config.photometric)
     if output_size is None:
         image = geometric.pad_with_fill(part, paddings, fill_rgb)
     else:

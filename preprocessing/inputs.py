@@ -71,8 +71,7 @@ def _augment_example(index, serialized, config, input_config):
         boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
     seed = tf.stack([tf.cast(input_config.seed, tf.int64), index])
     size = (config.image_size, config.image_size)
-    return augment(tf.cast(example[fields.IMAGE], tf.float32), boxes, labels, seed, input_config.augment,
-                   output_size=size)
+    return augment(example[fields.IMAGE], boxes, labels, seed, input_config.augment, output_size=size)
 
 
 def _augmented_dataset(data_dir, config, input_config, split, input_context=None):

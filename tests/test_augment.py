@@ -125,6 +125,17 @@ def test_same_seed_same_output_different_seeds_differ():
     assert first[0].shape != other[0].shape or not np.array_equal(first[0], other[0])
 
 
+def test_uint8_input_gives_the_float_input_output():
+    image_uint8 = tf.cast(_painted_image(), tf.uint8)
+    for i in range(4):
+        for output_size in (None, (30, 40)):
+            from_uint8 = augment(image_uint8, BOXES, LABELS, _seed(i), DEFAULT, output_size=output_size)
+            from_float = augment(_painted_image(), BOXES, LABELS, _seed(i), DEFAULT, output_size=output_size)
+            assert from_uint8[0].dtype == tf.float32
+            for a, b in zip(from_uint8, from_float):
+                np.testing.assert_array_equal(a, b)
+
+
 def test_zero_boxes_flow_through():
     for i in range(10):
         image, boxes, labels = _augment(
