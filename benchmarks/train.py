@@ -17,7 +17,7 @@ Records are the embedded sample's train split (250 images), converted into a tem
 --data_dir is given. The net is randomly initialised with --num_classes (default 20, VOC) classes, from
 the same seed under every policy, and trained at rate 0 (see _LEARNING_RATE) so that every step of every
 timing runs on the initial weights. Every timing is the median of --steps single steps after
---warmup_steps untimed ones (tracing, allocation). The input pipeline alone is timed once, over as many
+--warmup_steps untimed ones (tracing, allocation), the three taking turns step by step. The input pipeline alone is timed once, over as many
 batches. The machine is shared and noisy: compare the ratios
 measured in one run, not absolute numbers across runs. The last stdout line is one JSON object.
 """
@@ -72,16 +72,24 @@ def _convert_sample(output_dir):
     return output_dir
 
 
-def _median_step_seconds(step, warmup, steps):
-    """(Median wall-clock seconds of `step()` after `warmup` untimed calls, the last call's numpy values)."""
-    for _ in range(warmup):
-        tf.nest.map_structure(lambda t: t.numpy(), step())
-    seconds = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        values = tf.nest.map_structure(lambda t: t.numpy(), step())  # .numpy() waits for the result
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), values
+def _median_step_seconds(steps, warmup, rounds):
+    """Per name of `steps` {name: fn}: (median wall-clock seconds of one call, its last numpy values).
+
+    Each fn is called `warmup` times untimed, then the fns take turns for `rounds` timed calls each:
+    interleaved, a burst of load from another process on the shared machine hits them all alike
+    instead of skewing one ratio.
+    """
+    for step in steps.values():
+        for _ in range(warmup):
+            tf.nest.map_structure(lambda t: t.numpy(), step())
+    seconds = {name: [] for name in steps}
+    values = {}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            values[name] = tf.nest.map_structure(lambda t: t.numpy(), step())  # .numpy() waits for it
+            seconds[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(seconds[name]), values[name]) for name in steps}
 
 
 def _make_bare_step(model, optimizer, strategy, jit_compile):
@@ -121,8 +129,8 @@ def time_input(data_dir, config, anchors):
     """Images/s of train_input_fn alone (batches pulled as fast as it makes them)."""
     batches = iter(inputs.train_input_fn(data_dir, config, anchors, FLAGS.batch_size,
                                          input_config=inputs.TrainInputConfig(seed=FLAGS.seed)))
-    seconds, _ = _median_step_seconds(lambda: next(batches), FLAGS.warmup_steps, FLAGS.steps)
-    return FLAGS.batch_size / seconds
+    timed = _median_step_seconds({"input": lambda: next(batches)}, FLAGS.warmup_steps, FLAGS.steps)
+    return FLAGS.batch_size / timed["input"][0]
 
 
 def benchmark(policy, data_dir, config, anchors, strategy):
@@ -153,8 +161,7 @@ def benchmark(policy, data_dir, config, anchors, strategy):
         full_batches = iter(dataset)
         steps = {"bare": lambda: bare_step(bare_images), "in_memory": lambda: train_step(held_batch),
                  "full": lambda: train_step(full_batches)}
-        timed = {name: _median_step_seconds(step, FLAGS.warmup_steps, FLAGS.steps)
-                 for name, step in steps.items()}
+        timed = _median_step_seconds(steps, FLAGS.warmup_steps, FLAGS.steps)
     finally:
         keras.config.set_dtype_policy(previous)
     seconds = {name: s for name, (s, _) in timed.items()}
