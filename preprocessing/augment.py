@@ -4,6 +4,17 @@
 same seed under a parallel tf.data map, and it runs in graph mode with dynamic H, W and N (N may be 0;
 a crop may also drop every box, which leaves N = 0: an all-background image downstream).
 
+Order and cost (measured with benchmarks/input_pipeline.py-style runs on one core, 500x375 JPEGs): the
+colour distortion stays where Caffe has it, before the crop, applied only to the part of the image
+the patch keeps. Moving it after the fused resize, onto the fixed S x S output, was measured slower
+(about 110 against 140 images/s per core): an average patch holds fewer image pixels than 300 x 300,
+and after a zoom-out the distortion would also tint the mean fill, which Caffe leaves undistorted.
+Hue remains tf.image.adjust_hue (exact HSV, the dominant cost): a YIQ rotation is about 5x cheaper
+but differs from it by 13 levels on average and up to 67 (of 255) at 18 degrees, too far to call the
+same augmentation; an exact RGB formula of the HSV shift was 2x slower than the kernel.
+tf.io.decode_and_crop_jpeg was rejected too: its pixels differ from decode-then-slice near the crop
+edges (chroma upsampling; 114 of 200 random windows differ), and a full decode is only ~1 ms.
+
 Mean subtraction comes after this, in the input function; so does resizing to the preset's input
 size, unless `output_size` asks augment to fuse it with the crop (much cheaper after a zoom-out).
 
