@@ -11,15 +11,9 @@ order as train_input_fn). Boxes are the augmented ground truth, captioned with c
 Writes output_dir/augmented_00000.png ... and an events file under output_dir/tensorboard.
 """
 
-import os
-
 from absl import app, flags, logging
-from PIL import Image
-import tensorflow as tf
 
-from dataset import reader
-from model import presets
-from preprocessing import inputs, visualize
+from preprocessing.visualize import write_augmented_samples
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of the shards and label_map.pbtxt.")
@@ -29,33 +23,11 @@ flags.DEFINE_string("output_dir", "/tmp/augmented", "PNG files here, TensorBoard
 flags.DEFINE_integer("seed", 0, "Augmentation and shuffle seed (train_ssd.py's --seed gives the same examples).")
 flags.DEFINE_enum("model", "ssd300_vgg16", ["ssd300_vgg16", "ssd512_vgg16"], "Preset: sets the image size.")
 
-TENSORBOARD_SUBDIR = "tensorboard"
-SUMMARY_TAG = "augmented_inputs"
-
-
-def write_samples(data_dir, split, num_samples, output_dir, seed, model="ssd300_vgg16"):
-    """Draws `num_samples` augmented examples; returns the PNG paths written."""
-    class_names = reader.read_label_map(os.path.join(data_dir, "label_map.pbtxt"))
-    config = presets.get(model, len(class_names))
-    examples = inputs.augmented_examples(data_dir, config, inputs.TrainInputConfig(seed=seed), split)
-    os.makedirs(output_dir, exist_ok=True)
-    writer = tf.summary.create_file_writer(os.path.join(output_dir, TENSORBOARD_SUBDIR))
-    paths = []
-    with writer.as_default():
-        for index, (image, boxes, labels) in enumerate(examples.take(num_samples)):
-            drawn = visualize.draw_boxes(image.numpy(), boxes.numpy(), labels.numpy(), class_names)
-            path = os.path.join(output_dir, "augmented_%05d.png" % index)
-            Image.fromarray(drawn).save(path)
-            paths.append(path)
-            tf.summary.image(SUMMARY_TAG, drawn[None], step=index)
-    writer.close()
-    return paths
-
 
 def main(argv):
     del argv
-    paths = write_samples(FLAGS.data_dir, FLAGS.split, FLAGS.num_samples, FLAGS.output_dir, FLAGS.seed,
-                          FLAGS.model)
+    paths = write_augmented_samples(FLAGS.data_dir, FLAGS.split, FLAGS.num_samples, FLAGS.output_dir,
+                                    FLAGS.seed, FLAGS.model)
     logging.info("wrote %d PNG files and TensorBoard images to %s", len(paths), FLAGS.output_dir)
 
 

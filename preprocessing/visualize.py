@@ -1,9 +1,16 @@
-"""Boxes drawn on an image, for a human check (PNG files, TensorBoard image summaries)."""
+"""Boxes drawn on an image, for a human check (PNG files, TensorBoard image summaries), and augmented
+training examples written that way (visualize_augmentation.py)."""
 
+import os
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, ImageDraw
+
+from dataset import reader
+from model import presets
+from preprocessing import inputs
 
 DEFAULT_COLOR_RGB = (255, 0, 0)
 _LINE_WIDTH_PX = 2
@@ -38,3 +45,30 @@ def draw_boxes(image, boxes, labels, class_names: Optional[Sequence[str]] = None
             caption += f" {float(np.asarray(scores).reshape(-1)[i]):.2f}"
         draw.text((corners[0] + _LINE_WIDTH_PX, corners[1] + _LINE_WIDTH_PX), caption, fill=color)
     return np.asarray(canvas)
+
+
+TENSORBOARD_SUBDIR = "tensorboard"
+SUMMARY_TAG = "augmented_inputs"
+
+
+def write_augmented_samples(data_dir, split, num_samples, output_dir, seed, model="ssd300_vgg16"):
+    """Draws `num_samples` augmented training examples (PNG files + TensorBoard images); returns the paths.
+
+    The examples come from preprocessing.inputs.augmented_examples, the training input path stopped
+    before mean subtraction and target encoding, so what is drawn is what the model trains on.
+    """
+    class_names = reader.read_label_map(os.path.join(data_dir, "label_map.pbtxt"))
+    config = presets.get(model, len(class_names))
+    examples = inputs.augmented_examples(data_dir, config, inputs.TrainInputConfig(seed=seed), split)
+    os.makedirs(output_dir, exist_ok=True)
+    writer = tf.summary.create_file_writer(os.path.join(output_dir, TENSORBOARD_SUBDIR))
+    paths = []
+    with writer.as_default():
+        for index, (image, boxes, labels) in enumerate(examples.take(num_samples)):
+            drawn = draw_boxes(image.numpy(), boxes.numpy(), labels.numpy(), class_names)
+            path = os.path.join(output_dir, "augmented_%05d.png" % index)
+            Image.fromarray(drawn).save(path)
+            paths.append(path)
+            tf.summary.image(SUMMARY_TAG, drawn[None], step=index)
+    writer.close()
+    return paths
