@@ -32,7 +32,6 @@ flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N) inste
 flags.DEFINE_string("saved_model_dir", None, "An export of export_saved_model.py, instead of a checkpoint.")
 flags.DEFINE_float("score_threshold", 0.3, "Detections scoring below this are neither drawn nor listed.")
 flags.DEFINE_enum("output_format", "png", ["png", "jpg"], "Format of the drawn images.")
-flags.mark_flags_as_required(["input", "output_dir"])
 FLAGS = flags.FLAGS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -161,4 +160,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Marked here, not at import: tests import this module beside other scripts sharing absl's FLAGS.
+    flags.mark_flags_as_required(["input", "output_dir"])
     app.run(main)

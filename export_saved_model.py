@@ -15,7 +15,6 @@ flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N) to ex
 flags.DEFINE_string("output_dir", None, "Folder to write the SavedModel into (replaced if it is an export).")
 flags.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy the network is built with; outputs stay float32.")
-flags.mark_flag_as_required("output_dir")
 FLAGS = flags.FLAGS
 
 
@@ -31,4 +30,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Marked here, not at import: tests import this module beside other scripts sharing absl's FLAGS.
+    flags.mark_flag_as_required("output_dir")
     app.run(main)
