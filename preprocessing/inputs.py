@@ -6,8 +6,8 @@
                        {image_id string [B], height int32 [B], width int32 [B],
                         boxes float32 [B, G, 4], labels int32 [B, G] (0 = padding), difficult bool [B, G]})
 
-Both resize by warping the whole image (training: the augmented patch) to S x S, as Caffe SSD does (no aspect-preserving letterbox), with
-bilinear interpolation: it is Caffe's LINEAR mode (the first of ssd_pascal.py's resize modes), it is the
+Both resize by warping the whole image (training: the augmented patch) to S x S, as Caffe SSD does
+(no aspect-preserving letterbox), with bilinear interpolation: it is Caffe's LINEAR mode (the first of ssd_pascal.py's resize modes), it is the
 cheapest good filter, and the anchors never see the difference at 300 px. Images become RGB float32
 minus the ImageNet mean (config.pixel_mean).
 
@@ -52,14 +52,23 @@ def resize(image, config):
 
 
 def _read_shards(files, cycle_length, input_context=None, shuffle_seed=None):
-    """Interleaved records of `files`, sharded by input pipeline when distributed."""
+    """Interleaved records of `files`, sharded by input pipeline when distributed.
+
+    Each pipeline reads its own files; with fewer files than pipelines every pipeline reads them all and
+    keeps every n-th record instead (slower, but no worker is left without data).
+    """
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    by_file = 1 < pipelines <= len(files)
     ds = tf.data.Dataset.from_tensor_slices(files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if by_file:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)),
-                         num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(cycle_length, len(files)),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    if pipelines > 1 and not by_file:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
+    return ds
 
 
 def _augment_example(index, serialized, config, input_config):

@@ -161,3 +161,19 @@ def test_augmented_examples_are_the_training_images_before_mean_subtraction(setu
     unnormalized = features[0].numpy() + np.array(config.pixel_mean)
     assert np.abs(image.numpy() - unnormalized).max() <= 0.5 + 1e-3
     assert ((boxes.numpy() >= 0) & (boxes.numpy() <= 1)).all() and boxes.shape[0] == labels.shape[0]
+
+
+def test_pipelines_share_the_records_without_overlap(setup):
+    """Two input pipelines (two workers) read disjoint records: by file with enough shards, by record
+    with fewer shards than pipelines."""
+    data_dir, _, _ = setup
+    files = reader.shard_files(data_dir, "train")
+    for shard_files in (files, files[:1]):
+        seen = []
+        for pipeline in range(2):
+            context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline)
+            records = inputs._read_shards(shard_files, 8, context)
+            seen.append({bytes(r.numpy()) for r in records})
+        assert seen[0] and seen[1] and not seen[0] & seen[1]
+        everything = {bytes(r.numpy()) for r in tf.data.TFRecordDataset(shard_files)}
+        assert seen[0] | seen[1] == everything
