@@ -93,7 +93,7 @@ def detect_files(paths, detect_fn, class_names, output_dir, score_threshold, out
     import tensorflow as tf
     from PIL import Image
 
-    from metrics.result_files import write_atomically
+    from dataset.atomic import write_atomically
     from model import serving
     from preprocessing.visualize import draw_boxes
 

@@ -9,8 +9,9 @@ Ids are 1..C in file order (DESIGN.md: 0 is background and never listed). Python
 around as the tuple of class names, where name i (0-based) has id i + 1.
 """
 
-import os
 import re
+
+from dataset.atomic import write_atomically
 
 LABEL_MAP_FILENAME = "label_map.pbtxt"
 _ITEM = re.compile(r"item\s*\{(.*?)\}", re.DOTALL)
@@ -29,10 +30,7 @@ def write_label_map(path, class_names):
     for name in class_names:
         if "'" in name or "\n" in name:
             raise ValueError("class name %r cannot be written to a label map" % name)
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(format_label_map(class_names))
-    os.replace(tmp, path)
+    write_atomically(path, format_label_map(class_names))
 
 
 def parse_label_map(text):

@@ -17,10 +17,10 @@ os.replace, so a reader never sees a half-written file.
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
+from dataset.atomic import write_atomically
 from metrics.coco import coco_image_id
 
 VOC_COMPETITION = "comp4"  # devkit: comp3 = trained on VOC data only, comp4 = on any data
@@ -30,20 +30,6 @@ COCO_RESULTS_FILENAME = "coco_detections.json"
 IMAGE_ID_MAP_FILENAME = "image_id_map.json"
 COCO_BOX_DECIMALS = 2
 SCORE_DECIMALS = 6
-
-
-def write_atomically(path, text):
-    """Write `text` to `path` via a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
 
 
 def voc_result_filename(class_name, competition=VOC_COMPETITION, image_set=VOC_IMAGE_SET):

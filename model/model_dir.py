@@ -9,7 +9,7 @@ import os
 import tensorflow as tf
 
 from dataset import label_map
-from metrics.result_files import write_atomically
+from dataset.atomic import write_atomically
 from model import presets
 
 CONFIG_FILENAME = "config.json"

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from dataset import atomic
 from metrics import coco, result_files
 
 CLASS_NAMES = ("aeroplane", "bicycle", "bird")
@@ -69,10 +70,10 @@ def test_coco_json_loads_in_pycocotools(tmp_path):
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
     path = tmp_path / "out.txt"
-    result_files.write_atomically(str(path), "old")
+    atomic.write_atomically(str(path), "old")
 
     with pytest.raises(TypeError):  # not text: fails inside the write, after the temp file exists
-        result_files.write_atomically(str(path), b"bytes")
+        atomic.write_atomically(str(path), b"bytes")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.txt"]
 
