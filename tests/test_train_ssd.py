@@ -45,7 +45,7 @@ def test_smoke_run_loss_falls_and_writes_model_dir(sample_records, tmp_path):
     model_dir = str(tmp_path / "run")
     result = _train(sample_records, model_dir, "--max_steps", "24", "--warmup_steps", "0",
                     "--learning_rate", "1e-3", "--save_checkpoints_steps", "12", "--seed", "1",
-                    "--save_summary_steps", "6", "--image_summary_steps", "12")
+                    "--save_summary_steps", "6", "--image_summary_steps", "12", "--eval_every_steps", "24")
     assert result.returncode == 0, result.stderr[-3000:]
     losses = _losses(result.stderr)
     assert sorted(losses) == list(range(1, 25))
@@ -66,6 +66,14 @@ def test_smoke_run_loss_falls_and_writes_model_dir(sample_records, tmp_path):
         assert tags.get(tag) == {6, 12, 18, 24}, (tag, tags)
     assert tags.get("train/inputs") == {12, 24}  # training inputs with boxes drawn
     assert "no pretrained backbone" in result.stderr  # the warning a user without a backbone sees
+    # In-process evaluation at the end: the per-class table is logged and summaries go to eval/.
+    assert re.search(r"step 24 eval: voc07 mAP [0-9.]+, voc12 mAP [0-9.]+, COCO AP [0-9.]+ \(80 images\)",
+                     result.stderr), result.stderr[-3000:]
+    eval_tags = set()
+    for path in glob.glob(os.path.join(model_dir, "eval", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            eval_tags.update(value.tag for value in event.summary.value if event.step == 24)
+    assert {"voc07/mAP", "voc12/mAP", "coco/AP"} <= eval_tags, eval_tags
 
 
 def test_resumes_after_sigkill(sample_records, tmp_path):
