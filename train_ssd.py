@@ -106,7 +106,9 @@ def main(argv):
     last_saved = latest
     while step < FLAGS.max_steps:
         values = training.check_finite(step + 1, step_fn(iterator), last_saved)
-        step = int(optimizer.iterations.numpy())
+        previous, step = step, int(optimizer.iterations.numpy())
+        if step == previous:  # float16 loss scaling skipped an overflowing step and lowered its scale
+            continue
         log_now = step % FLAGS.log_every_n_steps == 0 or step == FLAGS.max_steps
         if log_now or step % FLAGS.save_summary_steps == 0:
             rate, lr = progress.rate(step, time.time()), float(schedule(step))

@@ -92,3 +92,35 @@ def test_check_finite_names_step_losses_and_checkpoint():
                               "logs/ckpt-5")
     message = str(info.value)
     assert "step 7" in message and "'total_loss': nan" in message and "logs/ckpt-5" in message
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_steps_train_and_float16_skips_overflows(policy):
+    import keras
+    config = presets.get("ssd300_vgg16", 3, **TINY)
+    anchors = anchors_lib.generate(config)
+    batch = _batch(config, anchors, 2, seed=1)
+    strategy = tf.distribute.get_strategy()
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = ssd.build(config)
+        optimizer = training.make_optimizer(1e-3, 0.9, policy.split("_")[1], name="adam")
+        optimizer.build(model.trainable_variables)
+        step = training.make_train_step(model, optimizer, config, strategy, weight_decay=5e-4)
+        dataset = iter(tf.data.Dataset.from_tensors(batch).repeat())
+        calls = 0
+        while int(optimizer.iterations.numpy()) < 3 and calls < 40:
+            losses = step(dataset)
+            calls += 1
+            assert np.isfinite(float(losses["total_loss"]))  # computed in float32 either way
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.layers[1].compute_dtype == policy.split("_")[1]
+    assert int(optimizer.iterations.numpy()) == 3
+    if policy == "mixed_float16":
+        # Dynamic loss scaling starts at 2^15, overflows float16 gradients and halves until it fits:
+        # those steps are skipped, so more calls than updates.
+        assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and calls > 3
+    else:
+        assert calls == 3  # bfloat16 has float32's range: no loss scaling, no skipped step
