@@ -69,12 +69,7 @@ def _module(policy):
         return module, config, class_names
     config = presets.get("ssd300_vgg16", FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
     keras.utils.set_random_seed(FLAGS.seed)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        model = ssd.build(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    model = ssd.build(config, policy)
     class_names = tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1))
     return serving.DetectionModule(model, anchors_lib.generate(config), config), config, class_names
 

@@ -53,20 +53,11 @@ def _median_seconds(fn, args, warmup, iterations):
     return statistics.median(seconds)
 
 
-def _build(config, policy):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        return ssd.build(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 def benchmark(preset, policy):
     """Timings of one preset under one dtype policy: a dict of named numbers."""
     config = presets.get(preset, FLAGS.num_classes)
     keras.utils.set_random_seed(FLAGS.seed)
-    model = _build(config, policy)
+    model = ssd.build(config, policy)
     images = tf.random.normal([FLAGS.batch_size, config.image_size, config.image_size, 3],
                               stddev=_PIXEL_STDDEV, seed=FLAGS.seed)
     anchors = tf.constant(anchors_lib.generate(config))

@@ -162,19 +162,12 @@ def export(module, config, class_names, output_dir):
 def from_checkpoint(model_dir=None, checkpoint_path=None, dtype_policy="float32"):
     """(DetectionModule, config, class_names, checkpoint path) for --checkpoint_path or the latest in
     --model_dir, with the model built under the Keras `dtype_policy` (e.g. "mixed_bfloat16")."""
-    import keras
-
     from model import anchors as anchors_lib
     from nets import ssd
 
     checkpoint = model_dir_lib.resolve_checkpoint(model_dir, checkpoint_path)
     config, class_names = model_dir_lib.read(checkpoint if checkpoint_path else model_dir)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(dtype_policy)
-    try:
-        model = ssd.build(config)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    model = ssd.build(config, dtype_policy)
     model_dir_lib.restore_model(model, checkpoint)
     return DetectionModule(model, anchors_lib.generate(config), config), config, class_names, checkpoint
 

@@ -84,12 +84,20 @@ def _check_feature_sizes(features, config):
                          "config's anchor grid:\n  " + "\n  ".join(problems))
 
 
-def build(config):
+def build(config, dtype_policy=None):
     """The SSD Keras model for `config` (an SSDConfig); see the module docstring for its outputs.
 
-    Layers take the current Keras dtype policy (e.g. mixed_bfloat16); the two outputs are cast to
-    float32 by their final layers so losses and post-processing always see float32.
+    Layers take `dtype_policy` (e.g. "mixed_bfloat16") when given, else the current global Keras
+    policy, which is left as it was; the two outputs are cast to float32 by their final layers so
+    losses and post-processing always see float32.
     """
+    if dtype_policy is not None:
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(dtype_policy)
+        try:
+            return build(config)
+        finally:
+            keras.config.set_dtype_policy(previous)
     images = keras.Input(shape=(config.image_size, config.image_size, 3), name="images")
     features = vgg16.reduced_fc_vgg16(images, config)
     features.update(extra_layers(features[vgg16.FC7], config))
