@@ -11,6 +11,7 @@ reason; fixable problems are repaired and described in the returned `repairs`.
 
 import dataclasses
 import io
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -101,9 +102,13 @@ def _text(element, tag, default=None):
 def _number(element, tag, default=None):
     text = _text(element, tag, None if default is None else str(default))
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise BadInput("malformed annotation: <%s> is %r, not a number" % (tag, text)) from None
+    # float() takes "nan" and "inf"; a NaN box passes every clipping comparison and would be stored.
+    if not math.isfinite(value):
+        raise BadInput("malformed annotation: <%s> is %r, not a finite number" % (tag, text))
+    return value
 
 
 def parse_annotation(xml_bytes):

@@ -63,6 +63,10 @@ def test_external_entity_is_refused():
      b"</bndbox></object></annotation>", "missing <name>"),
     (b"<annotation><object><name>x</name><bndbox><xmin>a</xmin><ymin>1</ymin><xmax>2</xmax>"
      b"<ymax>2</ymax></bndbox></object></annotation>", "not a number"),
+    (b"<annotation><object><name>x</name><bndbox><xmin>nan</xmin><ymin>1</ymin><xmax>2</xmax>"
+     b"<ymax>2</ymax></bndbox></object></annotation>", "'nan', not a finite number"),
+    (b"<annotation><object><name>x</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>inf</xmax>"
+     b"<ymax>2</ymax></bndbox></object></annotation>", "'inf', not a finite number"),
 ])
 def test_malformed_xml_names_the_problem(xml, message):
     with pytest.raises(voc.BadInput, match=message):
