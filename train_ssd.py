@@ -51,7 +51,7 @@ def main(argv):
     import keras
     import tensorflow as tf
 
-    from dataset import reader
+    from dataset import label_map
     from model import anchors as anchors_lib, evaluation, model_dir, presets, summaries, training
     from nets import backbone_loader, ssd
     from preprocessing import inputs
@@ -62,7 +62,7 @@ def main(argv):
     strategy = training.make_strategy()
     chief = training.is_chief(strategy)
 
-    class_names = reader.read_label_map(os.path.join(FLAGS.data_dir, "label_map.pbtxt"))
+    class_names = label_map.read_label_map(os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME))
     config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier)
     if chief:
         model_dir.write(FLAGS.model_dir, config, class_names)
