@@ -19,10 +19,8 @@ from dataset import fields
 from metrics.evaluator import METRIC_NAMES, DetectionEvaluator
 from model import postprocess, summaries
 from preprocessing import inputs
-from preprocessing.visualize import draw_boxes
 
 NUM_SUMMARY_IMAGES = 4
-SUMMARY_MIN_SCORE = 0.3  # only confident detections are drawn; the metrics use all of them
 # train_ssd.py checkpoints hold tf.train.Checkpoint(model=..., optimizer=...); Keras 3 optimizers
 # track their step counter as `_iterations`.
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
@@ -106,16 +104,15 @@ def flatten_numbers(results, prefix=""):
     return flat
 
 
-def write_summaries(writer, step, results, kept, config, class_names, min_score=SUMMARY_MIN_SCORE):
+def write_summaries(writer, step, results, kept, config, class_names, min_score=summaries.MIN_DRAWN_SCORE):
     """Every number of `results` (flattened, undefined APs skipped) and `kept` images with detections."""
     writer.scalars(step, flatten_numbers(results))
     drawn = []
     for features, det in kept:
-        keep = det[fields.DETECTION_SCORES] >= min_score
         image = summaries.net_input_to_uint8(features[None], config)[0]
-        drawn.append(draw_boxes(image, det[fields.DETECTION_BOXES][keep],
-                                det[fields.DETECTION_CLASSES][keep], class_names,
-                                scores=det[fields.DETECTION_SCORES][keep]))
+        drawn.append(summaries.draw_detections(image, det[fields.DETECTION_BOXES],
+                                               det[fields.DETECTION_SCORES],
+                                               det[fields.DETECTION_CLASSES], class_names, min_score))
     writer.images(step, "eval/detections", drawn)
 
 

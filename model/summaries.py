@@ -27,6 +27,18 @@ def _ground_truth(labels, anchors, config):
     return out
 
 
+# Only confident detections are drawn; the metrics use all of them.
+MIN_DRAWN_SCORE = 0.3
+
+
+def draw_detections(image, boxes, scores, classes, class_names, min_score=MIN_DRAWN_SCORE,
+                    color=(255, 0, 0)):
+    """uint8 image [H, W, 3] with the detections of score >= min_score drawn (numpy rows [K, ...])."""
+    keep = np.asarray(scores) >= min_score
+    return draw_boxes(image, np.asarray(boxes)[keep], np.asarray(classes)[keep], class_names,
+                      scores=np.asarray(scores)[keep], color=color)
+
+
 class Writer:
     """A summary writer that does nothing when disabled (non-chief workers)."""
 
@@ -46,7 +58,8 @@ class Writer:
         with self._writer.as_default(step=step):
             tf.summary.image(name, np.stack(images), max_outputs=len(images))
 
-    def detection_images(self, step, name, model, batch, anchors, config, class_names, min_score=0.3):
+    def detection_images(self, step, name, model, batch, anchors, config, class_names,
+                         min_score=MIN_DRAWN_SCORE):
         """Training inputs with ground truth (green) and the current detections (red, score >= min_score)."""
         if self._writer is None:
             return
@@ -58,11 +71,9 @@ class Writer:
         for i, (image, (gt_boxes, gt_classes)) in enumerate(zip(net_input_to_uint8(features, config),
                                                                  _ground_truth(labels, anchors, config))):
             image = draw_boxes(image, gt_boxes, gt_classes, class_names, color=(0, 255, 0))
-            scores = detections[fields.DETECTION_SCORES][i].numpy()
-            keep = scores >= min_score
-            drawn.append(draw_boxes(image, detections[fields.DETECTION_BOXES][i].numpy()[keep],
-                                    detections[fields.DETECTION_CLASSES][i].numpy()[keep], class_names,
-                                    scores=scores[keep], color=(255, 0, 0)))
+            drawn.append(draw_detections(image, detections[fields.DETECTION_BOXES][i],
+                                         detections[fields.DETECTION_SCORES][i],
+                                         detections[fields.DETECTION_CLASSES][i], class_names, min_score))
         self.images(step, name, drawn)
 
     def close(self):
