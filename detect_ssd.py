@@ -94,8 +94,8 @@ def detect_files(paths, detect_fn, class_names, output_dir, score_threshold, out
     from PIL import Image
 
     from dataset.atomic import write_atomically
-    from model import serving
-    from preprocessing.visualize import draw_boxes
+    from engine import serving
+    from engine.drawing import draw_boxes
 
     os.makedirs(output_dir, exist_ok=True)
     records, skipped, used = [], 0, set()
@@ -127,7 +127,7 @@ def detect_files(paths, detect_fn, class_names, output_dir, score_threshold, out
 
 def make_detect_fn(saved_model_dir=None, model_dir=None, checkpoint_path=None):
     """(detect_fn uint8 [B, H, W, 3] -> output dict, class_names, the model loaded, for logging)."""
-    from model import serving
+    from engine import serving
 
     if saved_model_dir:
         loaded, _, class_names = serving.load(saved_model_dir)

@@ -41,29 +41,30 @@ def main(argv):
     del argv
     from dataset import label_map
     from metrics.evaluator import DetectionEvaluator
-    from model import anchors as anchors_lib, evaluation, model_dir
+    from engine import checkpoints, evaluation
+    from model import anchors as anchors_lib
     from nets import ssd
 
     if FLAGS.wait_for_checkpoints:
-        checkpoints = evaluation.watch_checkpoints(FLAGS.model_dir, FLAGS.eval_timeout, FLAGS.max_steps)
+        paths = checkpoints.watch_checkpoints(FLAGS.model_dir, FLAGS.eval_timeout, FLAGS.max_steps)
     else:
-        checkpoints = [model_dir.resolve_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)]
+        paths = [checkpoints.resolve_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)]
 
     model = None
-    for checkpoint_path in checkpoints:
+    for checkpoint_path in paths:
         folder = os.path.dirname(checkpoint_path)
         if model is None:  # built at the first checkpoint: a watched model_dir may start empty
-            config, class_names = model_dir.read(folder)
+            config, class_names = checkpoints.read(folder)
             data_label_map = os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME)
             if not os.path.exists(data_label_map):
                 raise FileNotFoundError(f"{data_label_map} not found: --data_dir holds no label map")
-            evaluation.check_label_maps(class_names, label_map.read_label_map(data_label_map), folder,
+            checkpoints.check_label_maps(class_names, label_map.read_label_map(data_label_map), folder,
                                         data_label_map)
             model = ssd.build(config)
             anchors = anchors_lib.generate(config)
             detect = evaluation.make_detect_fn(model, anchors, config)
-        model_dir.restore_model(model, checkpoint_path)
-        step = evaluation.checkpoint_step(checkpoint_path)
+        checkpoints.restore_model(model, checkpoint_path)
+        step = checkpoints.checkpoint_step(checkpoint_path)
         output_dir = None
         if FLAGS.write_results:
             output_dir = FLAGS.output_dir or os.path.join(folder, "eval_results",

@@ -20,7 +20,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from model import serving
+    from engine import serving
 
     module, config, class_names, checkpoint = serving.from_checkpoint(
         FLAGS.model_dir, FLAGS.checkpoint_path, FLAGS.dtype_policy)

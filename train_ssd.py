@@ -52,7 +52,8 @@ def main(argv):
     import tensorflow as tf
 
     from dataset import label_map
-    from model import anchors as anchors_lib, evaluation, model_dir, presets, summaries, training
+    from engine import checkpoints, evaluation, summaries, training
+    from model import anchors as anchors_lib, presets
     from nets import backbone_loader, ssd
     from preprocessing import inputs
 
@@ -65,7 +66,7 @@ def main(argv):
     class_names = label_map.read_label_map(os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME))
     config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier)
     if chief:
-        model_dir.write(FLAGS.model_dir, config, class_names)
+        checkpoints.write(FLAGS.model_dir, config, class_names)
     anchors = anchors_lib.generate(config)
     input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed)
     dataset = strategy.distribute_datasets_from_function(

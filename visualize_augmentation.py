@@ -13,7 +13,7 @@ Writes output_dir/augmented_00000.png ... and an events file under output_dir/te
 
 from absl import app, flags, logging
 
-from preprocessing.visualize import write_augmented_samples
+from engine.drawing import write_augmented_samples
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of the shards and label_map.pbtxt.")

@@ -34,7 +34,8 @@ from benchmarks import eval_metrics  # noqa: E402
 from dataset import convert, label_map  # noqa: E402
 from metrics.evaluator import METRIC_NAMES, DetectionEvaluator  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
-from model import evaluation, presets  # noqa: E402
+from engine import evaluation
+from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 from preprocessing import inputs  # noqa: E402
 

@@ -33,7 +33,8 @@ from absl import app, flags, logging  # noqa: E402
 
 from dataset import fields  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
-from model import presets, serving  # noqa: E402
+from engine import serving
+from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 from preprocessing import inputs  # noqa: E402
 

@@ -38,7 +38,8 @@ from absl import app, flags, logging  # noqa: E402
 
 from dataset import convert, fields, label_map  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
-from model import presets, training  # noqa: E402
+from engine import training
+from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 from preprocessing import inputs  # noqa: E402
 

@@ -14,7 +14,7 @@ from PIL import Image
 import detect_ssd
 from conftest import REPO_ROOT
 from dataset import fields
-from model import serving
+from engine import serving
 from test_export import CLASS_NAMES, write_random_model_dir
 
 SAMPLE_JPEG = os.path.join(REPO_ROOT, "dataset", "sample", "JPEGImages", "000001.jpg")

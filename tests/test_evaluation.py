@@ -1,4 +1,4 @@
-"""model/evaluation.py pieces: batch -> evaluator, flattened summaries, checkpoint steps, checkpoint watching."""
+"""engine/evaluation.py and engine/checkpoints.py pieces: batch -> evaluator, flattened summaries, checkpoint steps, checkpoint watching."""
 
 import os
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from engine import checkpoints, evaluation, summaries
 from dataset import fields
 from metrics.evaluator import DetectionEvaluator
-from model import evaluation, summaries
 
 
 def _batch():
@@ -75,15 +75,15 @@ def test_checkpoint_step_prefers_optimizer_iterations(tmp_path):
     optimizer.build([tf.Variable(1.0)])
     optimizer.iterations.assign(7)
     path = tf.train.Checkpoint(optimizer=optimizer).write(str(tmp_path / "ckpt-3"))
-    assert evaluation.checkpoint_step(path) == 7
+    assert checkpoints.checkpoint_step(path) == 7
 
 
 def test_checkpoint_step_from_name_or_error(tmp_path):
     path = tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(tmp_path / "ckpt-12"))
-    assert evaluation.checkpoint_step(path) == 12
+    assert checkpoints.checkpoint_step(path) == 12
     path = tf.train.Checkpoint(v=tf.Variable(1.0)).write(str(tmp_path / "weights"))
     with pytest.raises(ValueError, match="cannot tell the step"):
-        evaluation.checkpoint_step(path)
+        checkpoints.checkpoint_step(path)
 
 
 class _FakeTime:
@@ -118,7 +118,7 @@ def test_watch_checkpoints_yields_existing_then_new_then_times_out(tmp_path):
     # While waiting: ckpt-6 appears and ckpt-2 is deleted by the manager (keep 2).
     fake.on_sleep.append(lambda: _save_fake_checkpoint(model_dir, 6, [4, 6]))
     seen = [(os.path.basename(p), fake.now)
-            for p in evaluation.watch_checkpoints(model_dir, timeout_s=10, poll_s=1,
+            for p in checkpoints.watch_checkpoints(model_dir, timeout_s=10, poll_s=1,
                                                   clock=fake.clock, sleep=fake.sleep)]
     assert seen == [("ckpt-2", 0.0), ("ckpt-4", 0.0), ("ckpt-6", 1.0)]
     assert fake.now == 11.0  # 10 s after ckpt-6 appeared, polling every second
@@ -126,7 +126,7 @@ def test_watch_checkpoints_yields_existing_then_new_then_times_out(tmp_path):
 
 def test_watch_checkpoints_empty_dir_times_out(tmp_path):
     fake = _FakeTime()
-    assert list(evaluation.watch_checkpoints(str(tmp_path), timeout_s=3, poll_s=1, clock=fake.clock,
+    assert list(checkpoints.watch_checkpoints(str(tmp_path), timeout_s=3, poll_s=1, clock=fake.clock,
                                              sleep=fake.sleep)) == []
     assert fake.now == 3.0
 
@@ -137,7 +137,7 @@ def test_watch_checkpoints_skips_a_listed_checkpoint_whose_files_are_gone(tmp_pa
     _save_fake_checkpoint(model_dir, 4, [2, 4])
     os.remove(os.path.join(model_dir, "ckpt-2.index"))
     fake = _FakeTime()
-    paths = evaluation.watch_checkpoints(model_dir, timeout_s=1, clock=fake.clock, sleep=fake.sleep)
+    paths = checkpoints.watch_checkpoints(model_dir, timeout_s=1, clock=fake.clock, sleep=fake.sleep)
     assert [os.path.basename(p) for p in paths] == ["ckpt-4"]
 
 
@@ -150,7 +150,7 @@ def test_watch_checkpoints_stops_after_the_checkpoint_at_max_steps(tmp_path):
     for n, listed in ((2, [2]), (4, [2, 4]), (6, [2, 4, 6])):
         _save_fake_checkpoint(model_dir, n, listed)
     fake = _FakeTime()
-    paths = evaluation.watch_checkpoints(model_dir, timeout_s=100, max_steps=3,
+    paths = checkpoints.watch_checkpoints(model_dir, timeout_s=100, max_steps=3,
                                          step_fn=_step_from_name,
                                          clock=fake.clock, sleep=fake.sleep)
     assert [os.path.basename(p) for p in paths] == ["ckpt-2", "ckpt-4"]
@@ -158,10 +158,10 @@ def test_watch_checkpoints_stops_after_the_checkpoint_at_max_steps(tmp_path):
 
 
 def test_check_label_maps_names_every_difference():
-    evaluation.check_label_maps(("cat", "dog"), ("cat", "dog"), "m", "d/label_map.pbtxt")
+    checkpoints.check_label_maps(("cat", "dog"), ("cat", "dog"), "m", "d/label_map.pbtxt")
     with pytest.raises(ValueError, match=r"mismatch: the model in m was trained with 2 classes, "
                                          r"d/label_map.pbtxt has 2; id 1: model 'cat' vs data 'dog', "
                                          r"id 2: model 'dog' vs data 'cat'"):
-        evaluation.check_label_maps(("cat", "dog"), ("dog", "cat"), "m", "d/label_map.pbtxt")
+        checkpoints.check_label_maps(("cat", "dog"), ("dog", "cat"), "m", "d/label_map.pbtxt")
     with pytest.raises(ValueError, match=r"2 classes, d/label_map.pbtxt has 3\. Evaluate"):
-        evaluation.check_label_maps(("cat", "dog"), ("cat", "dog", "cow"), "m", "d/label_map.pbtxt")
+        checkpoints.check_label_maps(("cat", "dog"), ("cat", "dog", "cow"), "m", "d/label_map.pbtxt")

@@ -16,7 +16,8 @@ from PIL import Image
 from conftest import REPO_ROOT
 from dataset import fields, label_map
 from model import anchors as anchors_lib
-from model import evaluation, model_dir as model_dir_lib, presets, serving
+from engine import checkpoints, evaluation, serving
+from model import presets
 from nets import ssd
 from preprocessing import inputs
 
@@ -43,7 +44,7 @@ def write_random_model_dir(path, seed=0):
     model = ssd.build(config)
     _calibrate_heads(model, config.image_size)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(path), max_to_keep=1).save()
-    model_dir_lib.write(str(path), config, CLASS_NAMES)
+    checkpoints.write(str(path), config, CLASS_NAMES)
     return config
 
 
@@ -67,7 +68,7 @@ def eval_detect(trained_dir):
     """The eval path: a model restored from the checkpoint, make_detect_fn on normalize(resize(image))."""
     path, config = trained_dir
     model = ssd.build(config)
-    model_dir_lib.restore_model(model, model_dir_lib.resolve_checkpoint(path))
+    checkpoints.restore_model(model, checkpoints.resolve_checkpoint(path))
     detect = evaluation.make_detect_fn(model, anchors_lib.generate(config), config)
     return lambda images: {k: v.numpy() for k, v in
                            detect(inputs.normalize(inputs.resize(images, config), config)).items()}
@@ -95,10 +96,10 @@ def _numpy(outputs):
 def test_export_layout_signatures_and_od_api_outputs(exported, trained_dir):
     export_dir, loaded = exported
     _, config = trained_dir
-    for name in ("saved_model.pb", "variables", label_map.LABEL_MAP_FILENAME, model_dir_lib.CONFIG_FILENAME):
+    for name in ("saved_model.pb", "variables", label_map.LABEL_MAP_FILENAME, checkpoints.CONFIG_FILENAME):
         assert os.path.exists(os.path.join(export_dir, name)), name
     assert label_map.read_label_map(os.path.join(export_dir, label_map.LABEL_MAP_FILENAME)) == CLASS_NAMES
-    assert model_dir_lib.read(export_dir)[0] == config
+    assert checkpoints.read(export_dir)[0] == config
     assert os.listdir(os.path.dirname(export_dir)) == ["ssd"]   # no temporary folder left beside it
 
     default = loaded.signatures[serving.SERVING_DEFAULT]
@@ -176,7 +177,7 @@ def test_export_replaces_only_an_export_and_leaves_nothing_when_interrupted(trai
 
     def killed(*args):
         raise KeyboardInterrupt("export killed")
-    monkeypatch.setattr(model_dir_lib, "write", killed)
+    monkeypatch.setattr(checkpoints, "write", killed)
     with pytest.raises(KeyboardInterrupt):
         serving.export(module, config, CLASS_NAMES, str(tmp_path / "ssd"))
     assert sorted(os.listdir(tmp_path)) == ["precious"]   # neither ssd/ nor a temporary folder
@@ -188,14 +189,14 @@ def test_export_script_and_bfloat16_variant(trained_dir, tmp_path):
     output_dir = tmp_path / "ssd_bf16"
     output_dir.mkdir()
     (output_dir / "saved_model.pb").write_bytes(b"an earlier export")
-    checkpoint = model_dir_lib.resolve_checkpoint(path)
+    checkpoint = checkpoints.resolve_checkpoint(path)
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "export_saved_model.py"), "--checkpoint_path", checkpoint,
          "--output_dir", str(output_dir), "--dtype_policy", "mixed_bfloat16"],
         capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "exported " + checkpoint in result.stderr
-    assert json.loads((output_dir / model_dir_lib.CONFIG_FILENAME).read_text())["width_multiplier"] == WIDTH
+    assert json.loads((output_dir / checkpoints.CONFIG_FILENAME).read_text())["width_multiplier"] == WIDTH
     loaded, _, class_names = serving.load(str(output_dir))
     assert class_names == CLASS_NAMES
     outputs = loaded.signatures[serving.SERVING_DEFAULT](images=tf.constant(_images(1, 64, 48, seed=3)))

@@ -6,7 +6,8 @@ import tensorflow as tf
 
 from dataset import fields
 from model import anchors as anchors_lib
-from model import presets, targets, training
+from engine import training
+from model import presets, targets
 from nets import ssd
 
 TINY = dict(width_multiplier=1 / 16)

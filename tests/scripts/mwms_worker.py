@@ -16,7 +16,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dataset import reader  # noqa: E402
-from model import anchors as anchors_lib, presets, training  # noqa: E402
+from engine import training
+from model import anchors as anchors_lib, presets  # noqa: E402
 from nets import ssd  # noqa: E402
 from preprocessing import inputs  # noqa: E402
 

@@ -29,7 +29,7 @@ import tempfile
 import tensorflow as tf
 
 from dataset import fields
-from model import model_dir as model_dir_lib
+from engine import checkpoints
 from model import postprocess
 from preprocessing import inputs
 
@@ -145,7 +145,7 @@ def export(module, config, class_names, output_dir):
     temp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.tmp-")
     try:
         tf.saved_model.save(module, temp_dir, signatures=module.signatures())
-        model_dir_lib.write(temp_dir, config, class_names)
+        checkpoints.write(temp_dir, config, class_names)
         if os.path.exists(output_dir):
             old_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.old-")
             os.replace(output_dir, os.path.join(old_dir, "export"))
@@ -165,10 +165,10 @@ def from_checkpoint(model_dir=None, checkpoint_path=None, dtype_policy="float32"
     from model import anchors as anchors_lib
     from nets import ssd
 
-    checkpoint = model_dir_lib.resolve_checkpoint(model_dir, checkpoint_path)
-    config, class_names = model_dir_lib.read(checkpoint if checkpoint_path else model_dir)
+    checkpoint = checkpoints.resolve_checkpoint(model_dir, checkpoint_path)
+    config, class_names = checkpoints.read(checkpoint if checkpoint_path else model_dir)
     model = ssd.build(config, dtype_policy)
-    model_dir_lib.restore_model(model, checkpoint)
+    checkpoints.restore_model(model, checkpoint)
     return DetectionModule(model, anchors_lib.generate(config), config), config, class_names, checkpoint
 
 
@@ -177,5 +177,5 @@ def load(saved_model_dir):
 
     Keep the loaded object alive while using its signatures: they hold its variables only weakly.
     """
-    config, class_names = model_dir_lib.read(saved_model_dir)
+    config, class_names = checkpoints.read(saved_model_dir)
     return tf.saved_model.load(saved_model_dir), config, class_names

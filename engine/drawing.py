@@ -47,6 +47,19 @@ def draw_boxes(image, boxes, labels, class_names: Optional[Sequence[str]] = None
     return np.asarray(canvas)
 
 
+# Only confident detections are drawn; the metrics use all of them.
+MIN_DRAWN_SCORE = 0.3
+
+
+def draw_detections(image, boxes, scores, classes, class_names, min_score=MIN_DRAWN_SCORE,
+                    color=(255, 0, 0)):
+    """uint8 image [H, W, 3] with the detections of score >= min_score drawn (numpy rows [K, ...])."""
+    keep = np.asarray(scores) >= min_score
+    return draw_boxes(image, np.asarray(boxes)[keep], np.asarray(classes)[keep], class_names,
+                      scores=np.asarray(scores)[keep], color=color)
+
+
+
 TENSORBOARD_SUBDIR = "tensorboard"
 SUMMARY_TAG = "augmented_inputs"
 

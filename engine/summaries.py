@@ -4,8 +4,8 @@ import numpy as np
 import tensorflow as tf
 
 from dataset import fields
+from engine.drawing import MIN_DRAWN_SCORE, draw_boxes, draw_detections
 from model import box_coder, postprocess
-from preprocessing.visualize import draw_boxes
 
 
 def net_input_to_uint8(features, config):
@@ -25,18 +25,6 @@ def _ground_truth(labels, anchors, config):
         unique = np.unique(np.concatenate([boxes, classes[:, None]], axis=1), axis=0)
         out.append((unique[:, :4], unique[:, 4].astype(np.int32)))
     return out
-
-
-# Only confident detections are drawn; the metrics use all of them.
-MIN_DRAWN_SCORE = 0.3
-
-
-def draw_detections(image, boxes, scores, classes, class_names, min_score=MIN_DRAWN_SCORE,
-                    color=(255, 0, 0)):
-    """uint8 image [H, W, 3] with the detections of score >= min_score drawn (numpy rows [K, ...])."""
-    keep = np.asarray(scores) >= min_score
-    return draw_boxes(image, np.asarray(boxes)[keep], np.asarray(classes)[keep], class_names,
-                      scores=np.asarray(scores)[keep], color=color)
 
 
 class Writer:

@@ -1,9 +1,9 @@
-"""Tests for preprocessing/visualize.py: outline where the normalized box says, input left alone."""
+"""Tests for engine/drawing.py: outline where the normalized box says, input left alone."""
 
 import numpy as np
 import tensorflow as tf
 
-from preprocessing.visualize import draw_boxes
+from engine.drawing import draw_boxes
 
 RED = (255, 0, 0)
 

@@ -5,11 +5,10 @@ Shared by eval_ssd.py and train_ssd.py's in-process evaluation. Every val image 
 normalized: the evaluator scales them to each image's original size at the edge.
 
 Continuous evaluation (eval_ssd.py --wait_for_checkpoints) walks a model_dir's checkpoints with
-`watch_checkpoints`, and reads each checkpoint's training step with `checkpoint_step`.
+engine.checkpoints.watch_checkpoints.
 """
 
 import os
-import re
 import time
 
 import tensorflow as tf
@@ -17,14 +16,11 @@ from absl import logging
 
 from dataset import fields
 from metrics.evaluator import METRIC_NAMES, DetectionEvaluator
-from model import postprocess, summaries
+from engine import drawing, summaries
+from model import postprocess
 from preprocessing import inputs
 
 NUM_SUMMARY_IMAGES = 4
-# train_ssd.py checkpoints hold tf.train.Checkpoint(model=..., optimizer=...); Keras 3 optimizers
-# track their step counter as `_iterations`.
-ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
-_CHECKPOINT_NUMBER = re.compile(r"-(\d+)$")
 
 
 def make_detect_fn(model, anchors, config):
@@ -104,13 +100,13 @@ def flatten_numbers(results, prefix=""):
     return flat
 
 
-def write_summaries(writer, step, results, kept, config, class_names, min_score=summaries.MIN_DRAWN_SCORE):
+def write_summaries(writer, step, results, kept, config, class_names, min_score=drawing.MIN_DRAWN_SCORE):
     """Every number of `results` (flattened, undefined APs skipped) and `kept` images with detections."""
     writer.scalars(step, flatten_numbers(results))
     drawn = []
     for features, det in kept:
         image = summaries.net_input_to_uint8(features[None], config)[0]
-        drawn.append(summaries.draw_detections(image, det[fields.DETECTION_BOXES],
+        drawn.append(drawing.draw_detections(image, det[fields.DETECTION_BOXES],
                                                det[fields.DETECTION_SCORES],
                                                det[fields.DETECTION_CLASSES], class_names, min_score))
     writer.images(step, "eval/detections", drawn)
@@ -139,66 +135,3 @@ def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_
         write_summaries(writer, step, results, kept, config, class_names)
         writer.close()
     return results
-
-
-def checkpoint_step(checkpoint_path):
-    """Training step of a checkpoint: the optimizer's iteration count, else the N of `ckpt-N`."""
-    reader = tf.train.load_checkpoint(checkpoint_path)
-    if reader.has_tensor(ITERATIONS_KEY):
-        return int(reader.get_tensor(ITERATIONS_KEY))
-    match = _CHECKPOINT_NUMBER.search(os.path.basename(checkpoint_path))
-    if not match:
-        raise ValueError(f"cannot tell the step of {checkpoint_path}: no {ITERATIONS_KEY} and no -N suffix")
-    return int(match.group(1))
-
-
-def _listed_checkpoints(model_dir):
-    """Checkpoint prefixes the `checkpoint` state file of `model_dir` lists (oldest first) that exist."""
-    state = tf.train.get_checkpoint_state(model_dir)
-    if state is None:
-        return []
-    return [path for path in state.all_model_checkpoint_paths if tf.io.gfile.exists(path + ".index")]
-
-
-def watch_checkpoints(model_dir, timeout_s, max_steps=0, poll_s=1.0, step_fn=checkpoint_step,
-                      clock=time.monotonic, sleep=time.sleep):
-    """Yields each checkpoint of `model_dir` once, oldest first, including those already there; waits
-    for new ones; returns after `timeout_s` seconds without one, or after yielding one whose step
-    (`step_fn`) is >= `max_steps` (0: no step limit).
-
-    Unlike tf.train.checkpoints_iterator, which starts at the latest checkpoint, this also yields the
-    older checkpoints the training's CheckpointManager still keeps, so an evaluator started late (or a
-    training that saved faster than one evaluation) skips none of them. The timeout counts from the
-    end of the last evaluation (the caller's work between yields), as checkpoints_iterator's does.
-    """
-    seen = set()
-    deadline = clock() + timeout_s
-    while True:
-        new = [path for path in _listed_checkpoints(model_dir) if path not in seen]
-        for path in new:
-            seen.add(path)
-            if tf.io.gfile.exists(path + ".index"):  # the manager may have deleted it meanwhile
-                yield path
-                if max_steps and step_fn(path) >= max_steps:
-                    logging.info("%s is at or past --max_steps %d; stopping", path, max_steps)
-                    return
-        if new:
-            deadline = clock() + timeout_s
-        elif clock() >= deadline:
-            logging.info("no new checkpoint in %s for %.0f s; stopping", model_dir, timeout_s)
-            return
-        else:
-            sleep(min(poll_s, max(deadline - clock(), 0.0)))
-
-
-def check_label_maps(model_class_names, data_class_names, model_folder, data_label_map_path):
-    """Raises ValueError unless the data's classes are the model's, in the same order (same ids)."""
-    if tuple(data_class_names) == tuple(model_class_names):
-        return
-    differences = [f"id {i + 1}: model {m!r} vs data {d!r}"
-                   for i, (m, d) in enumerate(zip(model_class_names, data_class_names)) if m != d]
-    raise ValueError(
-        f"label map mismatch: the model in {model_folder} was trained with {len(model_class_names)} "
-        f"classes, {data_label_map_path} has {len(data_class_names)}"
-        + (f"; {', '.join(differences[:5])}" if differences else "")
-        + ". Evaluate on the data the model was trained for.")

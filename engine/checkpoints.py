@@ -1,0 +1,131 @@
+"""The model_dir: its checkpoints, and what it holds besides them (the model config and the label map).
+
+train_ssd.py writes config and label map when a run starts, so eval_ssd.py, the detect and export
+scripts rebuild the exact model from --model_dir alone, and a resumed run cannot silently change the
+model under a checkpoint. Continuous evaluation walks a model_dir's checkpoints with
+`watch_checkpoints` and reads each one's training step with `checkpoint_step`.
+"""
+
+import os
+import re
+import time
+
+import tensorflow as tf
+from absl import logging
+
+from dataset import label_map
+from dataset.atomic import write_atomically
+from model import presets
+
+CONFIG_FILENAME = "config.json"
+# train_ssd.py checkpoints hold tf.train.Checkpoint(model=..., optimizer=...); Keras 3 optimizers
+# track their step counter as `_iterations`.
+ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+_CHECKPOINT_NUMBER = re.compile(r"-(\d+)$")
+
+
+def write(model_dir, config, class_names):
+    """Records `config` and `class_names` in `model_dir`; raises if it already holds different ones."""
+    os.makedirs(model_dir, exist_ok=True)
+    config_path = os.path.join(model_dir, CONFIG_FILENAME)
+    if os.path.exists(config_path):
+        stored, stored_names = read(model_dir)
+        if stored != config or tuple(stored_names) != tuple(class_names):
+            raise ValueError(f"{model_dir} was trained with another model or label map ({config_path}); "
+                             f"use a new --model_dir or the same --model/--width_multiplier/--data_dir")
+        return
+    label_map.write_label_map(os.path.join(model_dir, label_map.LABEL_MAP_FILENAME), class_names)
+    write_atomically(config_path, presets.to_json(config))
+
+
+def read(model_dir):
+    """(config, class_names) recorded in `model_dir` (or the folder of a checkpoint prefix)."""
+    folder = model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir)
+    config_path = os.path.join(folder, CONFIG_FILENAME)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: {folder} is not a model_dir written by train_ssd.py")
+    with open(config_path) as f:
+        config = presets.from_json(f.read())
+    return config, label_map.read_label_map(os.path.join(folder, label_map.LABEL_MAP_FILENAME))
+
+
+def restore_model(model, checkpoint_path):
+    """Loads the model weights of a training checkpoint (optimizer slots are ignored)."""
+    status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
+    status.expect_partial().assert_existing_objects_matched()
+    return status
+
+
+def resolve_checkpoint(model_dir=None, checkpoint_path=None):
+    """--checkpoint_path if given, else the latest checkpoint in --model_dir; a clear error if none."""
+    if checkpoint_path:
+        if not tf.io.gfile.exists(checkpoint_path + ".index"):
+            raise FileNotFoundError(f"no checkpoint at {checkpoint_path} ({checkpoint_path}.index missing)")
+        return checkpoint_path
+    latest = tf.train.latest_checkpoint(model_dir) if model_dir else None
+    if not latest:
+        raise FileNotFoundError(f"no checkpoint in --model_dir={model_dir}")
+    return latest
+
+
+def checkpoint_step(checkpoint_path):
+    """Training step of a checkpoint: the optimizer's iteration count, else the N of `ckpt-N`."""
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    if reader.has_tensor(ITERATIONS_KEY):
+        return int(reader.get_tensor(ITERATIONS_KEY))
+    match = _CHECKPOINT_NUMBER.search(os.path.basename(checkpoint_path))
+    if not match:
+        raise ValueError(f"cannot tell the step of {checkpoint_path}: no {ITERATIONS_KEY} and no -N suffix")
+    return int(match.group(1))
+
+
+def _listed_checkpoints(model_dir):
+    """Checkpoint prefixes the `checkpoint` state file of `model_dir` lists (oldest first) that exist."""
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return []
+    return [path for path in state.all_model_checkpoint_paths if tf.io.gfile.exists(path + ".index")]
+
+
+def watch_checkpoints(model_dir, timeout_s, max_steps=0, poll_s=1.0, step_fn=checkpoint_step,
+                      clock=time.monotonic, sleep=time.sleep):
+    """Yields each checkpoint of `model_dir` once, oldest first, including those already there; waits
+    for new ones; returns after `timeout_s` seconds without one, or after yielding one whose step
+    (`step_fn`) is >= `max_steps` (0: no step limit).
+
+    Unlike tf.train.checkpoints_iterator, which starts at the latest checkpoint, this also yields the
+    older checkpoints the training's CheckpointManager still keeps, so an evaluator started late (or a
+    training that saved faster than one evaluation) skips none of them. The timeout counts from the
+    end of the last evaluation (the caller's work between yields), as checkpoints_iterator's does.
+    """
+    seen = set()
+    deadline = clock() + timeout_s
+    while True:
+        new = [path for path in _listed_checkpoints(model_dir) if path not in seen]
+        for path in new:
+            seen.add(path)
+            if tf.io.gfile.exists(path + ".index"):  # the manager may have deleted it meanwhile
+                yield path
+                if max_steps and step_fn(path) >= max_steps:
+                    logging.info("%s is at or past --max_steps %d; stopping", path, max_steps)
+                    return
+        if new:
+            deadline = clock() + timeout_s
+        elif clock() >= deadline:
+            logging.info("no new checkpoint in %s for %.0f s; stopping", model_dir, timeout_s)
+            return
+        else:
+            sleep(min(poll_s, max(deadline - clock(), 0.0)))
+
+
+def check_label_maps(model_class_names, data_class_names, model_folder, data_label_map_path):
+    """Raises ValueError unless the data's classes are the model's, in the same order (same ids)."""
+    if tuple(data_class_names) == tuple(model_class_names):
+        return
+    differences = [f"id {i + 1}: model {m!r} vs data {d!r}"
+                   for i, (m, d) in enumerate(zip(model_class_names, data_class_names)) if m != d]
+    raise ValueError(
+        f"label map mismatch: the model in {model_folder} was trained with {len(model_class_names)} "
+        f"classes, {data_label_map_path} has {len(data_class_names)}"
+        + (f"; {', '.join(differences[:5])}" if differences else "")
+        + ". Evaluate on the data the model was trained for.")
