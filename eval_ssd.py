@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     from dataset import label_map
-    from metrics.evaluator import DetectionEvaluator
+    from metrics.evaluator import format_table
     from engine import checkpoints, evaluation
     from model import anchors as anchors_lib
     from nets import ssd
@@ -72,11 +72,10 @@ def main(argv):
         results = evaluation.evaluate(
             model, FLAGS.data_dir, config, anchors, class_names, FLAGS.batch_size,
             summary_dir=os.path.join(folder, "eval") if FLAGS.write_summaries else None, step=step,
-            metrics=FLAGS.metrics, output_dir=output_dir, split=FLAGS.split, detect=detect,
-            log_table=False)
+            metrics=FLAGS.metrics, output_dir=output_dir, split=FLAGS.split, detect=detect)
         logging.info("%s (step %d): %s", checkpoint_path, step, evaluation.headline(results))
         print(f"{checkpoint_path} (step {step}):")
-        print(DetectionEvaluator(class_names).format_table(results))
+        print(format_table(results, class_names))
         # The last stdout line: every number, for scripts and tests.
         print(json.dumps({"checkpoint": checkpoint_path, "step": step, **results}), flush=True)
     if model is None:

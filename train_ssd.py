@@ -7,16 +7,21 @@ Resumes from the latest checkpoint in --model_dir. Uses every local GPU (Mirrore
 workers when TF_CONFIG names them (MultiWorkerMirroredStrategy), the CPU otherwise.
 """
 
+import dataclasses
 import os
 import shutil
 import tempfile
 import time
+from typing import Any
 
 from absl import app, flags, logging
 
+from engine.train_config import MIXED_PRECISION, OPTIMIZERS, every
+from model import presets
+
 flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of train-*/val-* shards and label_map.pbtxt.")
 flags.DEFINE_string("model_dir", "logs/", "Checkpoints and TensorBoard events (train/, eval/).")
-flags.DEFINE_enum("model", "ssd300_vgg16", ["ssd300_vgg16", "ssd512_vgg16"], "Model preset.")
+flags.DEFINE_enum("model", "ssd300_vgg16", presets.NAMES, "Model preset.")
 flags.DEFINE_float("width_multiplier", 1.0, "Scales every conv's channels; < 1 for small fast models.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas (paper: 32).")
 flags.DEFINE_integer("max_steps", 120000, "Training steps (paper: 120k for VOC07+12).")
@@ -24,7 +29,7 @@ flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate (paper: 1e-3 at ba
 flags.DEFINE_integer("warmup_steps", 1000, "Linear warm-up steps from 0.1x the base rate; 0 disables.")
 flags.DEFINE_list("decay_boundaries", ["80000", "100000"], "Steps where the rate factor changes.")
 flags.DEFINE_list("lr_decay_factors", ["1", "0.1", "0.01"], "Rate factors, one more than boundaries.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"],
+flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS,
                   "sgd: the paper's, with a pretrained backbone; adam: stable when training from scratch.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (Adam's beta_1).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on conv kernels (not biases, not the conv4_3 scale).")
@@ -36,7 +41,7 @@ flags.DEFINE_integer("keep_checkpoints", 5, "Checkpoints kept in --model_dir.")
 flags.DEFINE_integer("log_every_n_steps", 20, "Steps between console lines.")
 flags.DEFINE_integer("save_summary_steps", 100, "Steps between TensorBoard scalars.")
 flags.DEFINE_integer("image_summary_steps", 500, "Steps between TensorBoard images with boxes; 0 disables.")
-flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
+flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION,
                   "Compute dtype; float16 uses dynamic loss scaling.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, shuffling and augmentation.")
@@ -46,23 +51,36 @@ flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from trainin
 FLAGS = flags.FLAGS
 
 
+@dataclasses.dataclass
+class Run:
+    """What the cadence helpers below share: the model, its data and where things are written."""
+
+    config: Any
+    class_names: Any
+    anchors: Any
+    model: Any
+    schedule: Any
+    manager: Any
+    writer: Any
+    progress: Any
+    chief: bool
+    image_batches: Any = None   # a small training-input iterator for image summaries (chief only)
+    last_saved: Any = None      # the newest checkpoint written or restored
+
+
 def main(argv):
     del argv
-    import keras
     import tensorflow as tf
 
     from dataset import label_map
-    from engine import checkpoints, evaluation, summaries, training
-    from model import anchors as anchors_lib, presets
-    from nets import backbone_loader, ssd
+    from engine import checkpoints, summaries, training
+    from model import anchors as anchors_lib
+    from nets import ssd
     from preprocessing import inputs
 
-    if FLAGS.mixed_precision != "none":
-        keras.mixed_precision.set_dtype_policy(f"mixed_{FLAGS.mixed_precision}")
-    keras.utils.set_random_seed(FLAGS.seed)
+    training.set_up(FLAGS.mixed_precision, FLAGS.seed)
     strategy = training.make_strategy()
     chief = training.is_chief(strategy)
-
     class_names = label_map.read_label_map(os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME))
     config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier)
     if chief:
@@ -85,54 +103,75 @@ def main(argv):
 
     # Non-chief workers must take part in every save (it is collective) but write to a scratch dir.
     write_dir = FLAGS.model_dir if chief else tempfile.mkdtemp(prefix="ssd_worker_")
-    manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=FLAGS.keep_checkpoints)
+    run = Run(config, class_names, anchors, model, schedule,
+              tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=FLAGS.keep_checkpoints),
+              summaries.Writer(os.path.join(FLAGS.model_dir, "train"), enabled=chief),
+              training.ProgressLogger(FLAGS.max_steps, FLAGS.batch_size), chief)
+    run.last_saved = restore(run, checkpoint, optimizer)
+    if chief and FLAGS.image_summary_steps:
+        run.image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4,
+                                                       input_config=input_config))
+
+    step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
+                                       FLAGS.jit_compile)
+    iterator = iter(dataset)
+    step = int(optimizer.iterations.numpy())
+    run.progress.rate(step, time.time())
+    while step < FLAGS.max_steps:
+        values = training.check_finite(step + 1, step_fn(iterator), run.last_saved)
+        previous, step = step, int(optimizer.iterations.numpy())
+        if step == previous:  # float16 loss scaling skipped an overflowing step and lowered its scale
+            continue
+        report(run, step, values)
+        if every(FLAGS.save_checkpoints_steps, step, FLAGS.max_steps):
+            run.last_saved = run.manager.save(checkpoint_number=step)
+            logging.info("saved %s", run.last_saved)
+        if run.chief and every(FLAGS.eval_every_steps, step, FLAGS.max_steps):
+            evaluate(run, step)
+    run.writer.close()
+    if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def restore(run, checkpoint, optimizer):
+    """Resumes from the latest checkpoint of --model_dir, else initialises the backbone; returns the
+    checkpoint resumed from (None for a fresh run)."""
+    import tensorflow as tf
+
+    from engine import training
     latest = tf.train.latest_checkpoint(FLAGS.model_dir)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("resumed from %s at step %d", latest, int(optimizer.iterations.numpy()))
     else:
-        training.init_backbone(model, FLAGS.checkpoint_path, FLAGS.require_pretrained, backbone_loader)
+        training.init_backbone(run.model, FLAGS.checkpoint_path, FLAGS.require_pretrained)
+    return latest
 
-    step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
-                                       FLAGS.jit_compile)
-    writer = summaries.Writer(os.path.join(FLAGS.model_dir, "train"), enabled=chief)
-    image_batches = None
-    if chief and FLAGS.image_summary_steps:
-        image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4,
-                                                   input_config=input_config))
-    progress = training.ProgressLogger(FLAGS.max_steps, FLAGS.batch_size)
-    iterator = iter(dataset)
-    step = int(optimizer.iterations.numpy())
-    progress.rate(step, time.time())
-    last_saved = latest
-    while step < FLAGS.max_steps:
-        values = training.check_finite(step + 1, step_fn(iterator), last_saved)
-        previous, step = step, int(optimizer.iterations.numpy())
-        if step == previous:  # float16 loss scaling skipped an overflowing step and lowered its scale
-            continue
-        log_now = step % FLAGS.log_every_n_steps == 0 or step == FLAGS.max_steps
-        if log_now or step % FLAGS.save_summary_steps == 0:
-            rate, lr = progress.rate(step, time.time()), float(schedule(step))
-            if log_now:
-                progress.log(step, values, lr, rate)
-            if step % FLAGS.save_summary_steps == 0:
-                writer.scalars(step, {**values, "learning_rate": lr, "images_per_second": rate or 0.0,
+
+def report(run, step, values):
+    """The console line, TensorBoard scalars and images, each at its own cadence."""
+    log_now = every(FLAGS.log_every_n_steps, step, FLAGS.max_steps)
+    scalars_now = every(FLAGS.save_summary_steps, step)
+    if log_now or scalars_now:
+        rate, lr = run.progress.rate(step, time.time()), float(run.schedule(step))
+        if log_now:
+            run.progress.log(step, values, lr, rate)
+        if scalars_now:
+            run.writer.scalars(step, {**values, "learning_rate": lr, "images_per_second": rate or 0.0,
                                       "positives_per_image": values["num_positives"] / FLAGS.batch_size})
-        if chief and FLAGS.image_summary_steps and step % FLAGS.image_summary_steps == 0:
-            writer.detection_images(step, "train/inputs", model, next(image_batches), anchors, config,
-                                    class_names)
-        if step % FLAGS.save_checkpoints_steps == 0 or step == FLAGS.max_steps:
-            last_saved = manager.save(checkpoint_number=step)
-            logging.info("saved %s", last_saved)
-        if FLAGS.eval_every_steps and (step % FLAGS.eval_every_steps == 0 or step == FLAGS.max_steps):
-            if chief:
-                results = evaluation.evaluate(model, FLAGS.data_dir, config, anchors, class_names,
-                                              FLAGS.eval_batch_size, os.path.join(FLAGS.model_dir, "eval"),
-                                              step)
-                logging.info("step %d eval: %s", step, evaluation.headline(results))
-    writer.close()
-    if not chief:
-        shutil.rmtree(write_dir, ignore_errors=True)
+    if run.image_batches is not None and every(FLAGS.image_summary_steps, step):
+        run.writer.detection_images(step, "train/inputs", run.model, next(run.image_batches), run.anchors,
+                                    run.config, run.class_names)
+
+
+def evaluate(run, step):
+    """In-process evaluation of the val shards: the headline and table logged, eval/ summaries written."""
+    from engine import evaluation
+    from metrics.evaluator import format_table
+    results = evaluation.evaluate(run.model, FLAGS.data_dir, run.config, run.anchors, run.class_names,
+                                  FLAGS.eval_batch_size, os.path.join(FLAGS.model_dir, "eval"), step)
+    logging.info("step %d evaluation:\n%s", step, format_table(results, run.class_names))
+    logging.info("step %d eval: %s", step, evaluation.headline(results))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import convert as convert_benchmark  # noqa: E402
-from dataset import convert, fields, reader  # noqa: E402
+from dataset import convert, fields, label_map, reader  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
 from model import presets  # noqa: E402
 from preprocessing import inputs  # noqa: E402
@@ -85,7 +85,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         data_dir = make_records(root, args.images)
-        config = presets.get(PRESET, reader.num_classes(os.path.join(data_dir, "label_map.pbtxt")))
+        config = presets.get(PRESET, reader.num_classes(os.path.join(data_dir, label_map.LABEL_MAP_FILENAME)))
         anchors = anchors_lib.generate(config)
         pipelines = {
             "full": lambda: inputs.train_input_fn(data_dir, config, anchors, args.batch_size),

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from dataset import reader
+from dataset import label_map, reader
 from model import presets
 from preprocessing import inputs
 
@@ -70,7 +70,7 @@ def write_augmented_samples(data_dir, split, num_samples, output_dir, seed, mode
     The examples come from preprocessing.inputs.augmented_examples, the training input path stopped
     before mean subtraction and target encoding, so what is drawn is what the model trains on.
     """
-    class_names = reader.read_label_map(os.path.join(data_dir, "label_map.pbtxt"))
+    class_names = reader.read_label_map(os.path.join(data_dir, label_map.LABEL_MAP_FILENAME))
     config = presets.get(model, len(class_names))
     examples = inputs.augmented_examples(data_dir, config, inputs.TrainInputConfig(seed=seed), split)
     os.makedirs(output_dir, exist_ok=True)

@@ -46,7 +46,7 @@ def add_batch(evaluator, labels, detections):
     """
     for i in range(len(labels[fields.IMAGE_ID])):
         n = int(detections[fields.NUM_DETECTIONS][i])
-        valid = labels[fields.LABELS][i] > 0  # padding rows have label 0 (background)
+        valid = labels[fields.LABELS][i] > fields.BACKGROUND_CLASS  # padding rows have label 0 (background)
         evaluator.add(labels[fields.IMAGE_ID][i].decode(), int(labels[fields.HEIGHT][i]),
                       int(labels[fields.WIDTH][i]), labels[fields.BOXES][i][valid],
                       labels[fields.LABELS][i][valid], labels[fields.DIFFICULT][i][valid],
@@ -113,20 +113,17 @@ def write_summaries(writer, step, results, kept, config, class_names, min_score=
 
 
 def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_dir=None, step=0,
-             metrics=METRIC_NAMES, output_dir=None, split="val", detect=None, log_table=True):
-    """Evaluates `model` on every image of `split` once; logs the per-class table; optionally writes
-    summaries (to `summary_dir`, at `step`) and result files (to `output_dir`).
+             metrics=METRIC_NAMES, output_dir=None, split="val", detect=None):
+    """Evaluates `model` on every image of `split` once; optionally writes summaries (to `summary_dir`,
+    at `step`) and result files (to `output_dir`). Printing is the caller's (metrics.evaluator.format_table).
 
-    `detect` (from make_detect_fn) can be passed to reuse one traced function across checkpoints;
-    `log_table=False` leaves printing the per-class table to the caller.
+    `detect` (from make_detect_fn) can be passed to reuse one traced function across checkpoints.
     Returns the evaluator's result dict (metrics/evaluator.py).
     """
     detect = detect or make_detect_fn(model, anchors, config)
     evaluator, kept = run_detection(detect, inputs.eval_input_fn(data_dir, config, batch_size, split),
                                     class_names, keep_images=NUM_SUMMARY_IMAGES if summary_dir else 0)
     results = evaluator.evaluate(metrics)
-    if log_table:
-        logging.info("step %d evaluation:\n%s", step, evaluator.format_table(results))
     if output_dir:
         for path in evaluator.write_results(output_dir):
             logging.info("wrote %s", path)

@@ -20,7 +20,7 @@ def _ground_truth(labels, anchors, config):
     decoded = box_coder.decode(labels[fields.BOX_TARGETS], anchors, config.variances).numpy()
     out = []
     for image_cls, image_boxes in zip(cls_targets, decoded):
-        positive = image_cls > 0
+        positive = image_cls > fields.BACKGROUND_CLASS
         boxes, classes = np.round(image_boxes[positive], 4), image_cls[positive]
         unique = np.unique(np.concatenate([boxes, classes[:, None]], axis=1), axis=0)
         out.append((unique[:, :4], unique[:, 4].astype(np.int32)))

@@ -18,7 +18,9 @@ import tensorflow as tf
 from absl import logging
 
 from dataset import fields
+from engine.train_config import OPTIMIZERS
 from model import losses as losses_lib
+from nets import backbone_loader
 
 
 def make_strategy():
@@ -99,7 +101,11 @@ def weight_decay_loss(variables, weight_decay):
                                           for v in variables])
 
 
-OPTIMIZERS = ("sgd", "adam")
+def set_up(mixed_precision, seed):
+    """Global state every run sets first: the Keras dtype policy ("none", "bfloat16", "float16") and seeds."""
+    if mixed_precision != "none":
+        keras.mixed_precision.set_dtype_policy(f"mixed_{mixed_precision}")
+    keras.utils.set_random_seed(seed)
 
 
 def make_optimizer(schedule, momentum, mixed_precision, name="sgd"):
@@ -168,12 +174,12 @@ def make_train_step(model, optimizer, config, strategy, weight_decay, jit_compil
     return step
 
 
-def init_backbone(model, path, require_pretrained, loader):
+def init_backbone(model, path, require_pretrained):
     """Loads the VGG16 backbone from `path` when it holds one; otherwise warns (or fails if required)."""
     present = bool(path) and (os.path.isfile(path) or os.path.isfile(path + ".index") or
                               (os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path))))
     if present:
-        return loader.load_backbone(model, path)
+        return backbone_loader.load_backbone(model, path)
     message = (f"no pretrained backbone at --checkpoint_path={path!r}: put the reduced-fc VGG16 checkpoint "
                f"(or Keras VGG16 .h5) there; training from scratch")
     if require_pretrained:

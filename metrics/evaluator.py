@@ -178,23 +178,8 @@ class DetectionEvaluator:
         return results
 
     def format_table(self, results):
-        """Human-readable per-class table of a result dict from `evaluate`."""
-        def cell(value):
-            return "%8s" % ("n/a" if value is None else "%.4f" % value)
-
-        voc_metrics = [m for m in ("voc07", "voc12") if m in results]
-        width = max([len("mAP")] + [len(n) for n in self.class_names])
-        lines = ["%-*s %8s" % (width, "class", "num_gt") + "".join("%9s" % m for m in voc_metrics)]
-        for name in self.class_names:
-            lines.append("%-*s %8d" % (width, name, results["num_positives"][name])
-                         + "".join(" " + cell(results[m]["AP"][name]) for m in voc_metrics))
-        lines.append("%-*s %8d" % (width, "mAP", sum(results["num_positives"].values()))
-                     + "".join(" " + cell(results[m]["mAP"]) for m in voc_metrics))
-        if "coco" in results:
-            lines.append("COCO: " + "  ".join("%s %s" % (k, cell(v).strip())
-                                              for k, v in results["coco"].items()))
-        lines.append("(%d images, %d detections)" % (results["num_images"], results["num_detections"]))
-        return "\n".join(lines)
+        """Human-readable per-class table of a result dict from `evaluate` (see `format_table`)."""
+        return format_table(results, self.class_names)
 
     def write_results(self, output_dir):
         """VOC devkit comp4 files, COCO results JSON and image id map in `output_dir`; returns paths."""
@@ -206,3 +191,23 @@ class DetectionEvaluator:
             output_dir, data.image_ids, data.det_image_index, data.det_classes, data.det_scores,
             data.det_coco_xywh()))
         return paths
+
+
+def format_table(results, class_names):
+    """Human-readable per-class table of a result dict from DetectionEvaluator.evaluate."""
+    def cell(value):
+        return "%8s" % ("n/a" if value is None else "%.4f" % value)
+
+    voc_metrics = [m for m in ("voc07", "voc12") if m in results]
+    width = max([len("mAP")] + [len(n) for n in class_names])
+    lines = ["%-*s %8s" % (width, "class", "num_gt") + "".join("%9s" % m for m in voc_metrics)]
+    for name in class_names:
+        lines.append("%-*s %8d" % (width, name, results["num_positives"][name])
+                     + "".join(" " + cell(results[m]["AP"][name]) for m in voc_metrics))
+    lines.append("%-*s %8d" % (width, "mAP", sum(results["num_positives"].values()))
+                 + "".join(" " + cell(results[m]["mAP"]) for m in voc_metrics))
+    if "coco" in results:
+        lines.append("COCO: " + "  ".join("%s %s" % (k, cell(v).strip())
+                                          for k, v in results["coco"].items()))
+    lines.append("(%d images, %d detections)" % (results["num_images"], results["num_detections"]))
+    return "\n".join(lines)

@@ -19,8 +19,8 @@ import math
 import tensorflow as tf
 
 from model import box_ops
+from model.presets import VARIANCES
 
-DEFAULT_VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
 # Degenerate boxes (zero height or width, e.g. a ground-truth box squashed by a crop or a padding row)
 # have log(0) = -inf codes; clamping the size first keeps every code finite.
@@ -31,7 +31,7 @@ MIN_SIZE = 1e-6
 MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
-def encode(boxes, anchors, variances=DEFAULT_VARIANCES):
+def encode(boxes, anchors, variances=VARIANCES):
     """Boxes [..., A, 4] yxyx, anchors [A, 4] yxyx -> codes [..., A, 4] [ty, tx, th, tw], float32."""
     boxes = tf.cast(boxes, tf.float32)
     anchors = tf.cast(anchors, tf.float32)
@@ -47,7 +47,7 @@ def encode(boxes, anchors, variances=DEFAULT_VARIANCES):
     ], axis=-1)
 
 
-def decode(codes, anchors, variances=DEFAULT_VARIANCES):
+def decode(codes, anchors, variances=VARIANCES):
     """Codes [..., A, 4] [ty, tx, th, tw], anchors [A, 4] yxyx -> boxes [..., A, 4] yxyx, float32.
 
     Boxes are not clipped (post-processing clips); th/tw are clipped at MAX_LOG_SCALE before exp.

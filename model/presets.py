@@ -12,6 +12,8 @@ from typing import Tuple
 
 # ImageNet mean of the VGG16 weights, RGB order (DESIGN.md: images into the net).
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
+# Box-code variances of Caffe's PriorBox (ssd_pascal.py prior_variance): [ty, tx, th, tw].
+VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,7 @@ class SSDConfig:
     extra_layers: Tuple[ExtraLayerSpec, ...]
     width_multiplier: float = 1.0                 # scales every conv's channels (not the heads' outputs)
     pixel_mean: Tuple[float, float, float] = IMAGENET_MEAN_RGB
-    variances: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    variances: Tuple[float, float, float, float] = VARIANCES
     match_threshold: float = 0.5                  # anchor/gt IoU for a positive (paper §2.2)
     negative_ratio: float = 3.0                   # hard negatives per positive (paper §2.2)
     score_threshold: float = 0.01                 # post-processing (ssd_pascal.py, test phase)

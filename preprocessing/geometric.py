@@ -33,6 +33,7 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from model.box_ops import iou
 from model.presets import IMAGENET_MEAN_RGB
 
 WHOLE_IMAGE_PATCH = (0.0, 0.0, 1.0, 1.0)   # normalized [ymin, xmin, ymax, xmax]
@@ -41,7 +42,11 @@ _WHOLE_IMAGE_MIN_IOU = 0.0                   # the whole-image sampler has no co
 
 @dataclasses.dataclass(frozen=True)
 class ZoomOutConfig:
-    """ssd_pascal.py expand_param: prob 0.5, max_expand_ratio 4.0; the canvas is mean-filled."""
+    """ssd_pascal.py expand_param: prob 0.5, max_expand_ratio 4.0; the canvas is mean-filled.
+
+    The training input replaces `fill_rgb` with the model's `config.pixel_mean` (inputs.with_model_fill),
+    so a preset with another mean fills with its own; this default serves standalone augmentation.
+    """
 
     prob: float = 0.5
     max_ratio: float = 4.0
@@ -59,20 +64,6 @@ class CropConfig:
     scale_range: Tuple[float, float] = (0.3, 1.0)     # patch side relative to the image side
     aspect_range: Tuple[float, float] = (0.5, 2.0)    # patch width / height, normalized units
     max_trials: int = 50
-
-
-def iou(boxes_a, boxes_b):
-    """IoU of every pair: boxes_a [..., M, 4] and boxes_b [N, 4] -> [..., M, N] (0 for empty unions)."""
-    a = boxes_a[..., :, None, :]
-    ymin = tf.maximum(a[..., 0], boxes_b[:, 0])
-    xmin = tf.maximum(a[..., 1], boxes_b[:, 1])
-    ymax = tf.minimum(a[..., 2], boxes_b[:, 2])
-    xmax = tf.minimum(a[..., 3], boxes_b[:, 3])
-    intersection = tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
-    union = area_a + area_b - intersection
-    return tf.math.divide_no_nan(intersection, union)
 
 
 # --- zoom-out ---------------------------------------------------------------------------------------
@@ -103,7 +94,7 @@ def _image_to_canvas_pixels(boxes, image_hw, offset_yx):
     return boxes * scale + shift
 
 
-def zoom_out_image(image, canvas_hw, offset_yx, fill_rgb=IMAGENET_MEAN_RGB):
+def zoom_out_image(image, canvas_hw, offset_yx, fill_rgb):
     """The image [H, W, 3] pasted at offset_yx on a canvas [canvas_h, canvas_w, 3] filled with fill_rgb."""
     fill = tf.constant(fill_rgb, tf.float32)
     image_hw = tf.shape(image)[:2]
@@ -199,7 +190,7 @@ def image_part_in_window(image_hw, offset_yx, window):
     return begin, end - begin, paddings
 
 
-def pad_with_fill(image, paddings, fill_rgb=IMAGENET_MEAN_RGB):
+def pad_with_fill(image, paddings, fill_rgb):
     """tf.pad of image [H, W, 3] with a per-channel fill colour instead of zeros."""
     fill = tf.constant(fill_rgb, tf.float32)
     # Most patches lie inside the image (always without zoom-out): then there is nothing to fill.
@@ -224,7 +215,7 @@ def image_part_for_resizing(image_hw, offset_yx, window):
             tf.where(needs_fill, end_with_margin - begin_with_margin, size))
 
 
-def resize_window(part, part_offset_yx, window, output_hw, fill_rgb=IMAGENET_MEAN_RGB):
+def resize_window(part, part_offset_yx, window, output_hw, fill_rgb):
     """Bilinear resize of a canvas window to output_hw, reading only `part` of the image.
 
     A part that is the window itself is resized by tf.image.resize. Otherwise the result equals

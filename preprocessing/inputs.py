@@ -71,6 +71,13 @@ def _read_shards(files, cycle_length, input_context=None, shuffle_seed=None):
     return ds
 
 
+def with_model_fill(augment_config, config):
+    """`augment_config` with the zoom-out canvas filled by the model's pixel mean (Caffe fills with the
+    mean it subtracts, so the canvas reaches the net as zeros)."""
+    zoom_out = dataclasses.replace(augment_config.zoom_out, fill_rgb=tuple(config.pixel_mean))
+    return dataclasses.replace(augment_config, zoom_out=zoom_out)
+
+
 def _augment_example(index, serialized, config, input_config):
     """Serialized record -> (image float32 [S, S, 3] RGB 0-255, not mean-subtracted, boxes [K, 4], labels [K])."""
     example = reader.parse_example(serialized)
@@ -80,7 +87,8 @@ def _augment_example(index, serialized, config, input_config):
         boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
     seed = tf.stack([tf.cast(input_config.seed, tf.int64), index])
     size = (config.image_size, config.image_size)
-    return augment(example[fields.IMAGE], boxes, labels, seed, input_config.augment, output_size=size)
+    return augment(example[fields.IMAGE], boxes, labels, seed, with_model_fill(input_config.augment, config),
+                   output_size=size)
 
 
 def _augmented_dataset(data_dir, config, input_config, split, input_context=None):
@@ -97,7 +105,7 @@ def _augmented_dataset(data_dir, config, input_config, split, input_context=None
 def _normalize_and_encode_batch(anchors, config):
     def encode(images, boxes, labels):
         # padded_batch pads labels with 0 (background), which marks padding rows.
-        encoded = targets.encode_targets(boxes, labels, labels > 0, anchors, config)
+        encoded = targets.encode_targets(boxes, labels, labels > fields.BACKGROUND_CLASS, anchors, config)
         return normalize(images, config), encoded
     return encode
 

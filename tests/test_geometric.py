@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from model import box_ops
 from preprocessing import geometric
 from preprocessing.geometric import CropConfig, ZoomOutConfig
 
@@ -137,7 +138,7 @@ def test_sampled_patches_meet_their_drawn_minimum_iou_and_caffe_shape_limits():
         patch, min_iou = _sample_patch(boxes, _seed(i))
         patch, min_iou = patch.numpy(), float(min_iou)
         drawn.add(round(min_iou, 1))
-        assert geometric.iou(patch[None], boxes).numpy().max() >= min_iou
+        assert box_ops.iou(patch[None], boxes).numpy().max() >= min_iou
         height, width = patch[2] - patch[0], patch[3] - patch[1]
         assert 0.0 <= patch.min() and patch.max() <= 1.0 + 1e-6
         if not np.allclose(patch, geometric.WHOLE_IMAGE_PATCH):
@@ -169,3 +170,14 @@ def test_flip_mirrors_image_and_boxes():
     same_image, same_boxes = geometric.flip_left_right(image, boxes, tf.constant(False))
     np.testing.assert_array_equal(same_image, image)
     np.testing.assert_array_equal(same_boxes, boxes)
+
+
+def test_an_inverted_box_has_iou_zero_so_it_never_satisfies_a_crop_constraint():
+    # box_ops.iou clamps an inverted box's area to 0 and its intersection is 0: IoU 0 with any patch,
+    # never negative or NaN. Only samplers with minimum IoU 0 (and the whole image) can then succeed.
+    inverted = tf.constant([[0.6, 0.6, 0.2, 0.2]])
+    np.testing.assert_array_equal(box_ops.iou(tf.constant([[0.0, 0.0, 1.0, 1.0], [0.1, 0.1, 0.7, 0.7]]),
+                                              inverted).numpy(), [[0.0], [0.0]])
+    for i in range(10):
+        patch, min_iou = _sample_patch(inverted, _seed(i))
+        assert float(min_iou) == 0.0
