@@ -1,6 +1,6 @@
 """Evaluation speed: the full eval path against the forward alone on the same batches, and metric time.
 
-    python3 benchmarks/eval.py [--width_multiplier 1.0 --num_images 64 --batch_size 8
+    python3 -m benchmarks.eval [--width_multiplier 1.0 --num_images 64 --batch_size 8
                                 --metric_images 5000 --detections_per_image 200]
 
 Three timings over the same `--num_images` val images (the embedded sample's val shards, converted
@@ -18,19 +18,16 @@ noisy; compare the ratios measured in one run. The last stdout line is one JSON 
 
 import json
 import os
-import sys
 import tempfile
 import time
 
-# Run as a script from anywhere: the repository root holds the packages.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from benchmarks import eval_metrics  # noqa: E402
+from benchmarks.synthetic import NUM_CLASSES, make_image  # noqa: E402
 from dataset import convert, label_map  # noqa: E402
 from metrics.evaluator import METRIC_NAMES, DetectionEvaluator  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
@@ -105,8 +102,8 @@ def time_eval_path(data_dir):
 def time_metrics():
     """Seconds to add --metric_images synthetic images and compute every metric; a dict."""
     rng = np.random.default_rng(FLAGS.seed)
-    images = [eval_metrics.make_image(rng, FLAGS.detections_per_image) for _ in range(FLAGS.metric_images)]
-    evaluator = DetectionEvaluator(["class%02d" % c for c in range(1, eval_metrics.NUM_CLASSES + 1)])
+    images = [make_image(rng, FLAGS.detections_per_image) for _ in range(FLAGS.metric_images)]
+    evaluator = DetectionEvaluator(["class%02d" % c for c in range(1, NUM_CLASSES + 1)])
 
     def add_all():
         for k, image in enumerate(images):

@@ -1,6 +1,6 @@
 """Inference speed: the exported SavedModel and the in-process checkpoint path against the bare forward.
 
-    python3 benchmarks/infer.py [--width_multiplier 1.0 --model_dir logs/ --policies float32,mixed_bfloat16]
+    python3 -m benchmarks.infer [--width_multiplier 1.0 --model_dir logs/ --policies float32,mixed_bfloat16]
 
 Three callables per Keras dtype policy, all timed in the same run so their ratios are meaningful on a
 shared, noisy machine:
@@ -20,11 +20,9 @@ of full-width SSD300 to a few minutes. The last stdout line is one JSON object.
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

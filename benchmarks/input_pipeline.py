@@ -1,6 +1,6 @@
 """Training input speed (images/s): the full pipeline against read + decode + resize alone, same records.
 
-A VOC-like set (500x375 JPEGs, 1-5 boxes each; benchmarks/convert.py's generator) is converted into
+A VOC-like set (500x375 JPEGs, 1-5 boxes each; benchmarks/synthetic.py's generator) is converted into
 TFRecord shards in a temporary directory. Then, in interleaved rounds (the machine is shared and
 noisy), four pipelines are timed over the same number of batches after a warm-up:
 
@@ -12,23 +12,21 @@ each once with tf.data's default threading and once held to one core (a private 
 thread, max_intra_op_parallelism 1): the "per core" figure. Best-of and median over the rounds are
 printed; the last line is one JSON object.
 
-    python3 benchmarks/input_pipeline.py --images 512 --batch_size 32 --batches 8 --rounds 5
+    python3 -m benchmarks.input_pipeline --images 512 --batch_size 32 --batches 8 --rounds 5
 """
 
-import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
-from benchmarks import convert as convert_benchmark  # noqa: E402
+from benchmarks import synthetic  # noqa: E402
 from dataset import convert, fields, label_map, reader  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
 from model import presets  # noqa: E402
@@ -37,6 +35,12 @@ from preprocessing import inputs  # noqa: E402
 NUM_SHARDS = 8
 PRESET = "ssd300_vgg16"
 WARMUP_BATCHES = 2
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("images", 512, "Records in the generated set.")
+flags.DEFINE_integer("batch_size", 32, "Images per batch.")
+flags.DEFINE_integer("batches", 8, "Timed batches per measurement.")
+flags.DEFINE_integer("rounds", 5, "Interleaved rounds of the four measurements (best and median reported).")
 
 
 def decode_input_fn(data_dir, config, batch_size, cycle_length=inputs.TrainInputConfig.cycle_length):
@@ -68,7 +72,7 @@ def images_per_s(ds, batch_size, batches):
 
 def make_records(root, count):
     """`count` VOC-like images converted to NUM_SHARDS train shards under root/records."""
-    convert_benchmark.make_voc_like(root, count)
+    synthetic.make_voc_like(root, count)
     out = os.path.join(root, "records")
     results, _ = convert.convert(root, out, {"train": [convert.Split("VOC", None)]}, {"train": NUM_SHARDS},
                                  num_threads=2)
@@ -76,32 +80,27 @@ def make_records(root, count):
     return out
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def main(argv):
+    del argv
     with tempfile.TemporaryDirectory() as root:
-        data_dir = make_records(root, args.images)
+        data_dir = make_records(root, FLAGS.images)
         config = presets.get(PRESET, reader.num_classes(os.path.join(data_dir, label_map.LABEL_MAP_FILENAME)))
         anchors = anchors_lib.generate(config)
         pipelines = {
-            "full": lambda: inputs.train_input_fn(data_dir, config, anchors, args.batch_size),
-            "decode": lambda: decode_input_fn(data_dir, config, args.batch_size),
-            "full_1core": lambda: one_core(inputs.train_input_fn(data_dir, config, anchors, args.batch_size)),
-            "decode_1core": lambda: one_core(decode_input_fn(data_dir, config, args.batch_size)),
+            "full": lambda: inputs.train_input_fn(data_dir, config, anchors, FLAGS.batch_size),
+            "decode": lambda: decode_input_fn(data_dir, config, FLAGS.batch_size),
+            "full_1core": lambda: one_core(inputs.train_input_fn(data_dir, config, anchors, FLAGS.batch_size)),
+            "decode_1core": lambda: one_core(decode_input_fn(data_dir, config, FLAGS.batch_size)),
         }
         rates = {name: [] for name in pipelines}
-        for round_index in range(args.rounds):
+        for round_index in range(FLAGS.rounds):
             for name, make in pipelines.items():
-                rates[name].append(images_per_s(make(), args.batch_size, args.batches))
+                rates[name].append(images_per_s(make(), FLAGS.batch_size, FLAGS.batches))
             print("round %d: %s" % (round_index, ", ".join(
                 "%s %.1f" % (name, values[-1]) for name, values in rates.items())), flush=True)
 
-    result = {"images": args.images, "batch_size": args.batch_size, "timed_batches": args.batches,
-              "rounds": args.rounds, "image_size": [convert_benchmark.WIDTH, convert_benchmark.HEIGHT]}
+    result = {"images": FLAGS.images, "batch_size": FLAGS.batch_size, "timed_batches": FLAGS.batches,
+              "rounds": FLAGS.rounds, "image_size": [synthetic.WIDTH, synthetic.HEIGHT]}
     for name, values in rates.items():
         suffix = name.replace("full", "").replace("decode", "")
         prefix = name[:len(name) - len(suffix)]
@@ -116,4 +115,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -1,6 +1,6 @@
 """Forward speed of SSD300/SSD512 per dtype policy, and post-processing time against the forward.
 
-    python3 benchmarks/model.py [--batch_size 4 --warmup 2 --iterations 5 --presets ... --policies ...]
+    python3 -m benchmarks.model [--batch_size 4 --warmup 2 --iterations 5 --presets ... --policies ...]
 
 Randomly initialised weights (speed does not depend on their values, except post-processing: an
 untrained head scores nearly every anchor ~1/(C+1) > 0.01, so NMS sees its worst-case candidate count,
@@ -13,11 +13,8 @@ across runs. The last stdout line is one JSON object.
 import json
 import os
 import statistics
-import sys
 import time
 
-# Run as a script from anywhere: the repository root holds the packages.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -1,6 +1,6 @@
 """Training speed: the full training step against the bare network's forward + backward, per dtype policy.
 
-    python3 benchmarks/train.py [--width_multiplier 1.0 --batch_size 8 --warmup_steps 1 --steps 3
+    python3 -m benchmarks.train [--width_multiplier 1.0 --batch_size 8 --warmup_steps 1 --steps 3
                                  --policies float32,mixed_bfloat16 --jit_compile --data_dir DIR]
 
 Three timings per dtype policy, on the same model, batch size and strategy (training.make_strategy:
@@ -25,12 +25,9 @@ measured in one run, not absolute numbers across runs. The last stdout line is o
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-# Run as a script from anywhere: the repository root holds the packages.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
