@@ -3,7 +3,7 @@
     python3 detect_ssd.py --model_dir logs/ --input photos/,extra/*.jpg --output_dir detected/
     python3 detect_ssd.py --saved_model_dir exported/ssd300 --input cat.png --output_dir detected/
 
-Any image size: the model warps each image to S x S inside (model/serving.py), so the checkpoint and
+Any image size: the model warps each image to S x S inside (engine/serving.py), so the checkpoint and
 the SavedModel give the same detections. Writes `<stem>_detections.<png|jpg>` per image and
 detections.json:
 

@@ -17,12 +17,14 @@ import os
 
 from absl import app, flags, logging
 
+from metrics.evaluator import METRIC_NAMES
+
 flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of val-* shards and label_map.pbtxt.")
 flags.DEFINE_string("model_dir", "logs/", "Training model_dir: checkpoints, config.json, label_map.pbtxt.")
 flags.DEFINE_string("checkpoint_path", "", "A checkpoint prefix (e.g. logs/ckpt-1000); default: the "
                     "latest in --model_dir.")
 flags.DEFINE_string("split", "val", "Shards <split>-?????-of-????? of --data_dir to evaluate.")
-flags.DEFINE_list("metrics", ["voc07", "voc12", "coco"], "Metrics: voc07 (11-point), voc12 "
+flags.DEFINE_list("metrics", list(METRIC_NAMES), "Metrics: voc07 (11-point), voc12 "
                   "(VOC2010+ all-point), coco (pycocotools).")
 flags.DEFINE_integer("batch_size", 16, "Images per forward call (the last batch may be smaller).")
 flags.DEFINE_string("output_dir", "", "Result files (VOC comp4 per class, COCO JSON); default "

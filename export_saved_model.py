@@ -1,4 +1,4 @@
-"""Export a trained SSD as a SavedModel with pre- and post-processing in the graph (model/serving.py).
+"""Export a trained SSD as a SavedModel with pre- and post-processing in the graph (engine/serving.py).
 
     python3 export_saved_model.py --model_dir logs/ --output_dir exported/ssd300
     python3 export_saved_model.py --checkpoint_path logs/ckpt-120000 --output_dir exported/ssd300

@@ -14,6 +14,7 @@ Writes output_dir/augmented_00000.png ... and an events file under output_dir/te
 from absl import app, flags, logging
 
 from engine.drawing import write_augmented_samples
+from model import presets
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of the shards and label_map.pbtxt.")
@@ -21,7 +22,7 @@ flags.DEFINE_string("split", "train", "Shard prefix to read (train-?????-of-????
 flags.DEFINE_integer("num_samples", 16, "Augmented examples to write.")
 flags.DEFINE_string("output_dir", "/tmp/augmented", "PNG files here, TensorBoard events in tensorboard/.")
 flags.DEFINE_integer("seed", 0, "Augmentation and shuffle seed (train_ssd.py's --seed gives the same examples).")
-flags.DEFINE_enum("model", "ssd300_vgg16", ["ssd300_vgg16", "ssd512_vgg16"], "Preset: sets the image size.")
+flags.DEFINE_enum("model", "ssd300_vgg16", presets.NAMES, "Preset: sets the image size.")
 
 
 def main(argv):

@@ -54,7 +54,7 @@ flags.DEFINE_float("weight_decay", 5e-4, "As train_ssd.py: part of what the trai
 flags.DEFINE_integer("seed", 0, "Seed of weights, shuffling and augmentation.")
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset")
-# Rate 0: a from-scratch net under SGD at 1e-3 diverges within a few steps (model/training.py says why),
+# Rate 0: a from-scratch net under SGD at 1e-3 diverges within a few steps (engine/training.py says why),
 # and NaN or huge activations would time different arithmetic per policy. The rate is an optimizer
 # variable, so the update costs exactly what it does at any other rate; the weights stay at their init.
 _LEARNING_RATE = 0.0

@@ -2,7 +2,7 @@
 
 Everything between the raw image and the detections runs in the graph, with the eval path's functions
 (preprocessing/inputs.py resize + normalize, model/postprocess.py), so a SavedModel's detections equal
-the checkpoint's through model/evaluation.make_detect_fn on normalize(resize(image)).
+the checkpoint's through engine/evaluation.make_detect_fn on normalize(resize(image)).
 
 Signatures (input names are the keyword names a loaded signature takes):
 

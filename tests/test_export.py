@@ -1,4 +1,4 @@
-"""SavedModel export (model/serving.py, export_saved_model.py): layout, parity with the eval path,
+"""SavedModel export (engine/serving.py, export_saved_model.py): layout, parity with the eval path,
 the encoded-bytes signature, bad inputs, atomic writes, the bfloat16 variant."""
 
 import io
