@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import time
 
 from absl import app, flags, logging
 
@@ -170,9 +171,14 @@ def run():
     if FLAGS.fit_anchors:
         if not len(boxes):
             raise ValueError(f"{table.source}: no boxes to fit anchors to")
-        fitted, info = anchor_stats.fit_anchors(
-            boxes, config, threshold, FLAGS.seed, FLAGS.fit_max_boxes,
-            progress=lambda i, n, c: logging.info("fit step %d/%d: coverage %.3f", i, n, c))
+        start = time.monotonic()
+
+        def progress(i, n, searched_coverage):
+            elapsed = time.monotonic() - start
+            logging.info("fitting anchors: step %d/%d, coverage %.3f, %.1f s, ETA %.0f s", i, n,
+                         searched_coverage, elapsed, elapsed / i * (n - i))
+        fitted, info = anchor_stats.fit_anchors(boxes, config, threshold, FLAGS.seed, FLAGS.fit_max_boxes,
+                                                progress)
         fitted_best = _best_ious(boxes, fitted)
         fitted_report = anchor_stats.coverage_report(fitted_best, boxes, labels, table.class_names,
                                                      config.image_size, threshold)
@@ -193,7 +199,8 @@ def run():
         shown = lint.for_review(findings, FLAGS.contact_sheet_cells)
         images = annotations.load_images(table, [f.image_index for f in shown])
         result["plots"] = dataset_plots.write_all(FLAGS.output_dir, table, best, report, config, shown,
-                                                  images, fitted, fitted_best, fitted_report, FLAGS.seed)
+                                                  images, fitted, fitted_best, fitted_report, FLAGS.seed,
+                                                  f"{FLAGS.anchor_config} anchors" if FLAGS.anchor_config else None)
         if FLAGS.tensorboard_dir:
             dataset_plots.write_tensorboard(FLAGS.tensorboard_dir, result["plots"])
     elif FLAGS.tensorboard_dir:

@@ -55,7 +55,9 @@ def _net_sizes(boxes, image_size):
     return h, w
 
 
-def plot_box_shapes(path, boxes, best_iou, config, threshold, fitted=None, seed=0):
+def plot_box_shapes(path, boxes, best_iou, config, threshold, fitted=None, seed=0, anchors_name=None):
+    """`fitted` anchors, when given, are drawn as black + over `config`'s (named `anchors_name`)."""
+    anchors_name = anchors_name or f"{config.name} anchors"
     h, w = _net_sizes(boxes, config.image_size)
     keep = (h > 0) & (w > 0)
     index = np.flatnonzero(keep)
@@ -71,7 +73,8 @@ def plot_box_shapes(path, boxes, best_iou, config, threshold, fitted=None, seed=
     for k, ah, aw in _anchor_shapes(config):
         ax.scatter([aw], [ah], marker="x", s=60, color=colors[k], linewidths=2)
     for k, fm in enumerate(config.feature_maps):
-        ax.scatter([], [], marker="x", color=colors[k], label=f"{config.name} anchors {fm.source} ({fm.size}x{fm.size})")
+        ax.scatter([], [], marker="x", color=colors[k],
+                   label=f"{anchors_name} {fm.source} ({fm.size}x{fm.size})")
     if fitted is not None:
         for k, ah, aw in _anchor_shapes(fitted):
             ax.scatter([aw], [ah], marker="+", s=90, color="black", linewidths=1.5)
@@ -80,7 +83,7 @@ def plot_box_shapes(path, boxes, best_iou, config, threshold, fitted=None, seed=
     ax.set_yscale("log")
     ax.set_xlabel(f"box width (px of the {config.image_size}x{config.image_size} net input)")
     ax.set_ylabel("box height (px of the net input)")
-    ax.set_title("Box shapes against the anchors")
+    ax.set_title(f"Box shapes against the {anchors_name}")
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
@@ -188,20 +191,21 @@ def contact_sheet(path, table, findings, images, class_names, max_cells=24):
 
 
 def write_all(output_dir, table, best_iou, report, config, findings, images, fitted=None,
-              fitted_best_iou=None, fitted_report=None, seed=0):
+              fitted_best_iou=None, fitted_report=None, seed=0, anchors_name=None):
     """Writes the PNGs into `output_dir`; returns {name: path}. `best_iou` is per non-crowd box."""
     os.makedirs(output_dir, exist_ok=True)
     boxes = table.boxes[~table.crowd]
     threshold = report["threshold"]
     paths = {
         "box_shapes": plot_box_shapes(os.path.join(output_dir, "box_shapes.png"), boxes, best_iou, config,
-                                      threshold, fitted, seed),
+                                      threshold, fitted, seed, anchors_name),
         "distributions": plot_distributions(os.path.join(output_dir, "distributions.png"), boxes, config),
         "coverage": plot_coverage(os.path.join(output_dir, "coverage.png"), report, fitted_report),
     }
     if fitted is not None:
         paths["box_shapes_fitted"] = plot_box_shapes(os.path.join(output_dir, "box_shapes_fitted.png"),
-                                                     boxes, fitted_best_iou, fitted, threshold, None, seed)
+                                                     boxes, fitted_best_iou, fitted, threshold, None, seed,
+                                                     anchors_name="fitted anchors")
     sheet = contact_sheet(os.path.join(output_dir, "suspicious.png"), table, findings, images,
                           table.class_names)
     if sheet:

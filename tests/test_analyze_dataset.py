@@ -55,7 +55,8 @@ def poles(tmp_path_factory):
             h = int(rng.integers(42, 84))
             w = max(4, round(h / 7))
             x0, y0 = int(rng.integers(1, SIZE - w)), int(rng.integers(1, SIZE - h))
-            draw.rectangle([x0 - 1, y0 - 1, x0 + w - 2, y0 + h - 2], fill=(230, 200, 40) if k % 2 else (40, 200, 230))
+            colour = (230, 200, 40) if k % 2 else (40, 200, 230)
+            draw.rectangle([x0 - 1, y0 - 1, x0 + w - 2, y0 + h - 2], fill=colour)   # VOC pixels are 1-based
             objects.append(("pole" if k % 2 == 0 else "post", x0, y0, x0 + w - 1, y0 + h - 1))
         if number == 3:
             objects.append(("pole", 100, 10, SIZE + 5, 90))   # reaches 5 px past the right border
@@ -126,8 +127,8 @@ def test_fit_on_poles_then_train_with_the_fitted_anchors(poles, tmp_path):
     model_dir = str(tmp_path / "run")
     result = _run("train_ssd.py", "--data_dir", records, "--model_dir", model_dir, "--anchor_config", anchor_path,
                   "--width_multiplier", "0.125", "--batch_size", "4", "--image_summary_steps", "0",
-                  "--optimizer", "adam", "--max_steps", "2", "--warmup_steps", "0", "--save_checkpoints_steps", "2",
-                  "--log_every_n_steps", "1")
+                  "--optimizer", "adam", "--max_steps", "2", "--warmup_steps", "0",
+                  "--save_checkpoints_steps", "2", "--log_every_n_steps", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-2")
     stored, class_names = checkpoints.read(model_dir)   # what eval, export and detect rebuild from
