@@ -13,7 +13,6 @@ every number as the last line. COCO source folders: convert them to records firs
 """
 
 import json
-import math
 import os
 import sys
 import time
@@ -142,10 +141,7 @@ def run():
     threshold = config.match_threshold if FLAGS.match_threshold is None else FLAGS.match_threshold
 
     stats = lint.statistics(table)
-    # Every anchor has area >= the smallest min size squared (ratio boxes keep the min size's area),
-    # so a box of smaller sqrt(area) x sqrt(threshold) can reach the threshold with none of them.
-    smallest = min(fm.min_size for fm in config.feature_maps)
-    tiny_side = smallest * math.sqrt(threshold) / config.image_size
+    tiny_side = anchor_stats.uncoverable_side(config, threshold)
     findings = lint.find_suspicious(table, tiny_side)
     counts = lint.count_by_kind(findings)
 

@@ -133,14 +133,18 @@ def _bars(ax, names, series, title):
     ax.legend(fontsize=7)
 
 
+def _share(report):
+    return "no boxes" if report["coverage"] is None else f"{report['coverage']:.3f}"
+
+
 def plot_coverage(path, report, fitted_report=None):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, key, title in ((axes[0], "by_size", "coverage by sqrt(area), net px"),
                            (axes[1], "by_class", "coverage by class")):
         names = list(report[key])
-        series = [(f"preset ({report['coverage']:.3f})", [report[key][n]["coverage"] for n in names])]
+        series = [(f"preset ({_share(report)})", [report[key][n]["coverage"] for n in names])]
         if fitted_report is not None:
-            series.append((f"fitted ({fitted_report['coverage']:.3f})",
+            series.append((f"fitted ({_share(fitted_report)})",
                            [fitted_report[key][n]["coverage"] for n in names]))
         labels = [f"{n}\n({report[key][n]['boxes']})" for n in names]
         _bars(ax, labels, series, title)

@@ -125,6 +125,16 @@ def grid_best_iou(boxes, config):
                    for fm in config.feature_maps], axis=0)
 
 
+def uncoverable_side(config, threshold):
+    """Normalized sqrt(area) under which no anchor of `config` can reach IoU `threshold` with a box.
+
+    Every anchor has area >= the smallest min size squared (ratio boxes keep their min size's area,
+    the sqrt(min*max) square is larger, min sizes grow with depth), and IoU <= box area / anchor area.
+    """
+    smallest = min(fm.min_size for fm in config.feature_maps)
+    return smallest * math.sqrt(threshold) / config.image_size
+
+
 def size_bucket_names(edges=SIZE_BUCKET_EDGES_PX):
     return ([f"<{edges[0]}"] + [f"{lo}-{hi}" for lo, hi in zip(edges[:-1], edges[1:])]
             + [f">={edges[-1]}"])

@@ -66,6 +66,22 @@ def test_grid_form_equals_brute_force(name):
     np.testing.assert_allclose(anchor_stats.grid_best_iou(boxes, config), brute, atol=2e-6)
 
 
+def test_boxes_under_the_uncoverable_side_are_never_covered():
+    config = presets.get("ssd300_vgg16", 3)
+    side = anchor_stats.uncoverable_side(config, 0.5)
+    assert side == pytest.approx(30 * math.sqrt(0.5) / 300)
+    boxes = _random_boxes(3000, seed=2)
+    sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    best = anchor_stats.grid_best_iou(boxes, config)
+    assert np.sum(sides < side) > 100
+    assert np.all(best[sides < side] < 0.5)
+    # Just above it, a box centred on an anchor of the first map is covered: not a loose bound.
+    centre = (0.5 + 18) * 8 / 300
+    half = 1.01 * side / 2
+    assert anchor_stats.grid_best_iou(np.array([[centre - half, centre - half, centre + half,
+                                                 centre + half]]), config)[0] >= 0.5
+
+
 def tall_thin_boxes(n, seed=0):
     """Poles: height 30-60% of the image, 6-9 times taller than wide."""
     rng = np.random.default_rng(seed)
