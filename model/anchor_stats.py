@@ -14,8 +14,8 @@ Two ways to get the best IoU per box, which agree to float precision (tests/test
   to 1,250x (SSD512) faster (benchmarks/anchor_fit.py). IoU of two boxes with fixed sizes is
   non-increasing in |dy| and in |dx| separately (intersection height depends on dy only, width on dx
   only), so over a feature map's grid the best anchor of each box spec sits at the cell centre nearest
-  the box centre in each axis. That leaves
-  boxes x (box specs of all maps), 30 for SSD300, instead of boxes x 8,732 IoUs.
+  the box centre in each axis. That leaves boxes x (box specs of all maps), 30 for SSD300, instead
+  of boxes x 8,732 IoUs.
 
 `fit_anchors` keeps every feature map's layer, grid size, step and number of aspect ratios (so the
 boxes per cell, the heads and the parameter count stay) and searches min sizes, max sizes and aspect
