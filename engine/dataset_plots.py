@@ -64,7 +64,7 @@ def plot_box_shapes(path, boxes, best_iou, config, threshold, fitted=None, seed=
     if len(index) > MAX_SCATTER_POINTS:
         index = np.sort(np.random.default_rng(seed).choice(index, MAX_SCATTER_POINTS, replace=False))
     covered = best_iou[index] >= threshold
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig, ax = plt.subplots(figsize=(11, 7))
     ax.scatter(w[index][covered], h[index][covered], s=4, c="tab:green", alpha=0.4,
                label=f"box, best IoU >= {threshold:g} ({int(np.sum(best_iou >= threshold))})")
     ax.scatter(w[index][~covered], h[index][~covered], s=4, c="tab:red", alpha=0.5,
@@ -84,7 +84,7 @@ def plot_box_shapes(path, boxes, best_iou, config, threshold, fitted=None, seed=
     ax.set_xlabel(f"box width (px of the {config.image_size}x{config.image_size} net input)")
     ax.set_ylabel("box height (px of the net input)")
     ax.set_title(f"Box shapes against the {anchors_name}")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # outside: never over boxes
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
     return _save(fig, path)
