@@ -13,7 +13,6 @@ every number as the last line. COCO source folders: convert them to records firs
 """
 
 import json
-import os
 import sys
 import time
 
