@@ -48,6 +48,7 @@ flags.DEFINE_integer("seed", 0, "Seed of initialization, shuffling and augmentat
 flags.DEFINE_integer("eval_every_steps", 0, "Evaluate the val shards every N steps (and at the end); 0: never.")
 flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation.")
 flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
+flags.DEFINE_string("anchor_config", None, "Anchor file from analyze_dataset.py --fit_anchors (kept in config.json).")
 FLAGS = flags.FLAGS
 
 
@@ -73,7 +74,7 @@ def main(argv):
     import tensorflow as tf
 
     from dataset import label_map
-    from engine import checkpoints, summaries, training
+    from engine import anchor_file, checkpoints, summaries, training
     from model import anchors as anchors_lib
     from nets import ssd
     from preprocessing import inputs
@@ -82,7 +83,8 @@ def main(argv):
     strategy = training.make_strategy()
     chief = training.is_chief(strategy)
     class_names = label_map.read_label_map(os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME))
-    config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier)
+    config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier,
+                         **anchor_file.overrides(FLAGS.anchor_config, FLAGS.model))
     if chief:
         checkpoints.write(FLAGS.model_dir, config, class_names)
     anchors = anchors_lib.generate(config)

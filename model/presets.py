@@ -145,3 +145,38 @@ def from_json(text: str) -> SSDConfig:
     for key in ("pixel_mean", "variances"):
         values[key] = tuple(values[key])
     return SSDConfig(**values)
+
+
+def with_anchor_config(config: SSDConfig, anchor_config: dict) -> SSDConfig:
+    """`config` with the min sizes, max sizes and aspect ratios of `anchor_config` (the dict of an
+    anchor file, analyze_dataset.py --fit_anchors). Everything that shapes the network must agree:
+    image size, and per feature map its source, grid size, step and number of aspect ratios (so the
+    boxes per cell, the heads and the parameter count stay). Raises ValueError naming the difference.
+    """
+    maps = anchor_config.get("feature_maps")
+    if not isinstance(maps, list) or len(maps) != len(config.feature_maps):
+        raise ValueError(f"anchor config has {len(maps) if isinstance(maps, list) else 'no'} feature "
+                         f"maps, preset {config.name} has {len(config.feature_maps)}")
+    if anchor_config.get("image_size", config.image_size) != config.image_size:
+        raise ValueError(f"anchor config is for {anchor_config['image_size']} px input, preset "
+                         f"{config.name} takes {config.image_size}")
+    replaced = []
+    for index, (fm, new) in enumerate(zip(config.feature_maps, maps)):
+        try:
+            min_size, max_size = float(new["min_size"]), float(new["max_size"])
+            ratios = tuple(float(r) for r in new["aspect_ratios"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"anchor config feature map {index}: missing or non-numeric {e}") from None
+        for key in ("source", "size", "step"):
+            if key in new and new[key] != getattr(fm, key):
+                raise ValueError(f"anchor config feature map {index}: {key} {new[key]!r}, preset "
+                                 f"{config.name} has {getattr(fm, key)!r}")
+        if len(ratios) != len(fm.aspect_ratios):
+            raise ValueError(f"anchor config feature map {index} ({fm.source}): {len(ratios)} aspect "
+                             f"ratios, preset {config.name} has {len(fm.aspect_ratios)} (boxes per cell "
+                             f"would change)")
+        if not (0 < min_size < max_size) or any(r < 1.0 for r in ratios):
+            raise ValueError(f"anchor config feature map {index} ({fm.source}): need 0 < min_size < "
+                             f"max_size and aspect ratios >= 1, got {min_size}, {max_size}, {ratios}")
+        replaced.append(dataclasses.replace(fm, min_size=min_size, max_size=max_size, aspect_ratios=ratios))
+    return dataclasses.replace(config, feature_maps=tuple(replaced))

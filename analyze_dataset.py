@@ -1,0 +1,223 @@
+"""Dataset doctor: lint a dataset, show its boxes against a preset's anchors, fit anchors to it.
+
+    python3 analyze_dataset.py --data_dir dataset/tfrecords --split train      # converted records
+    python3 analyze_dataset.py --data_dir dataset/sample --split train         # a VOC source folder
+    python3 analyze_dataset.py --data_dir dataset/tfrecords --fit_anchors anchors.json
+    python3 train_ssd.py --anchor_config anchors.json ...                      # train with them
+
+Reports per-class counts, box distributions, suspicious annotations (each with its image id), and
+the anchor coverage: the share of boxes whose best anchor has IoU >= the match threshold, by size
+and class, and the boxes only a forced match trains. Writes PNG plots to --output_dir (and to
+TensorBoard with --tensorboard_dir). The text summary goes to stdout, then one JSON object with
+every number as the last line. COCO source folders: convert them to records first (dataset/coco.py).
+"""
+
+import json
+import sys
+import time
+
+from absl import app, flags, logging
+
+from model import presets
+
+flags.DEFINE_string("data_dir", "dataset/tfrecords", "Converted records (shards + label_map.pbtxt) or a "
+                    "VOC-layout folder (Annotations/, JPEGImages/, ImageSets/Main/).")
+flags.DEFINE_string("split", None, "Records: the shard prefix (default train). VOC: the image set "
+                    "(ImageSets/Main/<split>.txt; default trainval.txt, else every annotation).")
+flags.DEFINE_string("label_map", None, "VOC sources: label_map.pbtxt fixing classes and ids "
+                    "(default: the sorted class names found, as the converter).")
+flags.DEFINE_enum("model", "ssd300_vgg16", presets.NAMES, "Model preset whose anchors are measured.")
+flags.DEFINE_string("anchor_config", None, "Measure these anchors (an --fit_anchors file) instead of "
+                    "the preset's.")
+flags.DEFINE_float("match_threshold", None, "Best-anchor IoU that counts as covered (default: the "
+                   "preset's, 0.5 as the paper's matching).")
+flags.DEFINE_string("fit_anchors", None, "Fit min/max sizes and aspect ratios to the boxes and write "
+                    "the anchor file here (for train_ssd.py --anchor_config).")
+flags.DEFINE_integer("fit_max_boxes", 50000, "Boxes the fit searches on (a seeded sample when more).")
+flags.DEFINE_integer("seed", 0, "Seed of the fit's sample and moves, and of the plots' subsample.")
+flags.DEFINE_string("output_dir", "/tmp/dataset_doctor", "PNG plots here; empty: no plots.")
+flags.DEFINE_string("tensorboard_dir", None, "Also write the plots as TensorBoard images here.")
+flags.DEFINE_integer("max_listed", 50, "Suspicious boxes and forced-only boxes listed per kind.")
+flags.DEFINE_integer("contact_sheet_cells", 24, "Suspicious boxes drawn on the contact sheet.")
+FLAGS = flags.FLAGS
+
+# Boxes checked against model.anchors.generate by brute force before the fast grid form is trusted.
+GRID_CHECK_BOXES = 256
+GRID_CHECK_TOLERANCE = 1e-5
+
+
+def _best_ious(boxes, config):
+    """Best IoU per box: the exact grid form, checked against the generated anchors on a sample."""
+    import numpy as np
+
+    from model import anchor_stats, anchors as anchors_lib
+    fast = anchor_stats.grid_best_iou(boxes, config)
+    anchors = anchors_lib.generate(config)
+    sample = np.linspace(0, len(boxes) - 1, min(len(boxes), GRID_CHECK_BOXES)).astype(int)
+    if len(sample):
+        brute, _ = anchor_stats.best_anchor_iou(boxes[sample], anchors)
+        if np.max(np.abs(brute - fast[sample])) > GRID_CHECK_TOLERANCE:
+            # Anchors that are not the plain grid (e.g. clipped): measure against every anchor.
+            logging.info("anchors of %s are not the unclipped grid; brute force over %d anchors",
+                         config.name, len(anchors))
+            fast, _ = anchor_stats.best_anchor_iou(boxes, anchors)
+    return fast
+
+
+def _load(path, split):
+    from dataset import annotations, label_map
+    kind = annotations.detect_source(path)
+    if kind == annotations.RECORDS:
+        return annotations.from_records(path, split or "train")
+    if kind == annotations.VOC:
+        names = label_map.read_label_map(FLAGS.label_map) if FLAGS.label_map else None
+        return annotations.from_voc(path, split, names)
+    if kind == annotations.COCO:
+        raise ValueError(f"{path} is a COCO source: convert it to records first (convert_coco_tfrecords.py, "
+                         f"dataset/coco.py) and pass the records folder as --data_dir")
+    raise ValueError(f"{path}: neither records (label_map.pbtxt + <split>-?????-of-????? shards) nor a "
+                     f"VOC layout (Annotations/)")
+
+
+def _fmt(value, digits=3):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _summary_lines(table, stats, findings, counts, report, config, forced, fit=None):
+    lines = [f"Dataset: {table.source}: {stats['images']} images, {stats['boxes']} boxes "
+             f"({stats['difficult']} difficult, {stats['crowd']} crowd), {len(table.class_names)} classes, "
+             f"{stats['images_without_boxes']} images without boxes"]
+    if table.skipped or table.notes:
+        lines.append(f"  {len(table.skipped)} unreadable files skipped, {len(table.notes)} boxes repaired "
+                     f"or dropped as the converter would")
+        lines += [f"    {where}: {why}" for where, why in table.skipped[:FLAGS.max_listed]]
+    bpi = stats["boxes_per_image"]
+    lines.append(f"Boxes per image: mean {_fmt(bpi['mean'], 2)}, max {bpi['max']}")
+    lines.append(f"  {'class':<16}{'images':>8}{'boxes':>8}{'diff.':>7}{'crowd':>7}"
+                 f"{'median w x h px':>18}{'median h/w':>12}")
+    for name, c in stats["classes"].items():
+        w, h, a = c["width_px"], c["height_px"], c["aspect_h_over_w"]
+        size = f"{w['p50']:.0f} x {h['p50']:.0f}" if w else "-"
+        lines.append(f"  {name:<16}{c['images']:>8}{c['boxes']:>8}{c['difficult']:>7}{c['crowd']:>7}"
+                     f"{size:>18}{_fmt(a['p50'] if a else None, 2):>12}")
+    lines.append("Suspicious: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    shown = {}
+    for f in findings:
+        shown[f.kind] = shown.get(f.kind, 0) + 1
+        if shown[f.kind] <= FLAGS.max_listed:
+            lines.append(f"  {f.kind:<15} {f.image_id}  boxes {list(f.boxes)}  {f.detail}")
+    lines.append(f"Anchor coverage ({config.name}, {config.num_anchors} anchors, best IoU >= "
+                 f"{report['threshold']:g}): {_fmt(report['coverage'])} ({report['covered']}/{report['boxes']}), "
+                 f"mean best IoU {_fmt(report['mean_best_iou'])}")
+    lines.append("  by sqrt(area), net px: " + ", ".join(
+        f"{n} {_fmt(v['coverage'], 2)} ({v['boxes']})" for n, v in report["by_size"].items()))
+    lines.append("  by class: " + ", ".join(
+        f"{n} {_fmt(v['coverage'], 2)}" for n, v in report["by_class"].items()))
+    lines.append(f"  forced match only: {report['forced_only']} boxes; lowest best IoU first:")
+    lines += [f"    {b['image_id']} box {b['box']} {b['class']} best IoU {b['best_iou']:.3f}" for b in forced]
+    if fit:
+        lines.append(f"Fitted anchors -> {fit['file']}: coverage {_fmt(fit['coverage_before'])} -> "
+                     f"{_fmt(fit['coverage_after'])}, mean best IoU {_fmt(fit['mean_best_iou_before'])} -> "
+                     f"{_fmt(fit['mean_best_iou_after'])} (all {report['boxes']} boxes)")
+        for before, after in zip(config.feature_maps, fit["feature_maps"]):
+            lines.append(f"  {before.source:<13} min {before.min_size:g} -> {after['min_size']:g}, max "
+                         f"{before.max_size:g} -> {after['max_size']:g}, ratios "
+                         f"{list(before.aspect_ratios)} -> {after['aspect_ratios']}")
+    return lines
+
+
+def run():
+    import numpy as np
+
+    from dataset import lint
+    from engine import anchor_file
+    from model import anchor_stats
+
+    table = _load(FLAGS.data_dir, FLAGS.split)
+    config = presets.get(FLAGS.model, max(1, len(table.class_names)))
+    if FLAGS.anchor_config:
+        config = anchor_file.apply(config, FLAGS.anchor_config)
+    threshold = config.match_threshold if FLAGS.match_threshold is None else FLAGS.match_threshold
+
+    stats = lint.statistics(table)
+    tiny_side = anchor_stats.uncoverable_side(config, threshold)
+    findings = lint.find_suspicious(table, tiny_side)
+    counts = lint.count_by_kind(findings)
+
+    trained = np.flatnonzero(~table.crowd)                     # crowd boxes are never matched
+    boxes, labels = table.boxes[trained], table.labels[trained]
+    best = _best_ious(boxes, config)
+    report = anchor_stats.coverage_report(best, boxes, labels, table.class_names, config.image_size,
+                                          threshold)
+
+    def forced_list(best_iou):
+        order = [i for i in np.argsort(best_iou, kind="stable") if best_iou[i] < threshold]
+        return [{"image_id": table.image_ids[table.box_image[trained[i]]], "box": int(trained[i]),
+                 "class": table.class_names[labels[i] - 1] if 1 <= labels[i] <= len(table.class_names)
+                 else str(labels[i]), "best_iou": float(best_iou[i])} for i in order[:FLAGS.max_listed]]
+
+    result = {"source": table.source, "preset": config.name, "anchor_config": FLAGS.anchor_config,
+              "statistics": stats, "suspicious": {"counts": counts, "tiny_side": tiny_side,
+                                                  "listed": [f.as_dict() for f in findings]},
+              "coverage": report, "forced_only": forced_list(best),
+              "repairs": [list(n) for n in table.notes], "skipped": [list(s) for s in table.skipped]}
+
+    fitted = fitted_best = fitted_report = fit = None
+    if FLAGS.fit_anchors:
+        if not len(boxes):
+            raise ValueError(f"{table.source}: no boxes to fit anchors to")
+        start = time.monotonic()
+
+        def progress(i, n, searched_coverage):
+            elapsed = time.monotonic() - start
+            logging.info("fitting anchors: step %d/%d, coverage %.3f, %.1f s, ETA %.0f s", i, n,
+                         searched_coverage, elapsed, elapsed / i * (n - i))
+        fitted, info = anchor_stats.fit_anchors(boxes, config, threshold, FLAGS.seed, FLAGS.fit_max_boxes,
+                                                progress)
+        fitted_best = _best_ious(boxes, fitted)
+        fitted_report = anchor_stats.coverage_report(fitted_best, boxes, labels, table.class_names,
+                                                     config.image_size, threshold)
+        fit = {"file": FLAGS.fit_anchors, **info,
+               "coverage_before": report["coverage"], "coverage_after": fitted_report["coverage"],
+               "mean_best_iou_before": report["mean_best_iou"],
+               "mean_best_iou_after": fitted_report["mean_best_iou"],
+               "coverage_searched_before": info["coverage_before"],
+               "coverage_searched_after": info["coverage_after"],
+               "feature_maps": anchor_stats.anchor_config_dict(fitted)["feature_maps"]}
+        anchor_file.write(FLAGS.fit_anchors, fitted, {k: v for k, v in fit.items()
+                                                      if k not in ("file", "feature_maps")})
+        result["fit"] = {**fit, "coverage_report": fitted_report, "forced_only": forced_list(fitted_best)}
+
+    if FLAGS.output_dir:
+        from dataset import annotations
+        from engine import dataset_plots
+        shown = lint.for_review(findings, FLAGS.contact_sheet_cells)
+        images = annotations.load_images(table, [f.image_index for f in shown])
+        result["plots"] = dataset_plots.write_all(FLAGS.output_dir, table, best, report, config, shown,
+                                                  images, fitted, fitted_best, fitted_report, FLAGS.seed,
+                                                  f"{FLAGS.anchor_config} anchors" if FLAGS.anchor_config else None)
+        if FLAGS.tensorboard_dir:
+            dataset_plots.write_tensorboard(FLAGS.tensorboard_dir, result["plots"])
+    elif FLAGS.tensorboard_dir:
+        raise ValueError("--tensorboard_dir needs --output_dir (the plots are written there first)")
+
+    lines = _summary_lines(table, stats, findings, counts, report, config, result["forced_only"], fit)
+    if "plots" in result:
+        lines.append("Plots: " + ", ".join(result["plots"].values()))
+    print("\n".join(lines))
+    print(json.dumps(result), flush=True)   # the last line: every number, for scripts and tests
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("unexpected arguments: %s" % argv[1:])
+    try:
+        run()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
