@@ -66,15 +66,18 @@ def _check_display():
 
 def main(argv):
     del argv
-    from engine import video, video_pipeline
-
-    try:
+    try:  # Flag mistakes are told before TensorFlow and OpenCV are imported (seconds).
         if not (FLAGS.model or FLAGS.model_dir or FLAGS.checkpoint_path):
             raise ValueError("name a model: --model (SavedModel folder or .tflite) or --model_dir")
         if FLAGS.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, not {FLAGS.batch_size}")
         if not FLAGS.no_display:
             _check_display()
+    except ValueError as e:
+        sys.exit(f"stream_ssd.py: {e}")
+    from engine import video, video_pipeline
+
+    try:
         if FLAGS.output and os.path.splitext(FLAGS.output)[1].lower() not in video.FOURCC_BY_EXTENSION:
             raise ValueError(f"--output {FLAGS.output}: the file name must end in one of "
                              f"{', '.join(sorted(video.FOURCC_BY_EXTENSION))}")

@@ -16,6 +16,7 @@ import os
 import time
 
 import numpy as np
+from absl import logging
 from PIL import Image
 from PySide6 import QtCore, QtGui, QtWidgets
 
@@ -107,7 +108,9 @@ class StreamWindow(QtWidgets.QMainWindow):
         self.snapshot_button.clicked.connect(self.snapshot)
         self.stats_label = QtWidgets.QLabel("starting…")
 
+        self.stats_label.setMinimumHeight(3 * self.stats_label.fontMetrics().lineSpacing() + 4)
         side = QtWidgets.QVBoxLayout()
+        side.addWidget(self.stats_label)
         side.addWidget(QtWidgets.QLabel("Score threshold"))
         side.addWidget(self.slider)
         side.addWidget(self.score_label)
@@ -115,7 +118,6 @@ class StreamWindow(QtWidgets.QMainWindow):
         side.addWidget(self.classes, stretch=1)
         side.addWidget(self.pause_button)
         side.addWidget(self.snapshot_button)
-        side.addWidget(self.stats_label)
         panel = QtWidgets.QWidget()
         panel.setLayout(side)
         panel.setFixedWidth(200)
@@ -225,4 +227,6 @@ def run(pipeline, class_names, min_score, class_ids, snapshot_dir, close_at_end=
     window.show()
     window.start()
     app.exec()
+    logging.info("%d frames shown, %d dropped; %s", pipeline.frames_done, pipeline.frames_dropped,
+                 f"source failed: {window.error}" if window.error else "closed")
     return 1 if window.error else 0

@@ -34,7 +34,6 @@ import cv2  # noqa: E402
 
 from dataset import fields  # noqa: E402
 from dataset.voc_boxes import normalized_to_voc_pixels  # noqa: E402
-from engine import drawing  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -290,6 +289,8 @@ def select(detections, min_score, class_ids=None):
 
 def annotate(frame, detections, class_names, min_score, class_ids=None):
     """uint8 [H, W, 3] copy of `frame` with the selected detections drawn (engine/drawing.py)."""
+    from engine import drawing  # imports TensorFlow: not needed to tell a bad --source in a second
+
     shown = select(detections, min_score, class_ids)
     return drawing.draw_detections(frame, shown[fields.DETECTION_BOXES], shown[fields.DETECTION_SCORES],
                                    shown[fields.DETECTION_CLASSES], class_names, min_score=min_score)

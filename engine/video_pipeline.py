@@ -46,21 +46,25 @@ class Ended:
 
 
 class RateMeter:
-    """Events per second over the last `window_s` seconds (the frames/s shown while running)."""
+    """Events per second over the last `window_s` seconds, or since start() when that is more recent
+    (the frames/s shown while running; it falls to 0 while nothing happens, e.g. paused)."""
 
     def __init__(self, window_s=2.0, clock=time.perf_counter):
         self._window_s, self._clock, self._times = window_s, clock, collections.deque()
+        self._start = clock()
+
+    def start(self):
+        self._start, self._times = self._clock(), collections.deque()
 
     def tick(self):
-        now = self._clock()
-        self._times.append(now)
-        while len(self._times) > 2 and now - self._times[0] > self._window_s:
-            self._times.popleft()
+        self._times.append(self._clock())
 
     def rate(self):
-        if len(self._times) < 2 or self._times[-1] == self._times[0]:
-            return 0.0
-        return (len(self._times) - 1) / (self._times[-1] - self._times[0])
+        now = self._clock()
+        while self._times and now - self._times[0] > self._window_s:
+            self._times.popleft()
+        span = min(self._window_s, now - self._start)
+        return len(self._times) / span if span > 0 else 0.0
 
 
 class _Queue:
@@ -149,6 +153,7 @@ class Pipeline:
         (self._resume.clear if value else self._resume.set)()
 
     def start(self):
+        self.fps.start()
         for thread in self._threads:
             thread.start()
         return self

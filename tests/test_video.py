@@ -212,6 +212,20 @@ def test_a_stream_that_drops_is_reopened_with_back_off_then_given_up():
     assert result.error == "rtsp://cam/stream stopped delivering frames after 5 frames and 3 reconnects failed"
 
 
+def test_rate_meter_counts_the_last_window():
+    now = [10.0]
+    meter = video_pipeline.RateMeter(window_s=2.0, clock=lambda: now[0])
+    meter.start()
+    for _ in range(5):            # 5 events in the first second: 5 / 1 s
+        now[0] += 0.2
+        meter.tick()
+    assert meter.rate() == pytest.approx(5.0)
+    now[0] += 2.0                 # 3 s in, nothing for 2 s: the window (2 s) holds the last event
+    assert meter.rate() == pytest.approx(0.5)
+    now[0] += 0.5
+    assert meter.rate() == 0.0
+
+
 def test_bad_sources_give_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 400)
