@@ -23,7 +23,8 @@ import sys
 
 from absl import app, flags, logging
 
-flags.DEFINE_string("source", None, "Webcam index (0), video file, rtsp:// or http(s):// URL, or image folder.")
+flags.DEFINE_string("source", None, "Webcam index (0), video file, rtsp:// or http(s):// URL, or an image "
+                    "folder.")
 flags.DEFINE_string("model", None, "An export of export_saved_model.py (folder), or a .tflite file.")
 flags.DEFINE_string("model_dir", None, "A training model_dir (its latest checkpoint), instead of --model.")
 flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N), instead of --model.")

@@ -13,6 +13,7 @@ moving the slider or the class filter redraws that frame at once, paused or not.
 """
 
 import os
+import signal
 import time
 
 import numpy as np
@@ -106,6 +107,8 @@ class StreamWindow(QtWidgets.QMainWindow):
         self.pause_button.toggled.connect(self._pause_toggled)
         self.snapshot_button = QtWidgets.QPushButton("Snapshot")
         self.snapshot_button.clicked.connect(self.snapshot)
+        self.pause_button.setShortcut(QtGui.QKeySequence(QtCore.Qt.Key.Key_Space))
+        self.snapshot_button.setShortcut(QtGui.QKeySequence("S"))
         self.stats_label = QtWidgets.QLabel("starting…")
 
         self.stats_label.setMinimumHeight(3 * self.stats_label.fontMetrics().lineSpacing() + 4)
@@ -226,6 +229,9 @@ def run(pipeline, class_names, min_score, class_ids, snapshot_dir, close_at_end=
     window.resize(*size)
     window.show()
     window.start()
+    # Ctrl-C in the terminal closes the window as its close button does (the poll timer lets Python
+    # run the handler while Qt's loop runs).
+    signal.signal(signal.SIGINT, lambda *_: window.close())
     app.exec()
     logging.info("%d frames shown, %d dropped; %s", pipeline.frames_done, pipeline.frames_dropped,
                  f"source failed: {window.error}" if window.error else "closed")

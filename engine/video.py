@@ -1,19 +1,14 @@
-"""Video in, detections out: frame sources (OpenCV), a model adapter, a threaded pipeline, a headless runner.
+"""Video in, detections out: frame sources (OpenCV), the model adapter, what is drawn and listed per frame.
 
 Sources (`open_source`), told apart by the text of --source:
 
   "0", "1", ...                 a webcam index                  live: stale frames are dropped
   "rtsp://...", "http://..."    a network stream                live; reconnects with back-off
-  a folder                      its images, sorted by name      read as fast as the model goes
-  anything else                 a video file                    read as fast as the model goes
+  a folder                      its images, sorted by name      every frame, as fast as the model goes
+  anything else                 a video file                    every frame, as fast as the model goes
 
 Every frame leaves a source as uint8 [H, W, 3] RGB (OpenCV's BGR is converted once, at the edge).
-
-The pipeline runs capture, inference and the consumer (drawing + writing, or the Qt window) in separate
-threads joined by bounded queues. A live source never waits for the model: when the model is slower
-than the camera, the oldest waiting frame is dropped, so what is shown stays at most one batch old
-instead of falling further behind. A file or folder is not live: the reader waits for the model, so
-every frame is processed (one JSON line and one output-video frame per input frame).
+engine/video_pipeline.py runs sources and models in threads; engine/stream_app.py is the window.
 
 The model adapter (`make_detector`) turns an exported SavedModel (engine/serving.py `load`) or a
 model_dir checkpoint (`from_checkpoint`) into `Detector`, whose call takes uint8 frames and returns
@@ -246,13 +241,13 @@ def _tflite_batch_fn(path):
 
 def make_detector(model=None, model_dir=None, checkpoint_path=None):
     """Detector for --model (a SavedModel folder or a .tflite file) or a --model_dir/--checkpoint_path."""
+    if model and model.lower().endswith(".tflite"):
+        batch_fn, class_names = _tflite_batch_fn(model)
+        return Detector(batch_fn, class_names, model)
     import tensorflow as tf
 
     from engine import serving
 
-    if model and model.lower().endswith(".tflite"):
-        batch_fn, class_names = _tflite_batch_fn(model)
-        return Detector(batch_fn, class_names, model)
     if model:
         if not os.path.isfile(os.path.join(model, serving.SAVED_MODEL_FILENAME)):
             raise ModelError(f"{model}: not a SavedModel export (no {serving.SAVED_MODEL_FILENAME}); "

@@ -126,7 +126,8 @@ class Pipeline:
     """
 
     def __init__(self, source, detector, batch_size=1, max_frames=0):
-        self.source, self.detector, self.batch_size, self.max_frames = source, detector, batch_size, max_frames
+        self.source, self.detector = source, detector
+        self.batch_size, self.max_frames = batch_size, max_frames
         self._frames = _Queue(batch_size if source.live else 2 * batch_size)
         self._results = _Queue(2 * batch_size)
         self._resume = threading.Event()
@@ -320,7 +321,8 @@ def run_headless(pipeline, class_names, jsonl=None, output=None, min_score=0.3, 
                 stream.write(json.dumps(video.json_record(result, class_names, min_score, class_ids)) + "\n")
                 stream.flush()
             if writer is not None:
-                writer.write(video.annotate(result.frame, result.detections, class_names, min_score, class_ids))
+                writer.write(video.annotate(result.frame, result.detections, class_names, min_score,
+                                            class_ids))
             now = time.perf_counter()
             if now - last_log > progress_s:
                 last_log = now
@@ -338,6 +340,7 @@ def run_headless(pipeline, class_names, jsonl=None, output=None, min_score=0.3, 
         if writer is not None:
             writer.close(keep=completed)
     wall_s = time.perf_counter() - start
+    # frames_per_s: the whole pipeline; model_frames_per_s: the frames over the time spent in the model.
     return {
         "source": pipeline.source.name, "model": pipeline.detector.name,
         "frames": pipeline.frames_done, "frames_read": pipeline.frames_read,

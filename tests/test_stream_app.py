@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from test_video import BOX_A, BOX_B, CLASS_NAMES, VIDEO_SIZE, exported, fake_detector, make_video  # noqa: E402,F401
-from test_video import SAMPLE_IMAGES, _run_script  # noqa: E402
+from test_video import BOX_A, BOX_B, CLASS_NAMES, SAMPLE_IMAGES, VIDEO_SIZE  # noqa: E402
+from test_video import _run_script, exported, fake_detector, make_video  # noqa: E402,F401
 
 from dataset import fields, voc, voc_boxes  # noqa: E402
 from engine import stream_app, video, video_pipeline  # noqa: E402
@@ -63,7 +63,8 @@ def test_window_draws_boxes_and_its_controls_change_them(clip, tmp_path):
     path, _ = clip
     app = stream_app.application()
     pipeline = video_pipeline.Pipeline(video.open_source(path), fake_detector())
-    window = stream_app.StreamWindow(pipeline, CLASS_NAMES, min_score=0.3, snapshot_dir=str(tmp_path / "snaps"))
+    window = stream_app.StreamWindow(pipeline, CLASS_NAMES, min_score=0.3,
+                                     snapshot_dir=str(tmp_path / "snaps"))
     window.resize(900, 420)
     window.show()
     window.start()
@@ -122,8 +123,8 @@ def test_window_on_a_folder_of_sample_images_with_their_annotations_as_detection
                 fields.NUM_DETECTIONS: np.asarray([count], np.float32)}
 
     app = stream_app.application()
-    pipeline = video_pipeline.Pipeline(video.open_source(str(folder)), video.Detector(annotations, SAMPLE_CLASSES,
-                                                                                      "annotations"))
+    detector = video.Detector(annotations, SAMPLE_CLASSES, "annotations")
+    pipeline = video_pipeline.Pipeline(video.open_source(str(folder)), detector)
     window = stream_app.StreamWindow(pipeline, SAMPLE_CLASSES, snapshot_dir=str(tmp_path / "snaps"))
     window.resize(760, 480)
     window.show()
@@ -135,7 +136,8 @@ def test_window_on_a_folder_of_sample_images_with_their_annotations_as_detection
         assert _edge_changed(window, box, "left") or _edge_changed(window, box, "right")
     if os.environ.get("STREAM_SSD_SCREENSHOT"):
         # 256 colours keep the README's PNG small (the textured backgrounds compress poorly).
-        Image.fromarray(stream_app.to_array(window.grab())).quantize(256).save(os.environ["STREAM_SSD_SCREENSHOT"])
+        screenshot = Image.fromarray(stream_app.to_array(window.grab())).quantize(256)
+        screenshot.save(os.environ["STREAM_SSD_SCREENSHOT"])
     window.close()
 
 

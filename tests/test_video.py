@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from dataset import fields
-from engine import checkpoints, serving, video, video_pipeline
+from engine import serving, video, video_pipeline
 from model import anchors as anchors_lib
 from model import presets
 from nets import ssd
@@ -197,7 +197,8 @@ def test_a_stream_that_drops_is_reopened_with_back_off_then_given_up():
     captures = iter([FakeCapture([frame] * 3), FakeCapture([], opened=False), FakeCapture([frame] * 2)]
                     + [FakeCapture([], opened=False)] * 3)
     waits = []
-    source = video.CaptureSource("rtsp://cam/stream", "url", max_reconnects=3, backoff_s=0.5, max_backoff_s=1.5,
+    source = video.CaptureSource("rtsp://cam/stream", "url", max_reconnects=3, backoff_s=0.5,
+                                 max_backoff_s=1.5,
                                  open_capture=lambda spec: next(captures), sleep=waits.append)
     pipeline = video_pipeline.Pipeline(source, fake_detector()).start()
     results = []
@@ -209,7 +210,8 @@ def test_a_stream_that_drops_is_reopened_with_back_off_then_given_up():
     assert results[-1].index == 4
     # 0.5 (refused) then 1.0 (back); after two frames 0.5, 1.0, 1.5 (capped), all refused.
     assert waits == [0.5, 1.0, 0.5, 1.0, 1.5]
-    assert result.error == "rtsp://cam/stream stopped delivering frames after 5 frames and 3 reconnects failed"
+    assert result.error == ("rtsp://cam/stream stopped delivering frames after 5 frames and 3 "
+                            "reconnects failed")
 
 
 def test_rate_meter_counts_the_last_window():
@@ -262,7 +264,8 @@ def test_folder_with_changing_sizes_and_a_broken_image(tmp_path):
     (["--source", "missing.mp4"], "stream_ssd.py: missing.mp4: no such video file"),
     (["--source", "dataset/sample/JPEGImages", "--model", "ssd.tflite"],
      "stream_ssd.py: ssd.tflite: TFLite models need export_tflite.py's loader"),
-    (["--source", "dataset/sample/JPEGImages", "--output", "out.gif"], "stream_ssd.py: --output out.gif: the file name must end in one of .avi"),
+    (["--source", "dataset/sample/JPEGImages", "--output", "out.gif"],
+     "stream_ssd.py: --output out.gif: the file name must end in one of .avi"),
 ], ids=["missing_file", "tflite", "output_format"])
 def test_script_bad_input_exits_1_with_one_line(exported, args, message):
     if "--model" not in args:
