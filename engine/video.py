@@ -72,6 +72,9 @@ class CaptureSource:
         self._capture = self._open_capture(spec)
         if not self._capture.isOpened():
             self._capture.release()
+            if kind == "camera":  # A stream server may come up in a moment; a missing camera will not.
+                raise SourceError(f"camera {spec} did not open (no such device, no permission, or in use "
+                                  "by another program)")
             if not self.live:
                 raise SourceError(f"{spec}: OpenCV cannot open it as a video (corrupt, or a format its "
                                   "FFmpeg does not read)")

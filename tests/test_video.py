@@ -95,7 +95,7 @@ def test_headless_script_gives_one_line_per_frame_and_a_playable_video(clip, exp
     path, frames = clip
     jsonl, output = tmp_path / "out" / "detections.jsonl", tmp_path / "out" / "annotated.mp4"
     result = _run_script("--model", exported, "--source", path, "--no_display", "--score_threshold", "0",
-                         "--jsonl", str(jsonl), "--output", str(output), "--batch_size", "4")
+                         "--jsonl", str(jsonl), "--output", str(output), "--batch_size", "5")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["frames"], summary["frames_dropped"], summary["error"]) == (VIDEO_FRAMES, 0, None)
@@ -234,11 +234,28 @@ def test_bad_sources_give_one_clear_error(tmp_path):
     cases = {str(tmp_path / "missing.mp4"): "missing.mp4: no such video file",
              str(tmp_path / "corrupt.mp4"): "OpenCV cannot open it as a video",
              str(tmp_path / "empty"): "no .jpg/.jpeg/.png/.bmp images in this folder",
-             "http://127.0.0.1:9/none.mjpg": "did not open after 0 frames and 1 reconnects failed"}
+             "http://127.0.0.1:9/none.mjpg": "did not open after 0 frames and 1 reconnects failed",
+             "9": "camera 9 did not open"}    # no retries for a camera that is not there
     for spec, message in cases.items():
         with pytest.raises(video.SourceError, match=message):
             video.open_source(spec, max_reconnects=1, backoff_s=0.01, timeout_s=1.0)
     assert video.source_kind("0") == "camera" and video.source_kind("RTSP://x") == "url"
+
+
+def test_a_truncated_video_gives_its_frames_and_one_warning(clip, tmp_path, caplog):
+    path, frames = clip
+    data = open(path, "rb").read()
+    truncated = tmp_path / "truncated.avi"
+    truncated.write_bytes(data[:len(data) // 2])
+    source = video.open_source(str(truncated))
+    read = []
+    while (item := source.read()) is not None:
+        read.append(item[0])
+    assert 0 < len(read) < VIDEO_FRAMES
+    np.testing.assert_array_equal(read[0], frames[0])
+    warnings = [r.getMessage() for r in caplog.records if "header announces" in r.getMessage()]
+    assert warnings == [f"{truncated} ended after {len(read)} of the {VIDEO_FRAMES} frames its header "
+                        "announces (truncated or corrupt?)"]
 
 
 def test_folder_with_changing_sizes_and_a_broken_image(tmp_path):
