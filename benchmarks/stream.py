@@ -1,0 +1,172 @@
+"""Frames/s of stream_ssd.py's headless pipeline against the bare model on the same frames.
+
+    python3 -m benchmarks.stream [--width_multiplier 1.0 --num_frames 120 --batch_sizes 1,8 --model_dir logs/]
+
+One synthetic video (the sample images resized to --frame_size, MJPG) is timed, in the same run, by:
+  forward      the network alone on the frames already resized and normalized (batch 1, tf.function);
+  detector     the model call the pipeline makes: uint8 frames in memory -> detections (resize,
+               network, post-processing in the graph; engine/video.py Detector), batch 1;
+  serial       one thread: decode a frame, detect, draw, encode into the output video, next frame;
+  pipeline_bN  engine/video_pipeline.py run_headless at batch N: decode, model and draw + encode +
+               JSON lines in separate threads.
+pipeline / detector near 1 means reading, drawing and writing cost nothing beside the model (they
+overlap with it); pipeline / serial is what the threads buy. Random weights (SSD300, 20 classes) unless
+--model_dir. Each figure is the best of --repeats rounds. The last stdout line is one JSON object.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from dataset import fields  # noqa: E402
+from engine import serving, video, video_pipeline  # noqa: E402
+from model import anchors as anchors_lib  # noqa: E402
+from model import presets  # noqa: E402
+from nets import ssd  # noqa: E402
+from preprocessing import inputs  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float("width_multiplier", 0.125, "Width of the random SSD300 (ignored with --model_dir).")
+flags.DEFINE_string("model_dir", None, "A trained model_dir to time instead of random weights.")
+flags.DEFINE_integer("num_classes", 20, "C of the random model (VOC: 20).")
+flags.DEFINE_integer("num_frames", 32, "Frames of the synthetic video.")
+flags.DEFINE_list("frame_size", ["320", "240"], "Width,height of the synthetic video.")
+flags.DEFINE_list("batch_sizes", ["1", "4"], "Pipeline batch sizes to time.")
+flags.DEFINE_integer("repeats", 3, "Rounds of all measurements; the best of each is reported.")
+flags.DEFINE_float("score_threshold", 0.3, "Drawn and listed detections score at least this.")
+flags.DEFINE_float("background_bias", 4.0, "Random model: added to the background logit, so that only a "
+                   "few detections a frame pass --score_threshold.")
+
+SAMPLE_IMAGES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "dataset", "sample", "JPEGImages")
+
+
+def _calibrate_heads(model, image_size, num_classes):
+    """Scales each random head to unit output spread on a noise image and raises the background
+    logit by --background_bias. Untrained heads give logits in the hundreds: all 200 detections
+    score ~1, and drawing 200 captions a frame would dominate every figure; calibrated, a few score
+    >= --score_threshold, as with a trained model on a scene of a few objects (the count is reported)."""
+    image = tf.random.stateless_normal([1, image_size, image_size, 3], seed=[1, 2], stddev=60.0)
+    for layer in model.layers:
+        if layer.name.endswith((ssd.CONF_SUFFIX, ssd.LOC_SUFFIX)):
+            spread = float(tf.math.reduce_std(keras.Model(model.input, layer.output)(image)))
+            kernel, bias = layer.get_weights()
+            if layer.name.endswith(ssd.CONF_SUFFIX):  # channels: per box, background then C classes
+                bias = bias.copy()
+                bias[0::num_classes + 1] += FLAGS.background_bias * spread
+            layer.set_weights([kernel / spread, bias / spread])
+
+
+def _module():
+    if FLAGS.model_dir:
+        module, config, class_names, _ = serving.from_checkpoint(FLAGS.model_dir)
+        return module, config, class_names
+    config = presets.get("ssd300_vgg16", FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
+    keras.utils.set_random_seed(0)
+    model = ssd.build(config)
+    _calibrate_heads(model, config.image_size, FLAGS.num_classes)
+    module = serving.DetectionModule(model, anchors_lib.generate(config), config)
+    return module, config, tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1))
+
+
+def _make_video(path, size):
+    names = sorted(n for n in os.listdir(SAMPLE_IMAGES) if n.endswith(".jpg"))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 25.0, size)
+    for i in range(FLAGS.num_frames):
+        writer.write(cv2.resize(cv2.imread(os.path.join(SAMPLE_IMAGES, names[i % len(names)])), size))
+    writer.release()
+    capture, frames = cv2.VideoCapture(path), []
+    while (item := capture.read())[0]:
+        frames.append(cv2.cvtColor(item[1], cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
+
+
+def main(argv):
+    del argv
+    module, config, class_names = _module()
+    detector = video.Detector(lambda images: {k: v.numpy() for k, v in module.serve_images(
+        tf.constant(images)).items()}, class_names, "benchmark")
+    size = (int(FLAGS.frame_size[0]), int(FLAGS.frame_size[1]))
+    batch_sizes = [int(b) for b in FLAGS.batch_sizes]
+    with tempfile.TemporaryDirectory(prefix="ssd_stream_bench_") as folder:
+        path = os.path.join(folder, "clip.avi")
+        frames = _make_video(path, size)
+        count = len(frames)
+        side = config.image_size
+        normalized = inputs.normalize(inputs.resize(tf.constant(frames), config), config).numpy()
+        forward = tf.function(lambda x: module.model(x, training=False),
+                              input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+        for batch in sorted(set(batch_sizes + [1])):  # tracing and first-call allocation, untimed
+            detector.detect_batch(frames[:batch])
+            tf.nest.map_structure(lambda t: t.numpy(), forward(normalized[:batch]))
+        drawn = np.mean([len(video.select(d, FLAGS.score_threshold)[fields.DETECTION_SCORES])
+                         for d in detector.detect_batch(frames)])
+        logging.info("%d frames of %dx%d, SSD300 width %.3f, %.1f detections drawn a frame; timing", count,
+                     size[0], size[1], config.width_multiplier, drawn)
+
+        def run_forward():
+            for i in range(count):
+                tf.nest.map_structure(lambda t: t.numpy(), forward(normalized[i:i + 1]))
+            return count
+
+        def run_detector():
+            for i in range(count):
+                detector(frames[i])
+            return count
+
+        def run_serial():
+            source = video.open_source(path)
+            output = video_pipeline.VideoOutput(os.path.join(folder, "serial.avi"), 25.0)
+            done = 0
+            while (item := source.read()) is not None:
+                drawn = video.annotate(item[0], detector(item[0]), class_names, FLAGS.score_threshold)
+                output.write(drawn)
+                done += 1
+            output.close()
+            return done
+
+        def run_pipeline(batch):
+            pipeline = video_pipeline.Pipeline(video.open_source(path), detector, batch_size=batch)
+            summary = video_pipeline.run_headless(pipeline, class_names, os.path.join(folder, "out.jsonl"),
+                                                  os.path.join(folder, "out.avi"), FLAGS.score_threshold)
+            assert summary["frames"] == count and summary["error"] is None, summary
+            return summary["frames"]
+
+        runs = {"forward": run_forward, "detector": run_detector, "serial": run_serial}
+        runs.update({f"pipeline_b{b}": (lambda b=b: run_pipeline(b)) for b in batch_sizes})
+        fps = dict.fromkeys(runs, 0.0)
+        # Round robin, best of --repeats: on a shared machine the load drifts, and interleaving spreads
+        # that drift over every measurement instead of one.
+        for repeat in range(FLAGS.repeats):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                done = run()
+                fps[name] = max(fps[name], done / (time.perf_counter() - start))
+            logging.info("round %d/%d done", repeat + 1, FLAGS.repeats)
+        for name, value in fps.items():
+            logging.info("%-12s %.1f frames/s", name, value)
+    pipelines = [f"pipeline_b{b}" for b in batch_sizes]
+    print(json.dumps({
+        "benchmark": "stream_pipeline_vs_model",
+        "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
+        "preset": config.name, "width_multiplier": config.width_multiplier,
+        "weights": FLAGS.model_dir or "random", "frames": count, "frame_size": list(size),
+        "repeats": FLAGS.repeats, "frames_per_s": fps, "detections_drawn_per_frame": float(drawn),
+        "pipeline_over_detector": {p: fps[p] / fps["detector"] for p in pipelines},
+        "pipeline_over_forward": {p: fps[p] / fps["forward"] for p in pipelines},
+        "pipeline_over_serial": {p: fps[p] / fps["serial"] for p in pipelines},
+    }, sort_keys=True))
+
+
+if __name__ == "__main__":
+    app.run(main)
