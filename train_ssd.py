@@ -16,6 +16,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from engine import mlperf
 from engine.train_config import MIXED_PRECISION, OPTIMIZERS, every
 from model import presets
 
@@ -48,6 +49,7 @@ flags.DEFINE_integer("seed", 0, "Seed of initialization, shuffling and augmentat
 flags.DEFINE_integer("eval_every_steps", 0, "Evaluate the val shards every N steps (and at the end); 0: never.")
 flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation.")
 flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
+mlperf.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -85,13 +87,15 @@ def main(argv):
     config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier)
     if chief:
         checkpoints.write(FLAGS.model_dir, config, class_names)
+    session = (mlperf.Session(FLAGS, config, FLAGS.data_dir, FLAGS.model_dir, strategy.num_replicas_in_sync,
+                              chief) if FLAGS.mlperf else None)   # sets --max_steps from --epochs
     anchors = anchors_lib.generate(config)
     input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
                                           input_config))
 
-    schedule = training.WarmupPiecewiseSchedule(
+    schedule = session.schedule() if session else training.WarmupPiecewiseSchedule(
         FLAGS.learning_rate, [int(b) for b in FLAGS.decay_boundaries],
         [float(f) for f in FLAGS.lr_decay_factors], FLAGS.warmup_steps)
     with strategy.scope():
@@ -108,6 +112,8 @@ def main(argv):
               summaries.Writer(os.path.join(FLAGS.model_dir, "train"), enabled=chief),
               training.ProgressLogger(FLAGS.max_steps, FLAGS.batch_size), chief)
     run.last_saved = restore(run, checkpoint, optimizer)
+    if session:
+        session.run_start(model)
     if chief and FLAGS.image_summary_steps:
         run.image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4,
                                                        input_config=input_config))
@@ -128,6 +134,9 @@ def main(argv):
             logging.info("saved %s", run.last_saved)
         if run.chief and every(FLAGS.eval_every_steps, step, FLAGS.max_steps):
             evaluate(run, step)
+        if session and session.after_step(step, lambda: evaluate(run, step)):   # reached --target_map
+            run.last_saved = run.manager.save(checkpoint_number=step)
+            break
     run.writer.close()
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
@@ -172,6 +181,7 @@ def evaluate(run, step):
                                   FLAGS.eval_batch_size, os.path.join(FLAGS.model_dir, "eval"), step)
     logging.info("step %d evaluation:\n%s", step, format_table(results, run.class_names))
     logging.info("step %d eval: %s", step, evaluation.headline(results))
+    return results
 
 
 if __name__ == "__main__":
