@@ -20,8 +20,9 @@ Clipping (`config.clip_anchors`, the MLPerf ResNet34 preset only): the MLPerf re
 (mlcommons/training single_stage_detector/ssd/utils.py, DefaultBoxes) builds its boxes as
 (cx, cy, w, h) with cx = (j + 0.5) / fk, fk = fig_size / step -- the same centre as Caffe's
 (j + 0.5) * step / image_size -- and clamps THAT centre-size form to [0, 1] (`dboxes.clamp_(0, 1)`)
-before converting to corners. So only sizes above 1 shrink (e.g. the 1x1 map's 315 px square and its
-ratio-2 boxes become 1 wide); corners of border boxes still extend past the image. Its per-map order is
+before converting to corners. So sizes above 1 shrink (the 1x1 map's ratio-2 boxes become 1 wide), and
+so do centres beyond the image: the 10x10 map's step 32 puts its last row and column at 9.5 * 32 = 304
+px, clamped to 300. Corners of border boxes still extend past the image. Its per-map order is
 box spec outermost (for each size, every location); ours keeps the DESIGN.md order (box spec innermost,
 matching our heads' reshape), the same set of boxes permuted within each map.
 """
