@@ -35,7 +35,8 @@ flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS,
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (Adam's beta_1).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on conv kernels (not biases, not the conv4_3 scale).")
 flags.DEFINE_string("checkpoint_path", "model/pretrained/",
-                    "Reduced-fc VGG16 backbone: a slim TF checkpoint (prefix or dir) or Keras VGG16 .h5.")
+                    "Backbone weights: reduced-fc VGG16 as a slim TF checkpoint (prefix or dir), Keras VGG16 .h5 "
+                    "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors).")
 flags.DEFINE_bool("require_pretrained", False, "Fail instead of training from scratch without a backbone.")
 flags.DEFINE_integer("save_checkpoints_steps", 1000, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoints", 5, "Checkpoints kept in --model_dir.")

@@ -123,8 +123,7 @@ def test_default_boxes_are_the_reference_s():
     for fm, ref in zip(config.feature_maps, _reference_default_boxes()):
         count = fm.size * fm.size * fm.boxes_per_location
         mine = ours[offset:offset + count].reshape(fm.size, fm.size, fm.boxes_per_location, 4)
-        cx, cy, w, h = np.moveaxis(ref, 0, 2)[..., 0], np.moveaxis(ref, 0, 2)[..., 1], \
-            np.moveaxis(ref, 0, 2)[..., 2], np.moveaxis(ref, 0, 2)[..., 3]
+        cx, cy, w, h = np.moveaxis(np.moveaxis(ref, 0, 2), -1, 0)     # [box, i, j, 4] -> 4 x [i, j, box]
         ltrb_as_yxyx = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
         np.testing.assert_allclose(mine, ltrb_as_yxyx, atol=2e-7, err_msg=fm.source)
         offset += count
