@@ -9,8 +9,10 @@ Formats read (`read_weights(path)` -> {name: np.ndarray}):
 * PyTorch legacy (before 1.6; torchvision's `resnet34-333f7ec4.pth` and ssd.pytorch's
   `vgg16_reducedfc.pth` date from 2017): five pickles in a row -- magic number, protocol version,
   system info, the object (persistent ids `("storage", type, key, location, numel, view)`), the sorted
-  storage keys -- then each storage as an int64 element count and its raw bytes. Tensors of torch < 0.4
-  use `torch._utils._rebuild_tensor(storage, offset, size, stride)`.
+  storage keys -- then each storage as an int64 element count and its raw bytes. Tensors of torch 0.2-0.3
+  use `torch._utils._rebuild_tensor(storage, offset, size, stride)`; those of torch 0.1 are
+  `torch.FloatTensor()` built with the state (storage, offset, size, stride), which torch's own
+  Tensor.__setstate__ still reads as "legacy serialization of Tensor".
 * safetensors: an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
   data_offsets}}, raw bytes. Parsed here; no safetensors dependency.
 
@@ -82,6 +84,20 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     return _TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
 
 
+class _LegacyTensor:
+    """Stand-in for torch 0.1's `torch.FloatTensor()`; BUILD hands it (storage, offset, size, stride)."""
+
+    ref = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise pickle.UnpicklingError(f"unexpected legacy tensor state {state!r:.200}")
+        self.ref = _rebuild_tensor(*state)
+
+
+# torch 0.1 tensor class names (their storages carry the dtype).
+LEGACY_TENSOR_TYPES = {name.replace("Storage", "Tensor") for name in STORAGE_DTYPES}
+
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -99,6 +115,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _ALLOWED[(module, name)]
         if module == "torch" and name in STORAGE_DTYPES:
             return _StorageType(STORAGE_DTYPES[name])
+        if module == "torch" and name in LEGACY_TENSOR_TYPES:
+            return _LegacyTensor
         raise UnsafePickleError(f"{self.source}: refusing to load the global {module}.{name}: a weights "
                                 "file may only hold tensors and ordered dicts (nothing was executed)")
 
@@ -143,6 +161,8 @@ def _state_dict(obj, source):
     """The {name: tensor ref} of a state dict or of a checkpoint dict holding one under 'state_dict'."""
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
+    if isinstance(obj, dict):
+        obj = {k: v.ref if isinstance(v, _LegacyTensor) and v.ref is not None else v for k, v in obj.items()}
     if not isinstance(obj, dict) or not all(isinstance(v, _TensorRef) for v in obj.values()):
         raise ValueError(f"{source}: expected a state dict of tensors, got {type(obj).__name__}")
     return obj

@@ -58,7 +58,7 @@ def test_zip_round_trip(tmp_path, archive_name):
     _assert_same(torch_weights.read_weights(path))
 
 
-@pytest.mark.parametrize("rebuild", ["_rebuild_tensor_v2", "_rebuild_tensor"])
+@pytest.mark.parametrize("rebuild", ["_rebuild_tensor_v2", "_rebuild_tensor", "FloatTensor"])
 def test_legacy_round_trip(tmp_path, rebuild):
     path = tmp_path / "w.pth"
     torch_files.write_legacy(path, STATE, rebuild)

@@ -2,7 +2,8 @@
 
 The pickle is produced by the standard pure-Python pickler (protocol 2, as torch.save uses), with two
 stand-ins emitted as the very GLOBAL opcodes torch writes: `torch._utils _rebuild_tensor_v2` (or
-`_rebuild_tensor` for the pre-0.4 legacy files) and `torch FloatStorage` etc. in the persistent ids.
+`_rebuild_tensor` for torch 0.2-0.3 files, or torch 0.1's `torch FloatTensor` + BUILD) and
+`torch FloatStorage` etc. in the persistent ids.
 
 Zip layout (torch >= 1.6, caffe2 PyTorchFileWriter): stored (uncompressed) records
 `<archive>/data.pkl`, `<archive>/byteorder`, `<archive>/data/<key>`, `<archive>/version`,
@@ -49,6 +50,10 @@ class _TorchPickler(pickle._Pickler):
         if isinstance(obj, Tensor):
             stride = tuple(s // obj.array.itemsize for s in obj.array.strides)
             args = (_Storage(obj), 0, tuple(obj.array.shape), stride)
+            if self.rebuild == "FloatTensor":   # torch 0.1: torch.FloatTensor() then BUILD with the state
+                kind = STORAGE_NAMES[obj.array.dtype].replace("Storage", "Tensor")
+                self.save_reduce(Global("torch", kind), (), state=args, obj=obj)
+                return
             if self.rebuild == "_rebuild_tensor_v2":
                 args += (False, collections.OrderedDict())
             self.save_reduce(Global("torch._utils", self.rebuild), args, obj=obj)
