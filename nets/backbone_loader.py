@@ -189,9 +189,10 @@ def _resolve(path):
     if latest:
         return latest
     candidates = [p[: -len(".index")] for p in glob.glob(os.path.join(path, "*.index"))]
-    candidates += [p for suffix in _H5_SUFFIXES + _TORCH_SUFFIXES for p in glob.glob(os.path.join(path, "*" + suffix))]
+    candidates += [p for suffix in _H5_SUFFIXES + _TORCH_SUFFIXES
+                   for p in glob.glob(os.path.join(path, "*" + suffix))]
     if len(candidates) != 1:
-        raise ValueError(f"{path}: expected one checkpoint (*.index) or Keras weights file (*.h5), "
+        raise ValueError(f"{path}: expected one checkpoint (*.index) or weights file (*.h5, *.pth, *.safetensors), "
                          f"found {sorted(candidates) or 'none'}")
     return candidates[0]
 
