@@ -16,6 +16,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from engine import mlperf
 from engine.train_config import MIXED_PRECISION, OPTIMIZERS, every
 from model import presets
 
@@ -34,7 +35,8 @@ flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS,
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (Adam's beta_1).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on conv kernels (not biases, not the conv4_3 scale).")
 flags.DEFINE_string("checkpoint_path", "model/pretrained/",
-                    "Reduced-fc VGG16 backbone: a slim TF checkpoint (prefix or dir) or Keras VGG16 .h5.")
+                    "Backbone weights: reduced-fc VGG16 as a slim TF checkpoint (prefix or dir), Keras VGG16 .h5 "
+                    "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors).")
 flags.DEFINE_bool("require_pretrained", False, "Fail instead of training from scratch without a backbone.")
 flags.DEFINE_integer("save_checkpoints_steps", 1000, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoints", 5, "Checkpoints kept in --model_dir.")
@@ -49,6 +51,7 @@ flags.DEFINE_integer("eval_every_steps", 0, "Evaluate the val shards every N ste
 flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation.")
 flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
 flags.DEFINE_string("anchor_config", None, "Anchor file from analyze_dataset.py --fit_anchors (kept in config.json).")
+mlperf.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -87,13 +90,15 @@ def main(argv):
                          **anchor_file.overrides(FLAGS.anchor_config, FLAGS.model))
     if chief:
         checkpoints.write(FLAGS.model_dir, config, class_names)
+    session = (mlperf.Session(FLAGS, config, FLAGS.data_dir, FLAGS.model_dir, strategy.num_replicas_in_sync,
+                              chief) if FLAGS.mlperf else None)   # sets --max_steps from --epochs
     anchors = anchors_lib.generate(config)
     input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
                                           input_config))
 
-    schedule = training.WarmupPiecewiseSchedule(
+    schedule = session.schedule() if session else training.WarmupPiecewiseSchedule(
         FLAGS.learning_rate, [int(b) for b in FLAGS.decay_boundaries],
         [float(f) for f in FLAGS.lr_decay_factors], FLAGS.warmup_steps)
     with strategy.scope():
@@ -110,6 +115,8 @@ def main(argv):
               summaries.Writer(os.path.join(FLAGS.model_dir, "train"), enabled=chief),
               training.ProgressLogger(FLAGS.max_steps, FLAGS.batch_size), chief)
     run.last_saved = restore(run, checkpoint, optimizer)
+    if session:
+        session.run_start(model)
     if chief and FLAGS.image_summary_steps:
         run.image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4,
                                                        input_config=input_config))
@@ -130,6 +137,9 @@ def main(argv):
             logging.info("saved %s", run.last_saved)
         if run.chief and every(FLAGS.eval_every_steps, step, FLAGS.max_steps):
             evaluate(run, step)
+        if session and session.after_step(step, lambda: evaluate(run, step)):   # reached --target_map
+            run.last_saved = run.manager.save(checkpoint_number=step)
+            break
     run.writer.close()
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
@@ -174,6 +184,7 @@ def evaluate(run, step):
                                   FLAGS.eval_batch_size, os.path.join(FLAGS.model_dir, "eval"), step)
     logging.info("step %d evaluation:\n%s", step, format_table(results, run.class_names))
     logging.info("step %d eval: %s", step, evaluation.headline(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ def make_train_step(model, optimizer, config, strategy, weight_decay, jit_compil
             loss_dict = losses_lib.multibox_loss(
                 outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
                 labels[fields.CLS_TARGETS], labels[fields.BOX_TARGETS],
-                negative_ratio=config.negative_ratio, normalizer=tf.maximum(global_pos, 1.0))
+                negative_ratio=config.negative_ratio, normalizer=_normalizer(config, global_pos, features),
+                normalization=config.loss_normalization)
             reg = weight_decay_loss(decayed, weight_decay) / num_replicas
             total = loss_dict["total_loss"] + reg
             scaled = optimizer.scale_loss(total) if hasattr(optimizer, "scale_loss") else total
@@ -172,6 +173,14 @@ def make_train_step(model, optimizer, config, strategy, weight_decay, jit_compil
                 for k, v in per_replica.items()}
 
     return step
+
+
+def _normalizer(config, global_positives, features):
+    """The GLOBAL divisor of the loss (module docstring): positives, or images for per-image losses."""
+    if config.loss_normalization == losses_lib.PER_IMAGE:
+        local_images = tf.cast(tf.shape(features)[0], tf.float32)
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local_images)
+    return tf.maximum(global_positives, 1.0)
 
 
 def init_backbone(model, path, require_pretrained):

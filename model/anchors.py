@@ -15,6 +15,16 @@ Contract (DESIGN.md, stated here once):
        width = min_size * sqrt(r), height = min_size / sqrt(r) (wide for r > 1).
 * Centre of cell (i, j): ((i + 0.5) * step, (j + 0.5) * step) / image_size (Caffe `offset: 0.5`,
   steps from ssd_pascal.py rather than image_size / size, which differ for e.g. 300/38).
+
+Clipping (`config.clip_anchors`, the MLPerf ResNet34 preset only): the MLPerf reference
+(mlcommons/training single_stage_detector/ssd/utils.py, DefaultBoxes) builds its boxes as
+(cx, cy, w, h) with cx = (j + 0.5) / fk, fk = fig_size / step -- the same centre as Caffe's
+(j + 0.5) * step / image_size -- and clamps THAT centre-size form to [0, 1] (`dboxes.clamp_(0, 1)`)
+before converting to corners. So sizes above 1 shrink (the 1x1 map's ratio-2 boxes become 1 wide), and
+so do centres beyond the image: the 10x10 map's step 32 puts its last row and column at 9.5 * 32 = 304
+px, clamped to 300. Corners of border boxes still extend past the image. Its per-map order is
+box spec outermost (for each size, every location); ours keeps the DESIGN.md order (box spec innermost,
+matching our heads' reshape), the same set of boxes permuted within each map.
 """
 
 import math
@@ -51,10 +61,21 @@ def _feature_map_anchors(feature_map, image_size):
     return boxes.reshape(-1, 4) / image_size                                         # [rows*cols*k, 4]
 
 
+def _clip_center_size(boxes):
+    """MLPerf DefaultBoxes clamping: [N, 4] yxyx -> centre and size each clamped to [0, 1] -> yxyx."""
+    center = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    size = boxes[:, 2:] - boxes[:, :2]
+    center, size = np.clip(center, 0.0, 1.0), np.clip(size, 0.0, 1.0)
+    return np.concatenate([center - size / 2.0, center + size / 2.0], axis=1)
+
+
 def generate(config):
     """All anchors of `config` (an SSDConfig): float32 [config.num_anchors, 4] normalized yxyx."""
     per_map = [_feature_map_anchors(fm, config.image_size) for fm in config.feature_maps]
-    anchors = np.concatenate(per_map, axis=0).astype(np.float32)
+    anchors = np.concatenate(per_map, axis=0)
+    if getattr(config, "clip_anchors", False):
+        anchors = _clip_center_size(anchors)
+    anchors = anchors.astype(np.float32)
     if anchors.shape[0] != config.num_anchors:
         raise AssertionError(f"generated {anchors.shape[0]} anchors, config says {config.num_anchors}")
     return anchors

@@ -12,6 +12,13 @@
 * N: `normalizer` if given, else the batch's positives. Under tf.distribute the training loop passes the
   GLOBAL number of positives over all replicas, so that summing the replicas' losses (the default
   all-reduce of gradients) gives exactly the single-device update.
+* `normalization="per_image"` (the MLPerf reference, single_stage_detector/ssd/base_model.py Loss):
+  each image's (CE + smooth L1) sum is divided by that image's own positives (an image without
+  positives contributes 0), and the batch takes the mean over images: the sum of the per-image terms
+  divided by `normalizer`, which is then the number of images (default B; the GLOBAL batch under
+  tf.distribute, for the same reason as above). Measured difference to the reference: its mining keeps
+  min(3 * positives, A) ranks counted over all anchors (positives ranked as zero-loss negatives), ours
+  min(3 * positives, negatives) negatives; the two differ only when an image's negatives run out.
 
 Shapes: cls_logits [B, A, C+1], box_codes [B, A, 4], cls_targets int [B, A], box_targets [B, A, 4].
 """
@@ -51,7 +58,11 @@ def hard_negative_mask(background_loss, positive, negative_ratio):
     return tf.logical_and(negative, rank < k[:, None])
 
 
-def multibox_loss(cls_logits, box_codes, cls_targets, box_targets, negative_ratio=3.0, normalizer=None):
+BATCH_POSITIVES, PER_IMAGE = "batch_positives", "per_image"   # model.presets.LOSS_NORMALIZATIONS
+
+
+def multibox_loss(cls_logits, box_codes, cls_targets, box_targets, negative_ratio=3.0, normalizer=None,
+                  normalization=BATCH_POSITIVES):
     """The SSD loss: dict of float32 scalars "cls_loss", "box_loss", "total_loss", "num_positives".
 
     Args:
@@ -60,7 +71,8 @@ def multibox_loss(cls_logits, box_codes, cls_targets, box_targets, negative_rati
       cls_targets: int [B, A], 0 background, 1..C positives.
       box_targets: [B, A, 4] encoded targets (ignored at background anchors).
       negative_ratio: hard negatives per positive (config.negative_ratio; paper: 3).
-      normalizer: scalar divisor; default max(positives in this batch, 1).
+      normalizer: scalar divisor; default max(positives in this batch, 1), or B for "per_image".
+      normalization: BATCH_POSITIVES (Caffe) or PER_IMAGE (MLPerf), see the module docstring.
     """
     cls_logits = tf.cast(cls_logits, tf.float32)
     box_codes = tf.cast(box_codes, tf.float32)
@@ -73,16 +85,30 @@ def multibox_loss(cls_logits, box_codes, cls_targets, box_targets, negative_rati
     # At a negative the CE *is* the background loss, so it ranks the negatives directly.
     hard_negative = hard_negative_mask(cross_entropy, positive, negative_ratio)
     selected = tf.cast(tf.logical_or(positive, hard_negative), tf.float32)
-    cls_sum = tf.reduce_sum(cross_entropy * selected)
+    cls_per_image = tf.reduce_sum(cross_entropy * selected, axis=1)                  # [B]
 
     box_per_anchor = tf.reduce_sum(_smooth_l1(box_codes - box_targets), axis=-1)    # [B, A]
-    box_sum = tf.reduce_sum(tf.where(positive, box_per_anchor, 0.0))
+    box_per_image = tf.reduce_sum(tf.where(positive, box_per_anchor, 0.0), axis=1)  # [B]
 
-    num_positives = tf.reduce_sum(tf.cast(positive, tf.float32))
-    if normalizer is None:
-        # A batch without any object (legal: all-background crops) would divide by zero; its loss is
-        # then the hard-negative CE alone, which is zero too, so dividing by 1 changes nothing else.
-        normalizer = tf.maximum(num_positives, 1.0)
+    positives_per_image = tf.reduce_sum(tf.cast(positive, tf.float32), axis=1)       # [B]
+    num_positives = tf.reduce_sum(positives_per_image)
+    if normalization == PER_IMAGE:
+        # An image without positives has no mined negatives either, so its sums are 0 and dividing
+        # them by 1 instead of 0 gives the reference's `num_mask` zero.
+        own = tf.maximum(positives_per_image, 1.0)
+        cls_sum = tf.reduce_sum(cls_per_image / own)
+        box_sum = tf.reduce_sum(box_per_image / own)
+        if normalizer is None:
+            normalizer = tf.cast(tf.shape(cls_targets)[0], tf.float32)
+    elif normalization == BATCH_POSITIVES:
+        cls_sum = tf.reduce_sum(cls_per_image)
+        box_sum = tf.reduce_sum(box_per_image)
+        if normalizer is None:
+            # A batch without any object (legal: all-background crops) would divide by zero; its loss is
+            # then the hard-negative CE alone, which is zero too, so dividing by 1 changes nothing else.
+            normalizer = tf.maximum(num_positives, 1.0)
+    else:
+        raise ValueError(f"unknown loss normalization {normalization!r}; known: {BATCH_POSITIVES}, {PER_IMAGE}")
     normalizer = tf.cast(normalizer, tf.float32)
     cls_loss = cls_sum / normalizer
     box_loss = box_sum / normalizer

@@ -12,6 +12,16 @@ from typing import Tuple
 
 # ImageNet mean of the VGG16 weights, RGB order (DESIGN.md: images into the net).
 IMAGENET_MEAN_RGB = (123.68, 116.78, 103.94)
+# The MLPerf SSD-ResNet34 reference feeds torchvision's normalisation, (x / 255 - mean) / std with the
+# ImageNet RGB mean and std below (single_stage_detector/ssd/utils.py SSDTransformer); in 0-255 units
+# that is (x - 255 mean) / (255 std), which is what config.pixel_mean / config.pixel_std hold.
+TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
+# Loss normalisations (model/losses.py): Caffe divides the batch's loss by the batch's positives; the
+# MLPerf reference divides each image's loss by its own positives and averages over the batch.
+BATCH_POSITIVES, PER_IMAGE = "batch_positives", "per_image"
+LOSS_NORMALIZATIONS = (BATCH_POSITIVES, PER_IMAGE)
+BACKBONES = ("vgg16", "resnet34")
 # Box-code variances of Caffe's PriorBox (ssd_pascal.py prior_variance): [ty, tx, th, tw].
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
@@ -60,6 +70,11 @@ class SSDConfig:
     nms_iou_threshold: float = 0.45
     max_detections_per_class: int = 400
     max_detections: int = 200
+    backbone: str = "vgg16"                       # BACKBONES; nets.ssd.build dispatches on it
+    pixel_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)   # net input = (RGB 0-255 - mean) / std
+    clip_anchors: bool = False                    # MLPerf: clamp anchor centre/size to [0, 1] (anchors.py)
+    loss_normalization: str = BATCH_POSITIVES     # LOSS_NORMALIZATIONS (model/losses.py)
+    extra_batch_norm: bool = False                # batch norm after each extra conv (not in the reference)
 
     @property
     def num_anchors(self) -> int:
@@ -115,7 +130,41 @@ _SSD512 = dict(
     ),
 )
 
+# MLPerf SSD-ResNet34 (mlcommons/training single_stage_detector/ssd at v0.7: ssd300.py, utils.py
+# dboxes300_coco, base_model.py): torchvision ResNet34 through layer3 with layer3's first block at
+# stride 1 (38x38x256), five extra blocks (1x1 then 3x3, ReLU after each, biases, no batch norm), 3x3
+# heads. Default boxes from the scales 21..315 (min = scales[k], max = scales[k + 1]) with Caffe's
+# steps, clamped in centre-size form (DefaultBoxes.dboxes.clamp_(0, 1)).
+_SSD300_RESNET34 = dict(
+    image_size=300,
+    feature_maps=_feature_maps(
+        ("layer3", "conv7_2", "conv8_2", "conv9_2", "conv10_2", "conv11_2"),
+        (38, 19, 10, 5, 3, 1),
+        (8, 16, 32, 64, 100, 300),
+        (21, 45, 99, 153, 207, 261),
+        (45, 99, 153, 207, 261, 315),
+        ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+    ),
+    # ssd300.py _build_additional_features: (mid, out, stride, padding) per block.
+    extra_layers=(
+        ExtraLayerSpec("conv7", 256, 512, 3, 2, 1),    # 38 -> 19
+        ExtraLayerSpec("conv8", 256, 512, 3, 2, 1),    # 19 -> 10
+        ExtraLayerSpec("conv9", 128, 256, 3, 2, 1),    # 10 -> 5
+        ExtraLayerSpec("conv10", 128, 256, 3, 1, 0),   # 5 -> 3
+        ExtraLayerSpec("conv11", 128, 256, 3, 1, 0),   # 3 -> 1
+    ),
+    backbone="resnet34",
+    pixel_mean=tuple(255.0 * m for m in TORCHVISION_MEAN_RGB),
+    pixel_std=tuple(255.0 * s for s in TORCHVISION_STD_RGB),
+    clip_anchors=True,
+    loss_normalization=PER_IMAGE,
+    # utils.py Encoder.decode_single: scores > 0.05, NMS at 0.45, 200 per image (train.py coco_eval).
+    score_threshold=0.05,
+    max_detections_per_class=200,
+)
+
 _PRESETS = {"ssd300_vgg16": _SSD300, "ssd512_vgg16": _SSD512}
+_PRESETS["ssd300_resnet34"] = _SSD300_RESNET34
 
 NAMES = tuple(sorted(_PRESETS))
 
@@ -142,8 +191,9 @@ def from_json(text: str) -> SSDConfig:
     values["feature_maps"] = tuple(FeatureMapSpec(**dict(fm, aspect_ratios=tuple(fm["aspect_ratios"])))
                                    for fm in values["feature_maps"])
     values["extra_layers"] = tuple(ExtraLayerSpec(**e) for e in values["extra_layers"])
-    for key in ("pixel_mean", "variances"):
-        values[key] = tuple(values[key])
+    for key in ("pixel_mean", "variances", "pixel_std"):
+        if key in values:
+            values[key] = tuple(values[key])
     return SSDConfig(**values)
 
 

@@ -14,6 +14,9 @@ Two file kinds, detected by `load_backbone`:
 Both kinds were trained on BGR input (Caffe-derived weights; Keras's 'caffe' preprocessing), while our
 pipeline feeds RGB (DESIGN.md), so conv1_1's input-channel axis is reversed at load (`bgr_checkpoint`).
 
+PyTorch `.pth` / `.pt` and `.safetensors` files go to `nets.torch_weights` (torchvision's ResNet34,
+ssd.pytorch's `vgg16_reducedfc.pth`).
+
 Every table entry must be found with a compatible shape, or a ValueError lists every one that is not.
 """
 
@@ -32,6 +35,7 @@ DEFAULT_CHECKPOINT_DIR = "model/pretrained"
 
 KERNEL, BIAS = "kernel", "bias"
 _H5_SUFFIXES = (".h5", ".hdf5")
+_TORCH_SUFFIXES = (".pth", ".pt", ".safetensors")   # nets.torch_weights (ResNet34 and ssd.pytorch VGG16)
 
 # fc1 -> fc6 subsampling (DeepLab-LargeFOV / SSD): 7x7 window, every 3rd tap, every 4th filter.
 FC1_WINDOW = 7
@@ -185,9 +189,10 @@ def _resolve(path):
     if latest:
         return latest
     candidates = [p[: -len(".index")] for p in glob.glob(os.path.join(path, "*.index"))]
-    candidates += [p for suffix in _H5_SUFFIXES for p in glob.glob(os.path.join(path, "*" + suffix))]
+    candidates += [p for suffix in _H5_SUFFIXES + _TORCH_SUFFIXES
+                   for p in glob.glob(os.path.join(path, "*" + suffix))]
     if len(candidates) != 1:
-        raise ValueError(f"{path}: expected one checkpoint (*.index) or Keras weights file (*.h5), "
+        raise ValueError(f"{path}: expected one checkpoint (*.index) or weights file (*.h5, *.pth, *.safetensors), "
                          f"found {sorted(candidates) or 'none'}")
     return candidates[0]
 
@@ -200,6 +205,9 @@ def load_backbone(model, path=DEFAULT_CHECKPOINT_DIR, bgr_checkpoint=True) -> in
     Raises ValueError listing every variable that is missing or of the wrong shape.
     """
     resolved = _resolve(path)
+    if resolved.endswith(_TORCH_SUFFIXES):   # PyTorch / safetensors files: nets.torch_weights
+        from nets import torch_weights
+        return torch_weights.load(model, resolved, bgr_checkpoint)
     if resolved.endswith(_H5_SUFFIXES):
         return assign_backbone(model, read_keras_h5(resolved), keras_h5_table(bgr_checkpoint), resolved)
     table = slim_checkpoint_table(bgr_checkpoint)

@@ -1,5 +1,10 @@
 """The SSD network: reduced-fc VGG16 -> extra feature layers -> multibox heads (paper §2.1, Fig. 2).
 
+`config.backbone` "resnet34" builds the MLPerf SSD-ResNet34 instead (mlcommons/training
+single_stage_detector/ssd/ssd300.py): nets.resnet34 through layer3 (38x38x256), the config's extra
+blocks (1x1 then 3x3, each with ReLU; batch norm after each conv only with `config.extra_batch_norm`,
+which the reference does not have), the same 3x3 heads.
+
 `build(config)` maps a float image batch [B, S, S, 3] (RGB minus the ImageNet mean; normalization is
 the input pipeline's job) to
     {CLS_LOGITS: [B, A, C + 1], BOX_CODES: [B, A, 4]}
@@ -13,7 +18,7 @@ then row, then column, then box spec. Each head emits [B, H, W, boxes * k] and a
 import keras
 
 from dataset import fields
-from nets import vgg16
+from nets import resnet34, vgg16
 
 BOX_CODE_SIZE = 4                # [ty, tx, th, tw]
 HEAD_KERNEL_SIZE = 3             # ssd_pascal.py CreateMultiBoxHead: kernel_size=3, pad=1
@@ -33,6 +38,8 @@ def _new_conv(filters, kernel_size, name, strides=1, padding="valid", activation
 
 def extra_layers(fc7, config):
     """Applies config.extra_layers after fc7; returns {"<name>_2": [B, h, w, channels(out)]} in order."""
+    if config.extra_batch_norm:
+        return _extra_layers_batch_norm(fc7, config)
     features = {}
     x = fc7
     for spec in config.extra_layers:
@@ -45,6 +52,38 @@ def extra_layers(fc7, config):
         x = _new_conv(config.channels(spec.out_channels), spec.kernel_size, f"{spec.name}_2",
                       strides=spec.stride, activation="relu")(x)
         features[f"{spec.name}_2"] = x
+    return features
+
+
+def _extra_layers_batch_norm(x, config):
+    """extra_layers with conv (no bias) -> batch norm -> ReLU for each conv (NVIDIA's SSD300 style)."""
+    features = {}
+    for spec in config.extra_layers:
+        for suffix, filters, kernel, stride, pad in (("_1", spec.mid_channels, 1, 1, 0),
+                                                     ("_2", spec.out_channels, spec.kernel_size, spec.stride,
+                                                      spec.padding)):
+            name = spec.name + suffix
+            if pad:
+                x = keras.layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
+            x = keras.layers.Conv2D(config.channels(filters), kernel, strides=stride, use_bias=False,
+                                    kernel_initializer=_NEW_LAYER_KERNEL_INIT, name=name)(x)
+            x = keras.layers.BatchNormalization(epsilon=resnet34.BN_EPSILON, momentum=resnet34.BN_MOMENTUM,
+                                                name=f"{name}_bn")(x)
+            x = keras.layers.ReLU(name=f"{name}_relu")(x)
+        features[f"{spec.name}_2"] = x
+    return features
+
+
+def backbone_features(images, config):
+    """{source name: features} of the backbone and the extra layers, by config.backbone."""
+    if config.backbone == "resnet34":
+        features = resnet34.resnet34_layer3(images, config)
+        features.update(extra_layers(features[resnet34.OUTPUT], config))
+        return features
+    if config.backbone != "vgg16":
+        raise ValueError(f"{config.name}: unknown backbone {config.backbone!r}; known: vgg16, resnet34")
+    features = vgg16.reduced_fc_vgg16(images, config)
+    features.update(extra_layers(features[vgg16.FC7], config))
     return features
 
 
@@ -99,8 +138,7 @@ def build(config, dtype_policy=None):
         finally:
             keras.config.set_dtype_policy(previous)
     images = keras.Input(shape=(config.image_size, config.image_size, 3), name="images")
-    features = vgg16.reduced_fc_vgg16(images, config)
-    features.update(extra_layers(features[vgg16.FC7], config))
+    features = backbone_features(images, config)
     _check_feature_sizes(features, config)
     cls_logits, box_codes = multibox_heads(features, config)
     outputs = {

@@ -41,8 +41,9 @@ class TrainInputConfig:
 
 
 def normalize(image, config):
-    """RGB 0-255 [..., 3] -> float32 minus the ImageNet mean (DESIGN.md: images into the net)."""
-    return tf.cast(image, tf.float32) - tf.constant(config.pixel_mean, tf.float32)
+    """RGB 0-255 [..., 3] -> float32 (x - mean) / std (DESIGN.md; std 1 for VGG, 255 x ImageNet's for ResNet)."""
+    mean, std = tf.constant(config.pixel_mean, tf.float32), tf.constant(config.pixel_std, tf.float32)
+    return (tf.cast(image, tf.float32) - mean) / std
 
 
 def resize(image, config):

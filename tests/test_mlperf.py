@@ -1,0 +1,97 @@
+"""engine/mlperf.py: the reference's epoch schedule, and an MLPerf run on the sample that the
+mlperf-logging compliance checker accepts (train_ssd.py --mlperf, ssd300_resnet34 at width 1/8)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from engine import mlperf
+from model import presets
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _session(tmp_path, sample_records, **overrides):
+    values = dict(batch_size=1024, train_images=117266, epochs=80, warmup_epochs=2.619685, warmup_factor=0,
+                  decay_epochs=["40", "50"], eval_epochs=["40", "50", "55", "60", "65", "70", "75", "80"],
+                  base_lr_per_32=2.5e-3, target_map=0.23, target_metric="coco", submission_division="auto",
+                  submission_org="test", submission_platform="", seed=0, weight_decay=5e-4,
+                  max_steps=0, eval_every_steps=100)
+    values.update(overrides)
+    flag_values = types.SimpleNamespace(**values)
+    config = presets.get("ssd300_resnet34", 80)
+    return mlperf.Session(flag_values, config, sample_records, str(tmp_path), num_replicas=8), flag_values
+
+
+def test_reference_1x8_schedule(tmp_path, sample_records):
+    session, flag_values = _session(tmp_path, sample_records)
+    # config_DGX1_singlenode.sh: 8 GPUs x 128; lr 2.5e-3 * 1024 / 32; 117,266 non-empty COCO train images.
+    assert session.steps_per_epoch == 115                       # ceil(117266 / 1024) = ceil(114.52)
+    assert session.warmup_steps == 299                          # int(2.619685 * 117266 / 1024) = int(299.99998)
+    assert session.max_steps == 80 * 115 and flag_values.max_steps == 9200 and flag_values.eval_every_steps == 0
+    assert session.eval_images == 80 and session.closed
+    lr = session.schedule()
+    # MLPerf warm-up with factor 0: lr(k) = 0.08 * k / 299 for k < 299; x0.1 at epochs 40 and 50.
+    expected = {0: 0.0, 150: 0.08 * 150 / 299, 299: 0.08, 4599: 0.08, 4600: 0.008, 5749: 0.008, 5750: 0.0008}
+    for step, value in expected.items():
+        assert float(lr(step)) == pytest.approx(value, rel=1e-6), step
+
+
+def test_closed_tensor_names_are_the_rule_set_s(sample_records):
+    from mlperf_logging import compliance_checker
+    from nets import ssd
+    rules = os.path.join(os.path.dirname(compliance_checker.__file__), "training_1.1.0", "closed_ssd.yaml")
+    with open(rules) as f:
+        required = re.findall(r'"(ssd0_\w+)"', f.read())
+    config = presets.get("ssd300_resnet34", 80, width_multiplier=0.125)
+    names = mlperf.closed_tensor_names(ssd.build(config), config)
+    assert len(required) == 119 and sorted(names) == sorted(required)
+    assert names[:4] == ["ssd0_resnetmlperf0_conv0_weight", "ssd0_resnetmlperf0_batchnorm0_gamma",
+                         "ssd0_resnetmlperf0_batchnorm0_beta", "ssd0_resnetmlperf0_stage1_conv0_weight"]
+
+
+def _records(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            if line.startswith(":::MLLOG "):
+                rows.append(json.loads(line[len(":::MLLOG "):]))
+    return rows
+
+
+def test_mlperf_run_on_the_sample_passes_the_compliance_checker(sample_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    # 8 images per epoch at batch 4: 2 steps an epoch; evaluations after epochs 1 and 2 of 3; a target of
+    # 0 is reached at the first one, so the run stops there with status success after 2 steps.
+    cmd = [sys.executable, os.path.join(REPO, "train_ssd.py"), "--data_dir", sample_records,
+           "--model_dir", model_dir, "--model", "ssd300_resnet34", "--width_multiplier", "0.125",
+           "--batch_size", "4", "--image_summary_steps", "0", "--log_every_n_steps", "1", "--mlperf",
+           "--epochs", "3", "--train_images", "8", "--eval_epochs", "1,2", "--target_map", "0",
+           "--decay_epochs", "40,50", "--submission_division", "open"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [float(v) for v in re.findall(r"step \d+/\d+ .*total_loss=(\S+)", result.stderr)]
+    assert len(losses) == 2 and all(np.isfinite(losses))       # the preset trains ...
+    assert re.search(r"step 2 eval: voc07 mAP [0-9.]+, voc12 mAP [0-9.]+, COCO AP [0-9.]+ \(80 images\)",
+                     result.stderr)                             # ... and evaluates on the sample
+    assert re.search(r"MLPerf: reached coco 0\.0000: time to accuracy [0-9.]+ minutes", result.stderr)
+    log = os.path.join(model_dir, mlperf.LOG_FILENAME)
+    records = _records(log)
+    keys = [r["key"] for r in records]
+    assert keys.count("eval_accuracy") == 1 and keys[-1] == "run_stop"
+    assert records[-1]["metadata"]["status"] == "success"
+    assert {"run_start", "epoch_start", "epoch_stop", "tracked_stats"} <= set(keys)
+    assert os.path.exists(os.path.join(model_dir, "ckpt-2.index"))
+    checker = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+                              "--ruleset", mlperf.RULESET, log], cwd=str(tmp_path), capture_output=True,
+                             text=True, timeout=120)
+    output = checker.stdout + checker.stderr
+    assert checker.returncode == 0 and "SUCCESS" in output, output
