@@ -139,7 +139,7 @@ class Instances:
     """One instances JSON, flattened. Images [N] and annotations [K] in file order.
 
     image_ids int64 [N], file_names [N] str, widths/heights int64 [N];
-    ann_image_ids int64 [K], ann_category_ids int64 [K], ann_boxes float64 [K, 4] COCO xywh,
+    ann_ids int64 [K] (-1 where absent), ann_image_ids int64 [K], ann_category_ids int64 [K], ann_boxes float64 [K, 4] COCO xywh,
     ann_areas float64 [K], ann_is_crowd bool [K];
     categories: the file's `categories` list; malformed: [(what, reason)] entries that could not be read.
     """
@@ -147,6 +147,7 @@ class Instances:
     file_names: list
     widths: np.ndarray
     heights: np.ndarray
+    ann_ids: np.ndarray
     ann_image_ids: np.ndarray
     ann_category_ids: np.ndarray
     ann_boxes: np.ndarray
@@ -180,6 +181,7 @@ class _Collector:
     """json object_hook: flattens annotation and image dicts into arrays as the decoder closes them."""
 
     def __init__(self):
+        self.ann_ids = array.array("q")
         self.ann_image_ids, self.ann_category_ids = array.array("q"), array.array("q")
         self.ann_boxes, self.ann_areas = array.array("d"), array.array("d")
         self.ann_is_crowd = array.array("b")
@@ -219,6 +221,8 @@ class _Collector:
         if not _is_finite_number(area) or area < 0:
             self.malformed.append((what, "area %r is not a non-negative number" % (area,)))
             return
+        ann_id = obj.get("id")
+        self.ann_ids.append(ann_id if _is_int(ann_id) else -1)
         self.ann_image_ids.append(image_id)
         self.ann_category_ids.append(category_id)
         self.ann_boxes.extend(float(v) for v in box)
@@ -289,6 +293,7 @@ def load_instances(path):
         image_ids=np.frombuffer(c.image_ids, dtype=np.int64).copy(), file_names=c.file_names,
         widths=np.frombuffer(c.widths, dtype=np.int64).copy(),
         heights=np.frombuffer(c.heights, dtype=np.int64).copy(),
+        ann_ids=np.frombuffer(c.ann_ids, dtype=np.int64).copy(),
         ann_image_ids=np.frombuffer(c.ann_image_ids, dtype=np.int64).copy(),
         ann_category_ids=np.frombuffer(c.ann_category_ids, dtype=np.int64).copy(),
         ann_boxes=np.frombuffer(c.ann_boxes, dtype=np.float64).reshape(-1, 4).copy(),

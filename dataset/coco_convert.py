@@ -154,7 +154,8 @@ def plan_split(instances, category_map, annotations_file, result, skip_unknown=F
         position = np.zeros(len(instances.ann_image_ids), dtype=np.int64)
         found = np.zeros(len(position), dtype=bool)
     for k in np.flatnonzero(~found):
-        result.skipped.append((MISSING_IMAGE_ENTRY, "%s annotation #%d" % (annotations_file, k),
+        result.skipped.append((MISSING_IMAGE_ENTRY, "%s annotation %d" % (annotations_file,
+                                                                          instances.ann_ids[k]),
                                "image id %d" % instances.ann_image_ids[k]))
 
     labels = category_map.contiguous_ids(instances.ann_category_ids)
@@ -163,12 +164,12 @@ def plan_split(instances, category_map, annotations_file, result, skip_unknown=F
         first = np.flatnonzero(unknown)[0]
         if not skip_unknown:
             raise UnknownCategoryError(
-                "%s: %d annotations of categories not in its categories list, first: annotation #%d "
-                "has category_id %d" % (annotations_file, unknown.sum(), first,
+                "%s: %d annotations of categories not in its categories list, first: annotation %d "
+                "has category_id %d" % (annotations_file, unknown.sum(), instances.ann_ids[first],
                                         instances.ann_category_ids[first]))
         for k in np.flatnonzero(unknown):
-            result.repaired.append((UNKNOWN_CATEGORY, file_names[position[k]],
-                                    "category_id %d" % instances.ann_category_ids[k]))
+            result.repaired.append((UNKNOWN_CATEGORY, file_names[position[k]], "annotation %d: "
+                                    "category_id %d" % (instances.ann_ids[k], instances.ann_category_ids[k])))
 
     # Boxes in pixels, clipped to the image ([0, W] x [0, H]: COCO pixels are continuous, no +1).
     box = instances.ann_boxes
@@ -185,8 +186,8 @@ def plan_split(instances, category_map, annotations_file, result, skip_unknown=F
     for kind, mask in ((NON_POSITIVE_BOX, non_positive), (OUTSIDE_BOX, outside), (CLIPPED_BOX, clipped)):
         for k in np.flatnonzero(mask):
             p = position[k]
-            result.repaired.append((kind, file_names[p], "annotation #%d bbox %s in the %dx%d image" % (
-                k, [round(v, 2) for v in box[k].tolist()], widths[p], heights[p])))
+            result.repaired.append((kind, file_names[p], "annotation %d bbox %s in the %dx%d image" % (
+                instances.ann_ids[k], [round(v, 2) for v in box[k].tolist()], widths[p], heights[p])))
 
     # Group the good annotations by image, file order within an image.
     rows = np.flatnonzero(good)
