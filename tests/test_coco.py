@@ -1,11 +1,15 @@
 """dataset/coco.py: COCO's box convention, the category id map, and the instances JSON parser."""
 
+import dataclasses
 import json
+import os
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from dataset import coco, voc_boxes
+from dataset import coco, fields, make_sample, reader, tfrecord, voc_boxes
 
 
 def test_coco_box_to_normalized_by_hand():
@@ -115,3 +119,63 @@ def test_not_instances_is_one_clear_error(tmp_path, text, message):
     with pytest.raises(coco.NotInstancesError, match=message) as error:
         coco.load_instances(path)
     assert str(error.value).startswith(path) and "\n" not in str(error.value)
+
+
+# --- the COCO-format sample and the records' new keys ----------------------------------------------
+
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset", "sample")
+
+
+def test_committed_sample_json_is_what_make_sample_writes():
+    with open(os.path.join(SAMPLE_DIR, "annotations", "instances_val.json")) as f:
+        assert f.read() == make_sample.coco_instances_text("val")
+    with open(os.path.join(SAMPLE_DIR, "annotations", "instances_train.json")) as f:
+        train = json.load(f)
+    for number in (1, 17, 250):
+        image, anns = make_sample.coco_entries(number)
+        assert image in train["images"]
+        assert [dict(a, id=0) for a in train["annotations"] if a["image_id"] == number] == [
+            dict(a, id=0) for a in anns]
+
+
+def test_sample_json_boxes_are_the_voc_boxes_without_the_plus_one():
+    with open(os.path.join(SAMPLE_DIR, "annotations", "instances_val.json")) as f:
+        data = json.load(f)
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    image = data["images"][0]
+    root = ET.parse(os.path.join(SAMPLE_DIR, "Annotations", image["file_name"][:-4] + ".xml")).getroot()
+    voc_objects = [(o.find("name").text, [int(o.find("bndbox").find(t).text)
+                                          for t in ("xmin", "ymin", "xmax", "ymax")],
+                    o.find("difficult").text == "1") for o in root.findall("object")]
+    anns = [a for a in data["annotations"] if a["image_id"] == image["id"]]
+    assert len(anns) == len(voc_objects) > 0
+    for ann, (name, (xmin, ymin, xmax, ymax), difficult) in zip(anns, voc_objects):
+        assert names[ann["category_id"]] == name and ann["iscrowd"] == int(difficult)
+        assert ann["bbox"] == [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
+        # Both conventions give the same normalized box.
+        np.testing.assert_allclose(
+            coco.coco_xywh_to_normalized([ann["bbox"]], image["width"], image["height"]),
+            voc_boxes.voc_pixels_to_normalized([[xmin, ymin, xmax, ymax]], image["width"], image["height"]))
+        # The visible pixels, at most the box's area.
+        assert 0 < ann["area"] <= ann["bbox"][2] * ann["bbox"][3]
+
+
+def test_records_without_crowd_or_area_keys_still_parse():
+    jpeg = tf.io.encode_jpeg(tf.zeros([10, 20, 3], tf.uint8)).numpy()
+    record = tfrecord.ImageRecord(image_id="x", filename="x.jpg", jpeg=jpeg, width=20, height=10,
+                                  boxes=np.array([[0.0, 0.0, 0.5, 0.5], [0.1, 0.2, 0.3, 0.7]], np.float32),
+                                  labels=(1, 2), class_names=("a", "b"), difficult=(0, 1), truncated=(0, 0),
+                                  poses=("", ""))
+    example = tfrecord.build_example(record)
+    parsed = reader.parse_example(example.SerializeToString())
+    # VOC records store the box's area in pixels: 0.5 * 10 * 0.5 * 20 = 50, 0.2 * 10 * 0.5 * 20 = 20.
+    np.testing.assert_allclose(parsed[fields.AREA].numpy(), [50, 20], rtol=1e-6)
+    for key in (fields.OBJECT_AREA, fields.OBJECT_IS_CROWD):   # as written before these keys existed
+        del example.features.feature[key]
+    parsed = reader.parse_example(example.SerializeToString())
+    np.testing.assert_array_equal(parsed[fields.IS_CROWD].numpy(), [False, False])
+    np.testing.assert_allclose(parsed[fields.AREA].numpy(), [50, 20], rtol=1e-6)
+    crowd = dataclasses.replace(record, is_crowd=(1, 0), areas=np.array([3.5, 7.0]))
+    parsed = reader.parse_example(tfrecord.build_example(crowd).SerializeToString())
+    np.testing.assert_array_equal(parsed[fields.IS_CROWD].numpy(), [True, False])
+    np.testing.assert_allclose(parsed[fields.AREA].numpy(), [3.5, 7.0])
