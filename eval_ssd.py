@@ -50,15 +50,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if FLAGS.annotations_file and not os.path.isfile(FLAGS.annotations_file):
+        logging.error("--annotations_file %s: file not found", FLAGS.annotations_file)
+        return 2
     from dataset import label_map
     from metrics.evaluator import DetectionEvaluator
     from engine import checkpoints, evaluation
     from model import anchors as anchors_lib
     from nets import ssd
 
-    if FLAGS.annotations_file and not os.path.isfile(FLAGS.annotations_file):
-        logging.error("--annotations_file %s: file not found", FLAGS.annotations_file)
-        return 2
     if FLAGS.wait_for_checkpoints:
         paths = checkpoints.watch_checkpoints(FLAGS.model_dir, FLAGS.eval_timeout, FLAGS.max_steps)
     else:

@@ -16,7 +16,8 @@ from absl import app, flags, logging
 
 flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of train-*/val-* shards and label_map.pbtxt.")
 flags.DEFINE_string("model_dir", "logs/", "Checkpoints and TensorBoard events (train/, eval/).")
-flags.DEFINE_enum("model", "ssd300_vgg16", ["ssd300_vgg16", "ssd512_vgg16"], "Model preset.")
+flags.DEFINE_enum("model", "ssd300_vgg16", ["ssd300_vgg16", "ssd512_vgg16", "ssd300_vgg16_coco",
+                                            "ssd512_vgg16_coco"], "Model preset (model/presets.py).")
 flags.DEFINE_float("width_multiplier", 1.0, "Scales every conv's channels; < 1 for small fast models.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas (paper: 32).")
 flags.DEFINE_integer("max_steps", 120000, "Training steps (paper: 120k for VOC07+12).")
