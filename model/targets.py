@@ -14,7 +14,9 @@ on an unannotated object, and mining it as background would teach the net to mis
 The same measure is how pycocotools matches a detection to a crowd region (intersection over the
 detection's area; a match makes the detection ignored, neither true nor false positive), and 0.5 is
 the loosest of its IoU thresholds: an anchor whose detection COCOeval would ignore at IoU 0.5 is not
-trained as background. (Detectron filters proposals inside crowd regions by the same measure at 0.7.)
+trained as background. (py-faster-rcnn's lib/datasets/coco.py `_filter_crowd_proposals` makes
+proposals neither foreground nor background by the same measure, at 0.7; we take COCOeval's 0.5 for
+the reason above, which ignores somewhat more anchors at a crowd region's border.)
 
 Output dict (keys from dataset/fields.py):
   CLS_TARGETS   int32   [B, A]     0 (background), the matched box's label 1..C, or IGNORE_CLASS
