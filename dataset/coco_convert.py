@@ -314,9 +314,14 @@ def convert(splits, output_dir, num_shards, num_threads=4, skip_unknown=False, k
     staging = os.path.join(output_dir, "%s%d" % (_STAGING_PREFIX, os.getpid()))
     os.makedirs(staging)
     try:
+        label_map.write_label_map(os.path.join(staging, label_map.LABEL_MAP_FILENAME),
+                                  category_map.names)
+        extra = [os.path.join(staging, label_map.LABEL_MAP_FILENAME),
+                 coco.write_category_map(staging, category_map)]
         staged = {name: write_split(name, plans[name], splits[name].images_dir, staging,
                                     num_shards[name], category_map.names, num_threads, results[name])
                   for name in splits}
+        # Everything is written: only renames (within one file system) from here on.
         for name, paths in staged.items():
             for stale in tfrecord.remove_stale_files(output_dir, name, num_shards[name]):
                 logging.info("removed stale %s", stale)
@@ -325,9 +330,8 @@ def convert(splits, output_dir, num_shards, num_threads=4, skip_unknown=False, k
                 final = os.path.join(output_dir, os.path.basename(path))
                 os.replace(path, final)
                 results[name].shards.append(final)
-        label_map.write_label_map(os.path.join(output_dir, label_map.LABEL_MAP_FILENAME),
-                                  category_map.names)
-        coco.write_category_map(output_dir, category_map)
+        for path in extra:
+            os.replace(path, os.path.join(output_dir, os.path.basename(path)))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return results, category_map
