@@ -139,7 +139,8 @@ class Instances:
     """One instances JSON, flattened. Images [N] and annotations [K] in file order.
 
     image_ids int64 [N], file_names [N] str, widths/heights int64 [N];
-    ann_ids int64 [K] (-1 where absent), ann_image_ids int64 [K], ann_category_ids int64 [K], ann_boxes float64 [K, 4] COCO xywh,
+    ann_ids int64 [K] (-1 where absent), ann_image_ids int64 [K], ann_category_ids int64 [K],
+    ann_boxes float64 [K, 4] COCO xywh,
     ann_areas float64 [K], ann_is_crowd bool [K];
     categories: the file's `categories` list; malformed: [(what, reason)] entries that could not be read.
     """

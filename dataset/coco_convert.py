@@ -43,7 +43,7 @@ import numpy as np
 from absl import logging
 
 from dataset import coco, label_map, tfrecord, voc
-from dataset.convert import PROGRESS_EVERY_S, SHUFFLE_SEED, Progress  # noqa: F401  (shared)
+from dataset.convert import SHUFFLE_SEED, Progress  # shared with the VOC converter
 
 _STAGING_PREFIX = ".coco-staging-"
 

@@ -89,7 +89,8 @@ def _augment_example(index, serialized, config, input_config):
 
 
 def _augmented_dataset(data_dir, config, input_config, split, input_context=None):
-    """Endless shuffled (image float32 [S, S, 3] 0-255, boxes [K, 4], labels [K], is_crowd [K]) of `split`."""
+    """Endless shuffled (image float32 [S, S, 3] 0-255, boxes [K, 4], labels [K], is_crowd [K]) of
+    `split`."""
     files = reader.shard_files(data_dir, split)
     seed = input_config.seed
     ds = _read_shards(files, input_config.cycle_length, input_context, shuffle_seed=seed)

@@ -33,7 +33,8 @@ def val_records(tmp_path_factory):
 
 
 def _fake_detections(labels, rng, num_classes):
-    """Per image: every gt box jittered by 8% of its sides (10% with a wrong class) plus two random boxes, random scores."""
+    """Per image: every gt box jittered by 8% of its sides (10% with a wrong class) plus two random
+    boxes; random scores."""
     valid = labels[fields.LABELS] > 0
     batch, k = valid.shape[0], valid.shape[1] + 2
     boxes = np.zeros([batch, k, 4], np.float32)
