@@ -87,6 +87,23 @@ def _checked(image_id, name, array, dtype, shape_tail, length=None):
     return array
 
 
+def load_official_ground_truth(annotations_file, category_map):
+    """pycocotools ground truth of an official instances JSON, checked against the records' map.
+
+    Raises ValueError (one line) without COCO records (`category_map` None), for a missing or
+    non-instances file, or when its categories are not the map's.
+    """
+    if category_map is None:
+        raise ValueError("--annotations_file needs COCO records (a coco_category_map.json beside "
+                         "them); these are not")
+    coco_gt = coco.load_ground_truth(annotations_file)
+    in_file = {int(c["id"]): c["name"] for c in coco_gt.dataset["categories"]}
+    if in_file != dict(zip(category_map.coco_ids, category_map.names)):
+        raise ValueError(f"--annotations_file {annotations_file}: its categories differ from the "
+                         "records' coco_category_map.json")
+    return coco_gt
+
+
 class DetectionEvaluator:
     """VOC07, VOC2010+ and COCO metrics over images added one by one.
 
@@ -230,16 +247,7 @@ class DetectionEvaluator:
         return results
 
     def _official_ground_truth(self, annotations_file):
-        if self.category_map is None:
-            raise ValueError("--annotations_file needs COCO records (a %s beside them); these are not"
-                             % "coco_category_map.json")
-        coco_gt = coco.load_ground_truth(annotations_file)
-        in_file = {int(c["id"]): c["name"] for c in coco_gt.dataset["categories"]}
-        ours = dict(zip(self.category_map.coco_ids, self.category_map.names))
-        if in_file != ours:
-            raise ValueError(f"--annotations_file {annotations_file}: its categories differ from the "
-                             "records' coco_category_map.json")
-        return coco_gt
+        return load_official_ground_truth(annotations_file, self.category_map)
 
     def format_table(self, results):
         """Human-readable per-class table of a result dict from `evaluate`."""

@@ -68,3 +68,12 @@ def test_eval_names_a_bad_annotations_file_in_one_line(trained):
                   "--annotations_file", str(root / "nowhere.json"))
     assert result.returncode == 2
     assert "nowhere.json: file not found" in result.stderr and "Traceback" not in result.stderr
+    with open(VAL_JSON) as f:
+        data = json.load(f)
+    data["categories"][0]["id"] = 2
+    other = root / "other_categories.json"
+    other.write_text(json.dumps(data))
+    result = _run("eval_ssd.py", "--data_dir", data_dir, "--model_dir", model_dir, "--metrics", "coco",
+                  "--annotations_file", str(other))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "its categories differ" in result.stderr and "Traceback" not in result.stderr
