@@ -10,6 +10,14 @@ image of --split is evaluated exactly once, with boxes scaled to its original si
 the per-class table and then one JSON object with every number go to stdout (the JSON is always the
 last line), TensorBoard summaries to <model_dir>/eval, and VOC devkit comp4 files plus a COCO
 results JSON to --output_dir (default <model_dir>/eval_results/<checkpoint name>).
+
+COCO records (convert_coco_tfrecords.py; --metrics coco): COCO AP by pycocotools with the records'
+annotation areas and crowd flags, and a results JSON with the original image and category ids, ready
+to submit. With --annotations_file instances_val2017.json the COCO numbers are scored against that
+official file itself (the evaluated images only).
+
+    python3 eval_ssd.py --model_dir logs/coco --data_dir ~/coco_tfrecords --metrics coco \
+        --annotations_file ~/coco/annotations/instances_val2017.json
 """
 
 import json
@@ -26,6 +34,9 @@ flags.DEFINE_string("checkpoint_path", "", "A checkpoint prefix (e.g. logs/ckpt-
 flags.DEFINE_string("split", "val", "Shards <split>-?????-of-????? of --data_dir to evaluate.")
 flags.DEFINE_list("metrics", list(METRIC_NAMES), "Metrics: voc07 (11-point), voc12 "
                   "(VOC2010+ all-point), coco (pycocotools).")
+flags.DEFINE_string("annotations_file", "", "COCO records only: an official instances JSON (e.g. "
+                    "annotations/instances_val2017.json) to score the COCO numbers against, instead of "
+                    "the records' own ground truth.")
 flags.DEFINE_integer("batch_size", 16, "Images per forward call (the last batch may be smaller).")
 flags.DEFINE_string("output_dir", "", "Result files (VOC comp4 per class, COCO JSON); default "
                     "<model_dir>/eval_results/<checkpoint name>.")
@@ -41,12 +52,21 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from dataset import label_map
-    from metrics.evaluator import format_table
+    if FLAGS.annotations_file and not os.path.isfile(FLAGS.annotations_file):
+        logging.error("--annotations_file %s: file not found", FLAGS.annotations_file)
+        return 2
+    from dataset import coco, label_map
+    from metrics.evaluator import format_table, load_official_ground_truth
     from engine import checkpoints, evaluation
     from model import anchors as anchors_lib
     from nets import ssd
 
+    if FLAGS.annotations_file:
+        try:  # checked once up front: a wrong file is one line, not a traceback after the forward
+            load_official_ground_truth(FLAGS.annotations_file, coco.find_category_map(FLAGS.data_dir))
+        except ValueError as e:
+            logging.error("%s", e)
+            return 2
     if FLAGS.wait_for_checkpoints:
         paths = checkpoints.watch_checkpoints(FLAGS.model_dir, FLAGS.eval_timeout, FLAGS.max_steps)
     else:
@@ -74,7 +94,8 @@ def main(argv):
         results = evaluation.evaluate(
             model, FLAGS.data_dir, config, anchors, class_names, FLAGS.batch_size,
             summary_dir=os.path.join(folder, "eval") if FLAGS.write_summaries else None, step=step,
-            metrics=FLAGS.metrics, output_dir=output_dir, split=FLAGS.split, detect=detect)
+            metrics=FLAGS.metrics, output_dir=output_dir, split=FLAGS.split, detect=detect,
+            annotations_file=FLAGS.annotations_file or None)
         logging.info("%s (step %d): %s", checkpoint_path, step, evaluation.headline(results))
         print(f"{checkpoint_path} (step {step}):")
         print(format_table(results, class_names))

@@ -11,7 +11,10 @@ Two families:
     labels      int32   [N]        1..C (0 is background and never appears here)
     difficult   bool    [N]
     truncated   bool    [N]
-    image_id    string  []         the VOC id (file stem), unique within a split
+    is_crowd    bool    [N]        COCO `iscrowd` (False for VOC records)
+    area        float32 [N]        pixels: COCO's annotation `area` (the mask's), else the box's
+    image_id    string  []         the VOC id (file stem), or the COCO image id in decimal; unique
+                                   within a split
     filename    string  []
     height      int32   []         of the stored (decoded) image
     width       int32   []
@@ -21,7 +24,7 @@ Two families:
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
 IMAGE_FILENAME = "image/filename"
-IMAGE_SOURCE_ID = "image/source_id"
+IMAGE_SOURCE_ID = "image/source_id"   # VOC: the file stem; COCO: the decimal image id (OD API)
 IMAGE_KEY_SHA256 = "image/key/sha256"
 IMAGE_HEIGHT = "image/height"
 IMAGE_WIDTH = "image/width"
@@ -34,8 +37,8 @@ OBJECT_TEXT = "image/object/class/text"
 OBJECT_DIFFICULT = "image/object/difficult"
 OBJECT_TRUNCATED = "image/object/truncated"
 OBJECT_VIEW = "image/object/view"
-OBJECT_AREA = "image/object/area"
-OBJECT_IS_CROWD = "image/object/is_crowd"
+OBJECT_AREA = "image/object/area"          # float, pixels of the stored image
+OBJECT_IS_CROWD = "image/object/is_crowd"  # int 0/1
 
 # --- Example dict keys (what dataset.reader yields) ---
 IMAGE = "image"
@@ -43,13 +46,15 @@ BOXES = "boxes"
 LABELS = "labels"
 DIFFICULT = "difficult"
 TRUNCATED = "truncated"
+IS_CROWD = "is_crowd"
+AREA = "area"
 IMAGE_ID = "image_id"
 FILENAME = "filename"
 HEIGHT = "height"
 WIDTH = "width"
 
 # --- Model input/target keys (what the input functions yield) ---
-CLS_TARGETS = "cls_targets"        # int32   [B, A]    0 = background, 1..C
+CLS_TARGETS = "cls_targets"        # int32   [B, A]    0 = background, 1..C, IGNORE_CLASS
 BOX_TARGETS = "box_targets"        # float32 [B, A, 4] encoded [ty, tx, th, tw]
 NUM_POSITIVES = "num_positives"    # float32 [B]
 
@@ -64,3 +69,6 @@ DETECTION_CLASSES = "detection_classes"    # int32 [B, K], 1..C (0 in padding)
 NUM_DETECTIONS = "num_detections"          # int32 [B]
 
 BACKGROUND_CLASS = 0
+# cls_targets value of an anchor that is neither positive nor negative (covered by a COCO crowd box,
+# model/targets.py): the loss leaves it out of the cross-entropy and out of hard-negative mining.
+IGNORE_CLASS = -1

@@ -6,14 +6,18 @@ with overlaps and truncation at the borders. Boxes are tight: each is computed f
 object that remain visible in the final image (VOC annotates the visible extent), so occlusion and
 border clipping are already applied.
 
+The same images are also described as COCO instances JSON (annotations/instances_train.json and
+instances_val.json, file names relative to JPEGImages/), so nothing is stored twice.
+
 Every image is rendered from its own RNG seeded by (SAMPLE_SEED, image number), so any subset can be
 regenerated alone and compared byte for byte with the committed files:
 
-    python3 dataset/make_sample.py                       # rewrite dataset/sample/
+    python3 dataset/make_sample.py                       # rewrite dataset/sample/ (and its COCO JSON)
     python3 dataset/make_sample.py --output_dir /tmp/s --only 1,2,3
 """
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -24,6 +28,12 @@ NUM_TRAIN = 250
 NUM_VAL = 80
 JPEG_QUALITY = 85     # keeps the committed sample under 10 MB
 CLASS_NAMES = ("circle", "cross", "ellipse", "hexagon", "ring", "square", "star", "triangle")
+# The COCO-format description (annotations/instances_{train,val}.json over the same JPEGImages/):
+# category ids with gaps, as COCO's 80 ids in 1..90, so the contiguous-id map is exercised.
+COCO_CATEGORY_IDS = (1, 3, 4, 7, 9, 12, 14, 18)
+COCO_SUPERCATEGORIES = {"circle": "round", "ellipse": "round", "ring": "round", "hexagon": "polygon",
+                        "square": "polygon", "triangle": "polygon", "cross": "other", "star": "other"}
+COCO_ANNOTATIONS_DIR = "annotations"
 MIN_SIDE, MAX_SIDE = 250, 500
 MAX_OBJECTS = 6
 MIN_SIZE_FRACTION, MAX_SIZE_FRACTION = 0.05, 0.9
@@ -157,7 +167,10 @@ def box_of_mask(mask):
 
 
 def render(number):
-    """Render image `number`: (PIL RGB image, list of object dicts name/box/truncated/difficult)."""
+    """Render image `number`: (PIL RGB image, list of object dicts name/box/truncated/difficult/area).
+
+    `area` is the object's visible pixel count, what COCO's annotation `area` measures (its mask's).
+    """
     rng = np.random.default_rng([SAMPLE_SEED, number])
     if rng.uniform() < 0.2:
         width = height = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
@@ -199,7 +212,8 @@ def render(number):
             continue  # a sliver: not annotated, like unrecognisable fragments in VOC
         occluded = visible_mask.sum() / full_area[k] < OCCLUDED_FRACTION
         tiny = max(xmax - xmin, ymax - ymin) + 1 < TINY_SIDE_PX
-        annotated.append(dict(obj, box=(xmin, ymin, xmax, ymax), difficult=bool(occluded or tiny)))
+        annotated.append(dict(obj, box=(xmin, ymin, xmax, ymax), difficult=bool(occluded or tiny),
+                              area=int(visible_mask.sum())))
     return Image.fromarray(image, "RGB"), annotated
 
 
@@ -243,6 +257,61 @@ def write_sample(output_dir, numbers=None):
             f.writelines(image_id(n) + "\n" for n in all_numbers if split_of(n) == split)
 
 
+def coco_box(voc_box):
+    """The COCO [x, y, w, h] of a VOC (xmin, ymin, xmax, ymax) 1-based inclusive box (pixel k of VOC
+    spans [k - 1, k], dataset/voc_boxes.py): [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]."""
+    xmin, ymin, xmax, ymax = voc_box
+    return [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]
+
+
+def coco_entries(number):
+    """(COCO image dict, [COCO annotation dicts without "id"]) of image `number`, rendered again.
+
+    Difficult objects become `iscrowd: 1`, COCO's ignore regions, so the sample exercises the crowd
+    path of training and evaluation; the segmentation is the box's polygon (the sample has no masks).
+    """
+    image, objects = render(number)
+    entry = {"id": number, "file_name": image_id(number) + ".jpg", "width": image.width,
+             "height": image.height}
+    annotations = []
+    for obj in objects:
+        x, y, w, h = coco_box(obj["box"])
+        annotations.append({
+            "image_id": number, "category_id": COCO_CATEGORY_IDS[CLASS_NAMES.index(obj["name"])],
+            "bbox": [x, y, w, h], "area": obj["area"], "iscrowd": int(obj["difficult"]),
+            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+    return entry, annotations
+
+
+def coco_instances_text(split):
+    """The instances JSON text of `split` ('train' or 'val'): one image or annotation per line."""
+    numbers = [n for n in range(1, NUM_TRAIN + NUM_VAL + 1) if split_of(n) == split]
+    images, annotations = [], []
+    for number in numbers:
+        entry, anns = coco_entries(number)
+        images.append(entry)
+        annotations.extend(anns)
+    for k, annotation in enumerate(annotations):
+        annotation["id"] = k + 1
+    categories = [{"id": i, "name": n, "supercategory": COCO_SUPERCATEGORIES[n]}
+                  for i, n in zip(COCO_CATEGORY_IDS, CLASS_NAMES)]
+
+    def block(items):
+        return "[\n" + ",\n".join(json.dumps(item, sort_keys=True) for item in items) + "\n]"
+    info = {"description": "SSD synthetic sample, COCO format of dataset/sample (make_sample.py)",
+            "version": "1.0"}
+    return ('{"info": %s,\n"licenses": [],\n"categories": %s,\n"images": %s,\n"annotations": %s}\n'
+            % (json.dumps(info, sort_keys=True), block(categories), block(images), block(annotations)))
+
+
+def write_coco_sample(output_dir):
+    """Write <output_dir>/annotations/instances_{train,val}.json, describing JPEGImages/."""
+    os.makedirs(os.path.join(output_dir, COCO_ANNOTATIONS_DIR), exist_ok=True)
+    for split in ("train", "val"):
+        with open(os.path.join(output_dir, COCO_ANNOTATIONS_DIR, "instances_%s.json" % split), "w") as f:
+            f.write(coco_instances_text(split))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default=_DEFAULT_OUTPUT)
@@ -250,6 +319,8 @@ def main():
     args = parser.parse_args()
     numbers = [int(n) for n in args.only.split(",")] if args.only else None
     write_sample(args.output_dir, numbers)
+    if numbers is None:
+        write_coco_sample(args.output_dir)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ Each element:
     labels      int32   [N]        1..C, ids of label_map.pbtxt
     difficult   bool    [N]
     truncated   bool    [N]
+    is_crowd    bool    [N]        False when the record has no image/object/is_crowd (older VOC records)
+    area        float32 [N]        pixels; the box's area when the record has no image/object/area
     image_id    string  []
     filename    string  []
     height      int32   []
@@ -40,6 +42,8 @@ _FEATURES = {
     fields.OBJECT_LABEL: tf.io.VarLenFeature(tf.int64),
     fields.OBJECT_DIFFICULT: tf.io.VarLenFeature(tf.int64),
     fields.OBJECT_TRUNCATED: tf.io.VarLenFeature(tf.int64),
+    fields.OBJECT_IS_CROWD: tf.io.VarLenFeature(tf.int64),
+    fields.OBJECT_AREA: tf.io.VarLenFeature(tf.float32),
 }
 
 
@@ -55,6 +59,11 @@ def _dense(sparse):
     return tf.sparse.to_dense(sparse)
 
 
+def _per_object_or(values, default):
+    """`values` [N] when the record stored one per object, else `default` [N] (key absent)."""
+    return tf.cond(tf.equal(tf.size(values), tf.size(default)), lambda: values, lambda: default)
+
+
 def parse_example(serialized):
     """One serialized tf.train.Example (string []) -> example dict (see the module docstring).
 
@@ -67,12 +76,19 @@ def parse_example(serialized):
     boxes = tf.stack([_dense(parsed[fields.OBJECT_YMIN]), _dense(parsed[fields.OBJECT_XMIN]),
                       _dense(parsed[fields.OBJECT_YMAX]), _dense(parsed[fields.OBJECT_XMAX])],
                      axis=1)  # [N, 4]
+    boxes = tf.reshape(boxes, [-1, 4])
+    height = tf.cast(parsed[fields.IMAGE_HEIGHT], tf.float32)
+    width = tf.cast(parsed[fields.IMAGE_WIDTH], tf.float32)
+    box_area = (boxes[:, 2] - boxes[:, 0]) * height * (boxes[:, 3] - boxes[:, 1]) * width  # [N]
     return {
         fields.IMAGE: image,
-        fields.BOXES: tf.reshape(boxes, [-1, 4]),
+        fields.BOXES: boxes,
         fields.LABELS: tf.cast(_dense(parsed[fields.OBJECT_LABEL]), tf.int32),
         fields.DIFFICULT: tf.cast(_dense(parsed[fields.OBJECT_DIFFICULT]), tf.bool),
         fields.TRUNCATED: tf.cast(_dense(parsed[fields.OBJECT_TRUNCATED]), tf.bool),
+        fields.IS_CROWD: _per_object_or(_dense(parsed[fields.OBJECT_IS_CROWD]) != 0,
+                                        tf.zeros_like(box_area, tf.bool)),
+        fields.AREA: _per_object_or(_dense(parsed[fields.OBJECT_AREA]), box_area),
         fields.IMAGE_ID: parsed[fields.IMAGE_SOURCE_ID],
         fields.FILENAME: parsed[fields.IMAGE_FILENAME],
         fields.HEIGHT: tf.cast(parsed[fields.IMAGE_HEIGHT], tf.int32),

@@ -10,6 +10,8 @@ import glob
 import hashlib
 import os
 
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
 
@@ -22,7 +24,10 @@ _TMP_MARKER = ".tmp-"
 @dataclasses.dataclass(frozen=True)
 class ImageRecord:
     """Everything one record holds. Boxes are normalized [ymin, xmin, ymax, xmax] float32 [N, 4];
-    labels are 1-based ids [N]; class_names, difficult, truncated and poses are per object [N]."""
+    labels are 1-based ids [N]; class_names, difficult, truncated and poses are per object [N].
+
+    is_crowd (COCO `iscrowd`) defaults to all False and areas (pixels; COCO's annotation `area`) to
+    the boxes' areas in pixels of this image, which is what VOC records store."""
     image_id: str
     filename: str
     jpeg: bytes
@@ -34,6 +39,8 @@ class ImageRecord:
     difficult: tuple
     truncated: tuple
     poses: tuple
+    is_crowd: tuple = ()
+    areas: Optional[np.ndarray] = None
 
 
 def _bytes(values):
@@ -48,11 +55,20 @@ def _floats(values):
     return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
 
 
+def box_areas_px(boxes, width, height):
+    """Areas in pixels [N] of normalized yxyx boxes [N, 4] on a width x height image."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return (boxes[:, 2] - boxes[:, 0]) * int(height) * (boxes[:, 3] - boxes[:, 1]) * int(width)
+
+
 def build_example(record):
     """The tf.train.Example of an ImageRecord; `image/object/area` is in pixels (as COCO records)."""
     boxes = np.asarray(record.boxes, dtype=np.float32).reshape(-1, 4)
-    area_px = ((boxes[:, 2] - boxes[:, 0]) * record.height *
-               (boxes[:, 3] - boxes[:, 1]) * record.width)
+    if record.areas is None:
+        area_px = box_areas_px(boxes, record.width, record.height)
+    else:
+        area_px = np.asarray(record.areas, dtype=np.float64).reshape(-1)
+    is_crowd = record.is_crowd or (0,) * len(record.labels)
     feature = {
         fields.IMAGE_ENCODED: _bytes([record.jpeg]),
         fields.IMAGE_FORMAT: _bytes([JPEG_FORMAT]),
@@ -71,7 +87,7 @@ def build_example(record):
         fields.OBJECT_TRUNCATED: _ints(record.truncated),
         fields.OBJECT_VIEW: _bytes([p.encode() for p in record.poses]),
         fields.OBJECT_AREA: _floats(area_px),
-        fields.OBJECT_IS_CROWD: _ints([0] * len(record.labels)),
+        fields.OBJECT_IS_CROWD: _ints(is_crowd),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
 

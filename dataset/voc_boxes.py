@@ -10,6 +10,9 @@ so that box is exactly [0, 0, 1, 1] normalized, and the two conversions below ar
 
 Normalized boxes are [ymin, xmin, ymax, xmax] (TensorFlow order); VOC pixel boxes are
 (xmin, ymin, xmax, ymax) (devkit order).
+
+COCO is different: its `bbox` is [x, y, width, height] in continuous 0-based pixels with no +1, so
+the whole image is [0, 0, W, H]; its two conversions are in dataset/coco.py.
 """
 
 import numpy as np

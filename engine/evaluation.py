@@ -14,9 +14,9 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from dataset import fields
-from metrics.evaluator import METRIC_NAMES, DetectionEvaluator
+from dataset import coco, fields
 from engine import drawing, summaries
+from metrics.evaluator import METRIC_NAMES, DetectionEvaluator
 from model import postprocess
 from preprocessing import inputs
 
@@ -47,21 +47,25 @@ def add_batch(evaluator, labels, detections):
     for i in range(len(labels[fields.IMAGE_ID])):
         n = int(detections[fields.NUM_DETECTIONS][i])
         valid = labels[fields.LABELS][i] > fields.BACKGROUND_CLASS  # padding rows have label 0 (background)
+        optional = {name: labels[key][i][valid] for name, key in (("gt_is_crowd", fields.IS_CROWD),
+                                                                  ("gt_area", fields.AREA))
+                    if key in labels}
         evaluator.add(labels[fields.IMAGE_ID][i].decode(), int(labels[fields.HEIGHT][i]),
                       int(labels[fields.WIDTH][i]), labels[fields.BOXES][i][valid],
                       labels[fields.LABELS][i][valid], labels[fields.DIFFICULT][i][valid],
                       detections[fields.DETECTION_BOXES][i][:n],
                       detections[fields.DETECTION_SCORES][i][:n],
-                      detections[fields.DETECTION_CLASSES][i][:n])
+                      detections[fields.DETECTION_CLASSES][i][:n], **optional)
 
 
-def run_detection(detect, dataset, class_names, keep_images=0):
-    """Detections for every image of `dataset` (eval_input_fn batches) in a DetectionEvaluator.
+def run_detection(detect, dataset, class_names, keep_images=0, category_map=None):
+    """Detections for every image of `dataset` (eval_input_fn batches) in a DetectionEvaluator
+    (for COCO records, with their `category_map`).
 
     Returns (evaluator, kept): kept is up to `keep_images` (net input [S, S, 3], detection dict
     trimmed to the valid detections) pairs, for summaries.
     """
-    evaluator = DetectionEvaluator(class_names)
+    evaluator = DetectionEvaluator(class_names, category_map)
     kept = []
     start, count = time.time(), 0
     for features, labels in dataset:
@@ -113,17 +117,22 @@ def write_summaries(writer, step, results, kept, config, class_names, min_score=
 
 
 def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_dir=None, step=0,
-             metrics=METRIC_NAMES, output_dir=None, split="val", detect=None):
+             metrics=METRIC_NAMES, output_dir=None, split="val", detect=None, annotations_file=None):
     """Evaluates `model` on every image of `split` once; optionally writes summaries (to `summary_dir`,
     at `step`) and result files (to `output_dir`). Printing is the caller's (metrics.evaluator.format_table).
+
+    COCO records (a coco_category_map.json in `data_dir`) are scored with their original image and
+    category ids, areas and crowd flags; `annotations_file` (an official instances JSON) replaces
+    the records' ground truth in the COCO numbers.
 
     `detect` (from make_detect_fn) can be passed to reuse one traced function across checkpoints.
     Returns the evaluator's result dict (metrics/evaluator.py).
     """
     detect = detect or make_detect_fn(model, anchors, config)
     evaluator, kept = run_detection(detect, inputs.eval_input_fn(data_dir, config, batch_size, split),
-                                    class_names, keep_images=NUM_SUMMARY_IMAGES if summary_dir else 0)
-    results = evaluator.evaluate(metrics)
+                                    class_names, keep_images=NUM_SUMMARY_IMAGES if summary_dir else 0,
+                                    category_map=coco.find_category_map(data_dir))
+    results = evaluator.evaluate(metrics, annotations_file=annotations_file)
     if output_dir:
         for path in evaluator.write_results(output_dir):
             logging.info("wrote %s", path)

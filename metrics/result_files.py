@@ -6,8 +6,10 @@ VOC devkit (VOCevaldet.m reads `%s %f %f %f %f %f`): one file per class named
 A class without detections still gets an (empty) file, which the devkit expects to exist.
 
 COCO results: a JSON list of {"image_id": int, "category_id": int, "bbox": [x, y, w, h], "score"}.
-COCO ids are integers, so image k (0-based, in evaluation order) is id k + 1 (metrics/coco.py), and
-`image_id_map.json` records {voc_image_id: coco_image_id} beside it.
+COCO records give their original image ids and COCO category ids, so the JSON alone is what the COCO
+evaluation server takes. For other records (VOC ids are strings) image k (0-based, in evaluation
+order) is id k + 1 (metrics/coco.py), and `image_id_map.json` records {voc_image_id: coco_image_id}
+beside it.
 
 Boxes are written to 0.1 px (VOC, as the devkit's own examples) or 0.01 px (COCO) and scores to
 1e-6; results read back from these files can therefore differ from the in-memory evaluation in the
@@ -65,17 +67,26 @@ def write_voc_result_files(output_dir, class_names, image_ids, det_image_index, 
 
 
 def write_coco_results(output_dir, image_ids, det_image_index, det_classes, det_scores,
-                       det_boxes_xywh):
-    """COCO results JSON and the image id map; returns (results path, map path).
+                       det_boxes_xywh, coco_image_ids=None, category_ids=None):
+    """COCO results JSON, and the image id map unless `coco_image_ids` are given; returns their paths.
 
     Args:
-      image_ids: [N] VOC image id strings; image k becomes COCO id k + 1.
+      image_ids: [N] image id strings; without coco_image_ids image k becomes COCO id k + 1.
       det_image_index [K] int, det_classes [K] int (1..C), det_scores [K] float,
       det_boxes_xywh [K, 4] COCO [x, y, w, h] pixels.
+      coco_image_ids: [N] original COCO image ids (COCO records); then no map file is written.
+      category_ids: [C] COCO category id of each class; default 1..C.
     """
     os.makedirs(output_dir, exist_ok=True)
-    coco_ids = coco_image_id(np.asarray(det_image_index, dtype=np.int64).reshape(-1)).tolist()
-    classes = np.asarray(det_classes).reshape(-1).tolist()
+    det_image_index = np.asarray(det_image_index, dtype=np.int64).reshape(-1)
+    if coco_image_ids is None:
+        coco_ids = coco_image_id(det_image_index).tolist()
+    else:
+        coco_ids = np.asarray(coco_image_ids, dtype=np.int64)[det_image_index].tolist()
+    classes = np.asarray(det_classes, dtype=np.int64).reshape(-1)
+    if category_ids is not None:
+        classes = np.asarray(category_ids, dtype=np.int64)[classes - 1]
+    classes = classes.tolist()
     scores = np.round(np.asarray(det_scores, dtype=np.float64).reshape(-1), SCORE_DECIMALS).tolist()
     boxes = np.round(np.asarray(det_boxes_xywh, dtype=np.float64).reshape(-1, 4),
                      COCO_BOX_DECIMALS).tolist()
@@ -83,6 +94,8 @@ def write_coco_results(output_dir, image_ids, det_image_index, det_classes, det_
                for i, c, b, s in zip(coco_ids, classes, boxes, scores)]
     results_path = os.path.join(output_dir, COCO_RESULTS_FILENAME)
     write_atomically(results_path, json.dumps(results))
+    if coco_image_ids is not None:
+        return (results_path,)
     id_map = {image_id: int(coco_image_id(k)) for k, image_id in enumerate(image_ids)}
     map_path = os.path.join(output_dir, IMAGE_ID_MAP_FILENAME)
     write_atomically(map_path, json.dumps(id_map, indent=0))

@@ -3,6 +3,8 @@
     total = (softmax CE over positives and hard negatives + smooth L1 over positives) / N
 
 * Positives: anchors with cls_targets > 0 (the matcher's output, via model.targets).
+* Ignored: anchors with cls_targets == IGNORE_CLASS (covered by a COCO crowd box, model/targets.py)
+  are neither: no cross-entropy, no localisation, and never mined as negatives.
 * Hard negatives, per image i: the k_i background anchors with the highest CE (the loss for class 0),
   k_i = min(floor(negative_ratio * positives_i), negatives_i). An image without positives contributes
   no negatives (Caffe / ssd.pytorch). The ranking is computed on stop_gradient'ed losses: mining selects
@@ -27,6 +29,9 @@ import tensorflow as tf
 
 from dataset import fields
 
+# The cls_targets value of an ignored anchor (named once, in dataset/fields.py).
+IGNORE_CLASS = fields.IGNORE_CLASS
+
 # Caffe `SMOOTH_L1` loc loss: quadratic below |x| = 1, linear above.
 SMOOTH_L1_DELTA = 1.0
 
@@ -38,15 +43,18 @@ def _smooth_l1(diff):
                     abs_diff - 0.5 * SMOOTH_L1_DELTA)
 
 
-def hard_negative_mask(background_loss, positive, negative_ratio):
+def hard_negative_mask(background_loss, positive, negative_ratio, ignored=None):
     """Per image, the negatives with the highest loss: bool [B, A].
 
     background_loss: float [B, A] (loss of class 0; only its order among negatives matters);
-    positive: bool [B, A]. Keeps k_i = min(floor(negative_ratio * positives_i), negatives_i) per image;
+    positive: bool [B, A]; ignored: optional bool [B, A], anchors that are never negatives.
+    Keeps k_i = min(floor(negative_ratio * positives_i), negatives_i) per image;
     ties in the loss are broken by the lower anchor index (stable sort).
     """
     background_loss = tf.stop_gradient(background_loss)
     negative = tf.logical_not(positive)
+    if ignored is not None:
+        negative = tf.logical_and(negative, tf.logical_not(ignored))
     # Positives sort after every negative (losses are >= 0).
     mining_loss = tf.where(negative, background_loss, -1.0)
     order = tf.argsort(mining_loss, axis=1, direction="DESCENDING", stable=True)      # [B, A]
@@ -68,7 +76,7 @@ def multibox_loss(cls_logits, box_codes, cls_targets, box_targets, negative_rati
     Args:
       cls_logits: [B, A, C+1] (any float dtype; computed in float32 for mixed precision).
       box_codes: [B, A, 4] predicted [ty, tx, th, tw].
-      cls_targets: int [B, A], 0 background, 1..C positives.
+      cls_targets: int [B, A], 0 background, 1..C positives, IGNORE_CLASS ignored.
       box_targets: [B, A, 4] encoded targets (ignored at background anchors).
       negative_ratio: hard negatives per positive (config.negative_ratio; paper: 3).
       normalizer: scalar divisor; default max(positives in this batch, 1), or B for "per_image".
@@ -79,11 +87,13 @@ def multibox_loss(cls_logits, box_codes, cls_targets, box_targets, negative_rati
     box_targets = tf.cast(box_targets, tf.float32)
     cls_targets = tf.cast(cls_targets, tf.int32)
     positive = cls_targets > fields.BACKGROUND_CLASS                                  # [B, A]
+    ignored = tf.equal(cls_targets, IGNORE_CLASS)                                     # [B, A]
 
+    # The CE op rejects a negative label, so ignored anchors get class 0 here and are masked out.
     cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=cls_targets, logits=cls_logits)                                        # [B, A]
+        labels=tf.where(ignored, fields.BACKGROUND_CLASS, cls_targets), logits=cls_logits)  # [B, A]
     # At a negative the CE *is* the background loss, so it ranks the negatives directly.
-    hard_negative = hard_negative_mask(cross_entropy, positive, negative_ratio)
+    hard_negative = hard_negative_mask(cross_entropy, positive, negative_ratio, ignored)
     selected = tf.cast(tf.logical_or(positive, hard_negative), tf.float32)
     cls_per_image = tf.reduce_sum(cross_entropy * selected, axis=1)                  # [B]
 

@@ -163,8 +163,23 @@ _SSD300_RESNET34 = dict(
     max_detections_per_class=200,
 )
 
-_PRESETS = {"ssd300_vgg16": _SSD300, "ssd512_vgg16": _SSD512}
-_PRESETS["ssd300_resnet34"] = _SSD300_RESNET34
+
+# COCO (Caffe ssd_coco.py and its 512 variant): the same nets with smaller anchors, from min_ratio 15
+# (300) / 10 (512) to max_ratio 90 in steps of int((90 - min_ratio) / (layers - 2)) = 18 / 16 percent
+# of the input, the first layer at 7% / 4% (max = min_ratio%). E.g. SSD300: 300 * 7% = 21, then
+# 300 * (15, 33, 51, 69, 87)% = 45, 99, 153, 207, 261, max sizes the next ratio up, ending at 300 * 105%.
+_SSD300_COCO = dict(_SSD300, feature_maps=tuple(
+    FeatureMapSpec(fm.source, fm.size, fm.step, lo, hi, fm.aspect_ratios)
+    for fm, lo, hi in zip(_SSD300["feature_maps"], (21, 45, 99, 153, 207, 261),
+                          (45, 99, 153, 207, 261, 315))))
+_SSD512_COCO = dict(_SSD512, feature_maps=tuple(
+    FeatureMapSpec(fm.source, fm.size, fm.step, lo, hi, fm.aspect_ratios)
+    for fm, lo, hi in zip(_SSD512["feature_maps"], (20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8),
+                          (51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72))))
+
+_PRESETS = {"ssd300_vgg16": _SSD300, "ssd512_vgg16": _SSD512,
+            "ssd300_vgg16_coco": _SSD300_COCO, "ssd512_vgg16_coco": _SSD512_COCO,
+            "ssd300_resnet34": _SSD300_RESNET34}
 
 NAMES = tuple(sorted(_PRESETS))
 

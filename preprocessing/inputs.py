@@ -4,7 +4,8 @@
                        {cls_targets int32 [B, A], box_targets float32 [B, A, 4], num_positives float32 [B]})
     eval_input_fn  -> (features float32 [B, S, S, 3],
                        {image_id string [B], height int32 [B], width int32 [B],
-                        boxes float32 [B, G, 4], labels int32 [B, G] (0 = padding), difficult bool [B, G]})
+                        boxes float32 [B, G, 4], labels int32 [B, G] (0 = padding), difficult bool [B, G],
+                        is_crowd bool [B, G], area float32 [B, G]})
 
 Both resize by warping the whole image (training: the augmented patch) to S x S, as Caffe SSD does
 (no aspect-preserving letterbox), with bilinear interpolation: it is Caffe's LINEAR mode (the first of ssd_pascal.py's resize modes), it is the
@@ -80,20 +81,25 @@ def with_model_fill(augment_config, config):
 
 
 def _augment_example(index, serialized, config, input_config):
-    """Serialized record -> (image float32 [S, S, 3] RGB 0-255, not mean-subtracted, boxes [K, 4], labels [K])."""
+    """Serialized record -> (image float32 [S, S, 3] RGB 0-255, not mean-subtracted, boxes [K, 4],
+    labels [K], is_crowd bool [K]); crowd flags travel through the crops like the labels."""
     example = reader.parse_example(serialized)
-    boxes, labels = example[fields.BOXES], example[fields.LABELS]
+    boxes, labels, crowd = example[fields.BOXES], example[fields.LABELS], example[fields.IS_CROWD]
     if input_config.exclude_difficult:
         keep = tf.logical_not(example[fields.DIFFICULT])
         boxes, labels = tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
+        crowd = tf.boolean_mask(crowd, keep)
     seed = tf.stack([tf.cast(input_config.seed, tf.int64), index])
     size = (config.image_size, config.image_size)
-    return augment(example[fields.IMAGE], boxes, labels, seed, with_model_fill(input_config.augment, config),
-                   output_size=size)
+    image, boxes, labels, extras = augment(example[fields.IMAGE], boxes, labels, seed,
+                                           with_model_fill(input_config.augment, config),
+                                           extras={fields.IS_CROWD: crowd}, output_size=size)
+    return image, boxes, labels, extras[fields.IS_CROWD]
 
 
 def _augmented_dataset(data_dir, config, input_config, split, input_context=None):
-    """Endless shuffled (image float32 [S, S, 3] 0-255, boxes [K, 4], labels [K]) of `split`."""
+    """Endless shuffled (image float32 [S, S, 3] 0-255, boxes [K, 4], labels [K], is_crowd [K]) of
+    `split`."""
     files = reader.shard_files(data_dir, split)
     seed = input_config.seed
     ds = _read_shards(files, input_config.cycle_length, input_context, shuffle_seed=seed)
@@ -104,9 +110,9 @@ def _augmented_dataset(data_dir, config, input_config, split, input_context=None
 
 
 def _normalize_and_encode_batch(anchors, config):
-    def encode(images, boxes, labels):
+    def encode(images, boxes, labels, crowd=None):
         # padded_batch pads labels with 0 (background), which marks padding rows.
-        encoded = targets.encode_targets(boxes, labels, labels > fields.BACKGROUND_CLASS, anchors, config)
+        encoded = targets.encode_targets(boxes, labels, labels > fields.BACKGROUND_CLASS, anchors, config, gt_is_crowd=crowd)
         return normalize(images, config), encoded
     return encode
 
@@ -126,7 +132,7 @@ def train_input_fn(data_dir, config, anchors, global_batch_size, input_context=N
 
     ds = _augmented_dataset(data_dir, config, input_config, split, input_context)
     ds = ds.padded_batch(batch_size, padded_shapes=([config.image_size, config.image_size, 3],
-                                                    [None, 4], [None]), drop_remainder=True)
+                                                    [None, 4], [None], [None]), drop_remainder=True)
     # Matching a whole batch at once is one [B, G, A] IoU instead of B small ones; measured as fast as
     # encoding per image before batching (within noise on one core), with fewer ops per image. The
     # mean subtraction rides along in the same map.
@@ -143,7 +149,7 @@ def augmented_examples(data_dir, config, input_config=TrainInputConfig(), split=
     same input_config (same seed, same order), rounded to uint8.
     """
     ds = _augmented_dataset(data_dir, config, input_config, split)
-    return ds.map(lambda image, boxes, labels: (
+    return ds.map(lambda image, boxes, labels, crowd: (
         tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8), boxes, labels))
 
 
@@ -151,7 +157,7 @@ def _eval_example(serialized, config):
     example = reader.parse_example(serialized)
     features = normalize(resize(example[fields.IMAGE], config), config)
     labels = {key: example[key] for key in (fields.IMAGE_ID, fields.HEIGHT, fields.WIDTH, fields.BOXES,
-                                            fields.LABELS, fields.DIFFICULT)}
+                                            fields.LABELS, fields.DIFFICULT, fields.IS_CROWD, fields.AREA)}
     return features, labels
 
 

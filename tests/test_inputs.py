@@ -92,7 +92,7 @@ def test_exclude_difficult_drops_difficult_boxes(setup):
     for exclude, expected in ((False, example[fields.LABELS]),
                               (True, example[fields.LABELS][~example[fields.DIFFICULT]])):
         cfg = inputs.TrainInputConfig(augment=NO_AUGMENTATION, exclude_difficult=exclude)
-        _, _, labels = inputs._augment_example(tf.constant(0, tf.int64), serialized, config, cfg)
+        _, _, labels, _ = inputs._augment_example(tf.constant(0, tf.int64), serialized, config, cfg)
         np.testing.assert_array_equal(labels.numpy(), expected.numpy())
 
 
@@ -137,7 +137,7 @@ def test_images_without_boxes_or_whose_crop_drops_every_box_train_as_all_backgro
     emptied = 0
     for serialized in (no_boxes, tiny_corner_box):
         examples = [inputs._augment_example(tf.constant(i, tf.int64), serialized, config, cfg) for i in range(12)]
-        for image, boxes, labels in examples:
+        for image, boxes, labels, _ in examples:
             assert image.shape == (300, 300, 3)
             assert boxes.shape[0] == labels.shape[0]
             if labels.shape[0] > 0:
