@@ -8,7 +8,6 @@ Continuous evaluation (eval_ssd.py --wait_for_checkpoints) walks a model_dir's c
 engine.checkpoints.watch_checkpoints.
 """
 
-import os
 import time
 
 import tensorflow as tf
