@@ -24,7 +24,8 @@ NUM_SUMMARY_IMAGES = 4
 
 
 def make_detect_fn(model, anchors, config):
-    """tf.function: net input [B, S, S, 3] -> post-processed detection dict (model/postprocess.py)."""
+    """tf.function: net input [B, S, S, 3] (RGB 0-255, uint8 or float) -> post-processed detection dict
+    (model/postprocess.py); the model normalizes its input itself (nets/ssd.py)."""
     anchors = tf.constant(anchors)
 
     @tf.function
@@ -58,7 +59,7 @@ def add_batch(evaluator, labels, detections):
 def run_detection(detect, dataset, class_names, keep_images=0):
     """Detections for every image of `dataset` (eval_input_fn batches) in a DetectionEvaluator.
 
-    Returns (evaluator, kept): kept is up to `keep_images` (net input [S, S, 3], detection dict
+    Returns (evaluator, kept): kept is up to `keep_images` (net input uint8 [S, S, 3], detection dict
     trimmed to the valid detections) pairs, for summaries.
     """
     evaluator = DetectionEvaluator(class_names)
@@ -105,7 +106,7 @@ def write_summaries(writer, step, results, kept, config, class_names, min_score=
     writer.scalars(step, flatten_numbers(results))
     drawn = []
     for features, det in kept:
-        image = summaries.net_input_to_uint8(features[None], config)[0]
+        image = summaries.net_input_to_uint8(features[None])[0]
         drawn.append(drawing.draw_detections(image, det[fields.DETECTION_BOXES],
                                                det[fields.DETECTION_SCORES],
                                                det[fields.DETECTION_CLASSES], class_names, min_score))
