@@ -60,10 +60,11 @@ def adjust_saturation(image, factor):
     """tf.image.adjust_saturation (HSV saturation times factor, clamped to 1) computed in RGB.
 
     Hue and value (max channel) stay, so every channel moves along its line to the max:
-    c' = max - (chroma' / chroma) (max - c) with chroma' = min(factor * chroma, max). Equal to the
-    HSV kernel up to float rounding (tested). On one CPU core, 500x375: 2.9 ms against 4.6 ms for
-    the same formula with tf.reduce_max/min over the channel axis (a slow inner reduction of 3) and
-    more for tf.image.adjust_saturation; channel maxima by elementwise max of slices instead.
+    c' = max - (chroma' / chroma) (max - c) with chroma' = min(factor * chroma, max), evaluated as
+    c * ratio + max * (1 - ratio): one [H, W, 3] pass fewer. Equal to the HSV kernel up to float
+    rounding (tested). CPU time on one core, 300x250: 1.05 ms, against 1.3-1.45 ms for
+    max - ratio * (max - c), 2.0 ms for the same formula with tf.reduce_max/min over the channel axis
+    (a slow inner reduction of 3) and 2.1 ms for tf.image.adjust_saturation.
 
     Args:
       image: float32 [H, W, 3], RGB, non-negative (any scale).
@@ -77,7 +78,7 @@ def adjust_saturation(image, factor):
     chroma = high - low
     ratio = tf.math.divide_no_nan(tf.minimum(factor * chroma, high), chroma)
     # Exact arithmetic keeps c' in [0, max]; the floor removes rounding below 0.
-    return tf.maximum(high - ratio * (high - image), 0.0)
+    return tf.maximum(image * ratio + high * (1.0 - ratio), 0.0)
 
 
 def distort_colors(image, seed, config: PhotometricConfig = PhotometricConfig()):
