@@ -48,6 +48,8 @@ flags.DEFINE_integer("seed", 0, "Seed of initialization, shuffling and augmentat
 flags.DEFINE_integer("eval_every_steps", 0, "Evaluate the val shards every N steps (and at the end); 0: never.")
 flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation.")
 flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
+flags.DEFINE_string("data_service", "", "HOST:PORT of a tf.data service dispatcher whose workers make the "
+                    "training batches (python3 -m engine.data_service); empty: this process makes them.")
 FLAGS = flags.FLAGS
 
 
@@ -86,7 +88,8 @@ def main(argv):
     if chief:
         checkpoints.write(FLAGS.model_dir, config, class_names)
     anchors = anchors_lib.generate(config)
-    input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed)
+    input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed,
+                                           data_service=FLAGS.data_service)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
                                           input_config))
