@@ -16,7 +16,9 @@ Differences from Caffe, on purpose:
 * Hue: Caffe adds `delta` to OpenCV's 8-bit hue channel, whose unit is 2 degrees, so its ±18 is really
   ±36 degrees (and saturates instead of wrapping). We follow the paper-level reading "±18 degrees" and
   wrap around the circle: tf.image.adjust_hue takes `delta` as a fraction of the full hue circle
-  (adjust_hue(red, 120/360) gives green; tested), so we pass degrees / 360.
+  (adjust_hue(red, 120/360) gives green; tested), so we pass degrees / 360. The kernel stays: an exact
+  branch-free RGB form (out = max - chroma * clip(2 - |k - 2|, 0, 1), k = (n + 6 h) mod 6 per channel)
+  matched it to 2.4e-4 of 255 but took 1.95 ms of CPU against the kernel's 1.54 ms on a 300x250 patch.
 * Caffe's `RandomOrderChannels` (random_order_prob) is 0.0 in ssd_pascal.py, so it is not implemented;
   DESIGN.md also says the pipeline never swaps channels.
 """
