@@ -174,3 +174,8 @@ def test_pipelines_share_the_records_without_overlap(setup):
         assert seen[0] and seen[1] and not seen[0] & seen[1]
         everything = {bytes(r.numpy()) for r in tf.data.TFRecordDataset(shard_files)}
         assert seen[0] | seen[1] == everything
+
+
+def test_to_uint8_rounds_to_nearest_even_within_the_pixel_range():
+    values = tf.constant([-0.4, 0.0, 0.5, 1.5, 2.49, 127.5, 254.6, 255.0, 255.4])
+    np.testing.assert_array_equal(inputs.to_uint8(values).numpy(), [0, 0, 0, 2, 2, 128, 255, 255, 255])
