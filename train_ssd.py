@@ -52,6 +52,8 @@ flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation
 flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
 flags.DEFINE_string("anchor_config", None, "Anchor file from analyze_dataset.py --fit_anchors (kept in config.json).")
 mlperf.define_flags()
+flags.DEFINE_string("data_service", "", "HOST:PORT of a tf.data service dispatcher whose workers make the "
+                    "training batches (python3 -m engine.data_service); empty: this process makes them.")
 FLAGS = flags.FLAGS
 
 
@@ -93,7 +95,8 @@ def main(argv):
     session = (mlperf.Session(FLAGS, config, FLAGS.data_dir, FLAGS.model_dir, strategy.num_replicas_in_sync,
                               chief) if FLAGS.mlperf else None)   # sets --max_steps from --epochs
     anchors = anchors_lib.generate(config)
-    input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed)
+    input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed,
+                                           data_service=FLAGS.data_service)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
                                           input_config))

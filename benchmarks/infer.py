@@ -4,7 +4,7 @@
 
 Three callables per Keras dtype policy, all timed in the same run so their ratios are meaningful on a
 shared, noisy machine:
-  forward      the network alone on already-normalized S x S float input (tf.function);
+  forward      the network (its normalization layer included) on S x S float 0-255 input (tf.function);
   checkpoint   engine/serving.DetectionModule in process (tf.function): uint8 in, resize + normalize +
                network + post-processing in the graph;
   saved_model  the same module exported (engine/serving.export), loaded, its serving_default called.
@@ -34,7 +34,6 @@ from model import anchors as anchors_lib  # noqa: E402
 from engine import serving
 from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
-from preprocessing import inputs  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_float("width_multiplier", 1.0, "Width of the random SSD300 (ignored with --model_dir).")
@@ -97,10 +96,10 @@ def benchmark(policy, export_root):
                                    (FLAGS.throughput_batch, FLAGS.throughput_iterations,
                                     "throughput_images_per_s")):
         images = tf.constant(rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8))
-        # The forward is fed normalized floats outside its timing: normalize once here.
-        normalized = inputs.normalize(images, config)
+        # The forward is fed S x S float 0-255 pixels (it normalizes them itself): cast once here.
+        floats = tf.cast(images, tf.float32)
         for path in PATHS:
-            argument = normalized if path == "forward" else images
+            argument = floats if path == "forward" else images
             seconds = _median_seconds(callables[path], argument, FLAGS.warmup, iterations)
             result[key][path] = seconds if batch == 1 else batch / seconds
             logging.info("%s batch %d %s: %.3f s per call", policy, batch, path, seconds)

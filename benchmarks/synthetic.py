@@ -28,8 +28,11 @@ def _textured(rng):
     return np.clip(base + rng.integers(-8, 9, (HEIGHT, WIDTH, 1)), 0, 255).astype(np.uint8)
 
 
-def make_voc_like(root, count, seed=0):
-    """Write `count` images and annotations under root/VOC (VOC layout); returns that path."""
+def make_voc_like(root, count, seed=0, boxes_per_image=None):
+    """Write `count` images and annotations under root/VOC (VOC layout); returns that path.
+
+    Each image has 1-5 random boxes, or exactly `boxes_per_image` when given.
+    """
     rng = np.random.default_rng(seed)
     voc_dir = os.path.join(root, "VOC")
     for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
@@ -41,7 +44,7 @@ def make_voc_like(root, count, seed=0):
         with open(os.path.join(voc_dir, "JPEGImages", image_id + ".jpg"), "wb") as f:
             f.write(out.getvalue())
         objects = []
-        for _ in range(int(rng.integers(1, 6))):
+        for _ in range(boxes_per_image or int(rng.integers(1, 6))):
             x0, x1 = np.sort(rng.integers(1, WIDTH + 1, 2))
             y0, y1 = np.sort(rng.integers(1, HEIGHT + 1, 2))
             objects.append("<object><name>%s</name><pose>Unspecified</pose><truncated>0</truncated>"

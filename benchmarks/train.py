@@ -2,6 +2,7 @@
 
     python3 -m benchmarks.train [--width_multiplier 1.0 --batch_size 8 --warmup_steps 1 --steps 3
                                  --policies float32,mixed_bfloat16 --jit_compile --data_dir DIR]
+    python3 -m benchmarks.train --compare_xla     # each policy with and without XLA: xla_over_no_xla
 
 Three timings per dtype policy, on the same model, batch size and strategy (training.make_strategy:
 the default strategy on CPU, MirroredStrategy over the local GPUs):
@@ -50,6 +51,8 @@ flags.DEFINE_integer("warmup_steps", 1, "Untimed steps first (tracing, allocatio
 flags.DEFINE_integer("steps", 3, "Timed steps; the median is reported.")
 flags.DEFINE_list("policies", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step (bare and training steps alike).")
+flags.DEFINE_bool("compare_xla", False, "Time every policy without and with XLA (results '<policy>' and "
+                  "'<policy>_xla') and report their ratio; overrides --jit_compile.")
 flags.DEFINE_float("weight_decay", 5e-4, "As train_ssd.py: part of what the training step adds.")
 flags.DEFINE_integer("seed", 0, "Seed of weights, shuffling and augmentation.")
 
@@ -131,8 +134,8 @@ def time_input(data_dir, config, anchors):
     return FLAGS.batch_size / timed["input"][0]
 
 
-def benchmark(policy, data_dir, config, anchors, strategy):
-    """Timings of one dtype policy: a dict of named numbers."""
+def benchmark(policy, data_dir, config, anchors, strategy, jit_compile):
+    """Timings of one dtype policy, XLA on or off: a dict of named numbers."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)  # as train_ssd.py: global while the model is built and traced
     try:
@@ -147,9 +150,9 @@ def benchmark(policy, data_dir, config, anchors, strategy):
                 optimizers[name] = training.make_optimizer(_LEARNING_RATE, _MOMENTUM,
                                                            _MIXED_PRECISION[policy])
                 optimizers[name].build(model.trainable_variables)
-        bare_step = _make_bare_step(model, optimizers["bare"], strategy, FLAGS.jit_compile)
+        bare_step = _make_bare_step(model, optimizers["bare"], strategy, jit_compile)
         train_step = training.make_train_step(model, optimizers["train"], config, strategy,
-                                              FLAGS.weight_decay, FLAGS.jit_compile)
+                                              FLAGS.weight_decay, jit_compile)
 
         # One real batch, so bare and in_memory see the images (and targets) that full sees.
         batch = next(iter(inputs.train_input_fn(data_dir, config, anchors, FLAGS.batch_size,
@@ -189,8 +192,16 @@ def main(argv):
         anchors = anchors_lib.generate(config)
         strategy = training.make_strategy()
         input_images_per_s = time_input(data_dir, config, anchors)
-        results = {policy: benchmark(policy, data_dir, config, anchors, strategy)
-                   for policy in FLAGS.policies}
+        jit_modes = (False, True) if FLAGS.compare_xla else (FLAGS.jit_compile,)
+        results = {}
+        for policy in FLAGS.policies:
+            for jit in jit_modes:
+                key = policy + ("_xla" if jit and FLAGS.compare_xla else "")
+                results[key] = benchmark(policy, data_dir, config, anchors, strategy, jit)
+                if jit and FLAGS.compare_xla:
+                    for name in ("bare", "full"):
+                        results[key][f"{name}_xla_over_no_xla"] = (
+                            results[key][f"{name}_images_per_s"] / results[policy][f"{name}_images_per_s"])
     if "float32" in results:
         for numbers in results.values():
             for name in ("bare", "full"):

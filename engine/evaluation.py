@@ -23,7 +23,8 @@ NUM_SUMMARY_IMAGES = 4
 
 
 def make_detect_fn(model, anchors, config):
-    """tf.function: net input [B, S, S, 3] -> post-processed detection dict (model/postprocess.py)."""
+    """tf.function: net input [B, S, S, 3] (RGB 0-255, uint8 or float) -> post-processed detection dict
+    (model/postprocess.py); the model normalizes its input itself (nets/ssd.py)."""
     anchors = tf.constant(anchors)
 
     @tf.function
@@ -61,7 +62,7 @@ def run_detection(detect, dataset, class_names, keep_images=0, category_map=None
     """Detections for every image of `dataset` (eval_input_fn batches) in a DetectionEvaluator
     (for COCO records, with their `category_map`).
 
-    Returns (evaluator, kept): kept is up to `keep_images` (net input [S, S, 3], detection dict
+    Returns (evaluator, kept): kept is up to `keep_images` (net input uint8 [S, S, 3], detection dict
     trimmed to the valid detections) pairs, for summaries.
     """
     evaluator = DetectionEvaluator(class_names, category_map)
@@ -108,7 +109,7 @@ def write_summaries(writer, step, results, kept, config, class_names, min_score=
     writer.scalars(step, flatten_numbers(results))
     drawn = []
     for features, det in kept:
-        image = summaries.net_input_to_uint8(features[None], config)[0]
+        image = summaries.net_input_to_uint8(features[None])[0]
         drawn.append(drawing.draw_detections(image, det[fields.DETECTION_BOXES],
                                                det[fields.DETECTION_SCORES],
                                                det[fields.DETECTION_CLASSES], class_names, min_score))

@@ -1,8 +1,8 @@
 """Serving: a tf.Module whose signatures take raw images and return post-processed detections.
 
 Everything between the raw image and the detections runs in the graph, with the eval path's functions
-(preprocessing/inputs.py resize + normalize, model/postprocess.py), so a SavedModel's detections equal
-the checkpoint's through engine/evaluation.make_detect_fn on normalize(resize(image)).
+(preprocessing/inputs.py resize, the model's own normalization layer, model/postprocess.py), so a
+SavedModel's detections equal the checkpoint's through engine/evaluation.make_detect_fn on resize(image).
 
 Signatures (input names are the keyword names a loaded signature takes):
 
@@ -89,7 +89,7 @@ class DetectionModule(tf.Module):
 
     def _detect(self, resized):
         """float32 [B, S, S, 3] 0-255 RGB -> the output dict of the module docstring."""
-        outputs = self.model(inputs.normalize(resized, self._config), training=False)
+        outputs = self.model(resized, training=False)   # the model normalizes (nets/ssd.py)
         detections = postprocess.postprocess(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
                                              self._anchors, self._config)
         return {

@@ -8,10 +8,12 @@ from engine.drawing import MIN_DRAWN_SCORE, draw_boxes, draw_detections
 from model import box_coder, postprocess
 
 
-def net_input_to_uint8(features, config):
-    """Net input (RGB minus mean) [B, S, S, 3] -> uint8 images."""
-    images = np.asarray(features, np.float32) + np.asarray(config.pixel_mean, np.float32)
-    return np.clip(np.round(images), 0, 255).astype(np.uint8)
+def net_input_to_uint8(features):
+    """Net input [B, S, S, 3] (RGB 0-255: uint8 from the input functions, or float) -> uint8 images."""
+    images = np.asarray(features)
+    if images.dtype == np.uint8:
+        return images
+    return np.clip(np.round(images.astype(np.float32)), 0, 255).astype(np.uint8)
 
 
 def _ground_truth(labels, anchors, config):
@@ -56,7 +58,7 @@ class Writer:
         detections = postprocess.postprocess(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
                                              anchors, config)
         drawn = []
-        for i, (image, (gt_boxes, gt_classes)) in enumerate(zip(net_input_to_uint8(features, config),
+        for i, (image, (gt_boxes, gt_classes)) in enumerate(zip(net_input_to_uint8(features),
                                                                  _ground_truth(labels, anchors, config))):
             image = draw_boxes(image, gt_boxes, gt_classes, class_names, color=(0, 255, 0))
             drawn.append(draw_detections(image, detections[fields.DETECTION_BOXES][i],

@@ -69,23 +69,35 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
 
     iou_gt_by_anchor = box_ops.iou(gt_boxes, anchors)                               # [B, G, A]
     matched = matcher.match(iou_gt_by_anchor, matchable, config.match_threshold)    # [B, A]
-    positive = matched != matcher.NO_MATCH
-
-    # Background anchors gather a zero box with label 0 appended at index G (also makes G = 0 legal).
-    batch = tf.shape(gt_boxes)[0]
-    boxes = tf.concat([gt_boxes, tf.zeros([batch, 1, 4])], axis=1)                  # [B, G+1, 4]
-    labels = tf.concat([gt_labels, tf.fill([batch, 1], fields.BACKGROUND_CLASS)], axis=1)  # [B, G+1]
-    index = tf.where(positive, matched, tf.shape(gt_boxes)[1])                      # [B, A]
-
-    cls_targets = tf.gather(labels, index, batch_dims=1)                            # [B, A]
+    targets = _targets_at_positives(gt_boxes, gt_labels, matched, anchors, config.variances)
     if gt_is_crowd is not None:
         ioa = intersection_over_anchor_area(gt_boxes, anchors)                      # [B, G, A]
         in_crowd = tf.reduce_any(tf.logical_and(crowd[:, :, None], ioa >= CROWD_IOA_THRESHOLD), axis=1)
-        ignored = tf.logical_and(in_crowd, tf.logical_not(positive))                # [B, A]
-        cls_targets = tf.where(ignored, fields.IGNORE_CLASS, cls_targets)
-    matched_boxes = tf.gather(boxes, index, batch_dims=1)                           # [B, A, 4]
-    codes = box_coder.encode(matched_boxes, anchors, config.variances)              # [B, A, 4]
-    box_targets = tf.where(positive[..., None], codes, 0.0)
+        ignored = tf.logical_and(in_crowd, matched == matcher.NO_MATCH)             # [B, A]
+        targets[fields.CLS_TARGETS] = tf.where(ignored, fields.IGNORE_CLASS, targets[fields.CLS_TARGETS])
+    return targets
+
+
+def _targets_at_positives(gt_boxes, gt_labels, matched, anchors, variances):
+    """Targets from the matcher's output, computed at the positive anchors only.
+
+    A few dozen of the B x A anchors are positive (about 20 per VOC image of 8,732), so labels and box
+    codes are gathered and encoded there, [P] and [P, 4], and scattered into zeros: background is
+    label 0 (fields.BACKGROUND_CLASS) with a zero box target. Gathering a box for every anchor and
+    encoding all B x A of them cost 60% of encode_targets at B = 32 (benchmarks/input_pipeline.py
+    --boxes_per_image; the README's speed section has the figures).
+    """
+    positive = matched != matcher.NO_MATCH                                          # [B, A]
+    where = tf.where(positive)                                                      # [P, 2] (b, a)
+    image_index = tf.cast(where[:, 0], tf.int32)                                    # [P]
+    anchor_index = tf.cast(where[:, 1], tf.int32)                                   # [P]
+    gt_index = tf.stack([image_index, tf.gather_nd(matched, where)], axis=1)        # [P, 2] (b, g)
+    codes = box_coder.encode(tf.gather_nd(gt_boxes, gt_index), tf.gather(anchors, anchor_index),
+                             variances)                                             # [P, 4]
+    shape = tf.shape(matched, out_type=tf.int64)
+    # tf.where lists each (b, a) once, so the scatter has no duplicate index to resolve.
+    cls_targets = tf.scatter_nd(where, tf.gather_nd(gt_labels, gt_index), shape)    # [B, A]
+    box_targets = tf.scatter_nd(where, codes, tf.concat([shape, [4]], axis=0))      # [B, A, 4]
     return {
         fields.CLS_TARGETS: cls_targets,
         fields.BOX_TARGETS: box_targets,

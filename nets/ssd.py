@@ -5,10 +5,16 @@ single_stage_detector/ssd/ssd300.py): nets.resnet34 through layer3 (38x38x256), 
 blocks (1x1 then 3x3, each with ReLU; batch norm after each conv only with `config.extra_batch_norm`,
 which the reference does not have), the same 3x3 heads.
 
-`build(config)` maps a float image batch [B, S, S, 3] (RGB minus the ImageNet mean; normalization is
-the input pipeline's job) to
+`build(config)` maps an image batch [B, S, S, 3], RGB 0-255, uint8 or float, to
     {CLS_LOGITS: [B, A, C + 1], BOX_CODES: [B, A, 4]}
 in float32 whatever the Keras dtype policy, where A = config.num_anchors and C = config.num_classes.
+
+Normalization is the model's first layer (`PixelNormalization`: cast to float32, minus config.pixel_mean,
+divided by config.pixel_std where a preset has one), not the input pipeline's: so training batches
+cross to the accelerator as uint8, a quarter of the float32 bytes, and the cast runs there. Keras
+casts the uint8 batch to the float32 input; 0-255 integers are exact in float32. The layer computes in
+float32 under any dtype policy (bfloat16 would round the mean-subtracted pixels to 8 significant bits);
+conv1_1 casts its output to the compute dtype as before.
 
 Output position k predicts anchor k of `model.anchors.generate(config)`: feature map (largest first),
 then row, then column, then box spec. Each head emits [B, H, W, boxes * k] and a row-major reshape to
@@ -24,10 +30,33 @@ BOX_CODE_SIZE = 4                # [ty, tx, th, tw]
 HEAD_KERNEL_SIZE = 3             # ssd_pascal.py CreateMultiBoxHead: kernel_size=3, pad=1
 CONF_SUFFIX = "_mbox_conf"
 LOC_SUFFIX = "_mbox_loc"
+NORMALIZATION_LAYER = "pixel_normalization"
 
 # Caffe ssd_pascal.py fills the extra layers and heads with `weight_filler { type: "xavier" }`
 # (Glorot uniform) and constant-0 biases.
 _NEW_LAYER_KERNEL_INIT = "glorot_uniform"
+
+
+class PixelNormalization(keras.layers.Layer):
+    """RGB 0-255 [B, S, S, 3] (any real or integer dtype) -> float32 (x - mean) / std, per channel.
+
+    DESIGN.md "images into the net": minus the ImageNet mean for the VGG presets (std None: no division).
+    """
+
+    def __init__(self, mean, std=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+
+    def call(self, images):
+        images = keras.ops.cast(images, "float32") - keras.ops.convert_to_tensor(self.mean, "float32")
+        if self.std is not None:
+            images = images / keras.ops.convert_to_tensor(self.std, "float32")
+        return images
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
 
 
 def _new_conv(filters, kernel_size, name, strides=1, padding="valid", activation=None):
@@ -138,7 +167,9 @@ def build(config, dtype_policy=None):
         finally:
             keras.config.set_dtype_policy(previous)
     images = keras.Input(shape=(config.image_size, config.image_size, 3), name="images")
-    features = backbone_features(images, config)
+    # pixel_std: (1, 1, 1) for the VGG presets (no division), 255 x ImageNet's std for ResNet34.
+    normalized = PixelNormalization(config.pixel_mean, config.pixel_std, name=NORMALIZATION_LAYER)(images)
+    features = backbone_features(normalized, config)
     _check_feature_sizes(features, config)
     cls_logits, box_codes = multibox_heads(features, config)
     outputs = {

@@ -16,7 +16,9 @@ Differences from Caffe, on purpose:
 * Hue: Caffe adds `delta` to OpenCV's 8-bit hue channel, whose unit is 2 degrees, so its ±18 is really
   ±36 degrees (and saturates instead of wrapping). We follow the paper-level reading "±18 degrees" and
   wrap around the circle: tf.image.adjust_hue takes `delta` as a fraction of the full hue circle
-  (adjust_hue(red, 120/360) gives green; tested), so we pass degrees / 360.
+  (adjust_hue(red, 120/360) gives green; tested), so we pass degrees / 360. The kernel stays: an exact
+  branch-free RGB form (out = max - chroma * clip(2 - |k - 2|, 0, 1), k = (n + 6 h) mod 6 per channel)
+  matched it to 2.4e-4 of 255 but took 1.95 ms of CPU against the kernel's 1.54 ms on a 300x250 patch.
 * Caffe's `RandomOrderChannels` (random_order_prob) is 0.0 in ssd_pascal.py, so it is not implemented;
   DESIGN.md also says the pipeline never swaps channels.
 """
@@ -60,10 +62,11 @@ def adjust_saturation(image, factor):
     """tf.image.adjust_saturation (HSV saturation times factor, clamped to 1) computed in RGB.
 
     Hue and value (max channel) stay, so every channel moves along its line to the max:
-    c' = max - (chroma' / chroma) (max - c) with chroma' = min(factor * chroma, max). Equal to the
-    HSV kernel up to float rounding (tested). On one CPU core, 500x375: 2.9 ms against 4.6 ms for
-    the same formula with tf.reduce_max/min over the channel axis (a slow inner reduction of 3) and
-    more for tf.image.adjust_saturation; channel maxima by elementwise max of slices instead.
+    c' = max - (chroma' / chroma) (max - c) with chroma' = min(factor * chroma, max), evaluated as
+    c * ratio + max * (1 - ratio): one [H, W, 3] pass fewer. Equal to the HSV kernel up to float
+    rounding (tested). CPU time on one core, 300x250: 1.05 ms, against 1.3-1.45 ms for
+    max - ratio * (max - c), 2.0 ms for the same formula with tf.reduce_max/min over the channel axis
+    (a slow inner reduction of 3) and 2.1 ms for tf.image.adjust_saturation.
 
     Args:
       image: float32 [H, W, 3], RGB, non-negative (any scale).
@@ -77,7 +80,7 @@ def adjust_saturation(image, factor):
     chroma = high - low
     ratio = tf.math.divide_no_nan(tf.minimum(factor * chroma, high), chroma)
     # Exact arithmetic keeps c' in [0, max]; the floor removes rounding below 0.
-    return tf.maximum(high - ratio * (high - image), 0.0)
+    return tf.maximum(image * ratio + high * (1.0 - ratio), 0.0)
 
 
 def distort_colors(image, seed, config: PhotometricConfig = PhotometricConfig()):

@@ -65,13 +65,13 @@ def exported(trained_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_detect(trained_dir):
-    """The eval path: a model restored from the checkpoint, make_detect_fn on normalize(resize(image))."""
+    """The eval path: a model restored from the checkpoint, make_detect_fn on resize(image)."""
     path, config = trained_dir
     model = ssd.build(config)
     checkpoints.restore_model(model, checkpoints.resolve_checkpoint(path))
     detect = evaluation.make_detect_fn(model, anchors_lib.generate(config), config)
     return lambda images: {k: v.numpy() for k, v in
-                           detect(inputs.normalize(inputs.resize(images, config), config)).items()}
+                           detect(inputs.resize(images, config)).items()}
 
 
 def _images(batch, height, width, seed):

@@ -168,3 +168,33 @@ def test_head_output_k_predicts_anchor_k(name):
     np.testing.assert_allclose(np.stack([height, width], axis=-1), expected, rtol=1e-4)
     # Every (map, row, col, box) appears once: the probe really distinguishes all positions.
     assert len({tuple(label) for label in labels}) == config.num_anchors
+
+
+# --- normalization inside the model -------------------------------------------------------------
+
+def test_pixel_normalization_subtracts_the_mean_and_divides_by_std_in_float32():
+    pixels = np.array([[[[0, 128, 255]]]], np.uint8)                       # [1, 1, 1, 3]
+    mean_only = ssd.PixelNormalization((123.68, 116.78, 103.94))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(mean_only(pixels)),
+                               [[[[-123.68, 11.22, 151.06]]]], rtol=1e-6)
+    with_std = ssd.PixelNormalization((100.0, 100.0, 100.0), std=(50.0, 4.0, 1.0), dtype="mixed_bfloat16")
+    out = with_std(pixels)
+    assert out.dtype == "float32"                                           # its own policy, not bf16
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), [[[[-2.0, 7.0, 155.0]]]], rtol=1e-6)
+
+
+def test_model_takes_uint8_or_float_pixels_alike_and_normalizes_first():
+    config = _tiny("ssd300_vgg16")
+    model = ssd.build(config)
+    assert model.layers[1].name == ssd.NORMALIZATION_LAYER    # right after the input
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 300, 300, 3)).astype(np.uint8)
+    from_uint8 = model(pixels)
+    from_float = model(pixels.astype(np.float32))
+    for key in (fields.CLS_LOGITS, fields.BOX_CODES):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_uint8[key]),
+                                      keras.ops.convert_to_numpy(from_float[key]))
+    # A mean-coloured image is all zeros after the first layer.
+    grey = np.broadcast_to(np.array(config.pixel_mean, np.float32), (1, 300, 300, 3))
+    normalized = keras.Model(model.input, model.get_layer(ssd.NORMALIZATION_LAYER).output)(grey)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalized), 0.0, atol=1e-5)

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from model import anchors, losses, presets
 from nets import ssd
-from preprocessing import inputs
+from nets.ssd import PixelNormalization
 
 CLASSES = 80   # COCO: 81 logits with background, the reference's label_num
 
@@ -188,7 +188,7 @@ def test_normalize_is_the_reference_s_torchvision_normalisation():
     pixel = np.array([[[255, 0, 128]]], np.uint8)
     # transforms.ToTensor then Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]).
     expected = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
-    np.testing.assert_allclose(inputs.normalize(tf.constant(pixel), config).numpy()[0, 0], expected, rtol=1e-5)
+    np.testing.assert_allclose(PixelNormalization(config.pixel_mean, config.pixel_std)(tf.constant(pixel)).numpy()[0, 0], expected, rtol=1e-5)
     vgg = presets.get("ssd300_vgg16", 20)
-    np.testing.assert_allclose(inputs.normalize(tf.constant(pixel), vgg).numpy()[0, 0],
+    np.testing.assert_allclose(PixelNormalization(vgg.pixel_mean, vgg.pixel_std)(tf.constant(pixel)).numpy()[0, 0],
                                [255 - 123.68, -116.78, 128 - 103.94], rtol=1e-6)

@@ -151,3 +151,17 @@ def test_two_workers_end_with_equal_weights(sample_records, tmp_path):
     assert len(names) > 30
     for name in names:
         np.testing.assert_allclose(w0[name], w1[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("flag", [["--jit_compile"], ["--mixed_precision", "bfloat16"]],
+                         ids=["jit_compile", "bfloat16"])
+def test_xla_and_bfloat16_train_the_sample(sample_records, tmp_path, flag):
+    """--jit_compile (XLA-compiled replica step) and --mixed_precision bfloat16 each run training steps
+    on CPU with finite losses and write the checkpoint."""
+    model_dir = str(tmp_path / "run")
+    result = _train(sample_records, model_dir, "--max_steps", "3", "--warmup_steps", "0",
+                    "--save_checkpoints_steps", "3", *flag)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = _losses(result.stderr)
+    assert sorted(losses) == [1, 2, 3] and all(np.isfinite(v) for v in losses.values()), losses
+    assert _steps_in(model_dir) == [3]

@@ -117,7 +117,7 @@ def test_mixed_precision_steps_train_and_float16_skips_overflows(policy):
             assert np.isfinite(float(losses["total_loss"]))  # computed in float32 either way
     finally:
         keras.config.set_dtype_policy(previous)
-    assert model.layers[1].compute_dtype == policy.split("_")[1]
+    assert model.get_layer("conv1_1").compute_dtype == policy.split("_")[1]
     assert int(optimizer.iterations.numpy()) == 3
     if policy == "mixed_float16":
         # Dynamic loss scaling starts at 2^15, overflows float16 gradients and halves until it fits:
