@@ -6,8 +6,10 @@ model under a checkpoint. Continuous evaluation walks a model_dir's checkpoints 
 `watch_checkpoints` and reads each one's training step with `checkpoint_step`.
 """
 
+import glob
 import os
 import re
+import shutil
 import time
 
 import tensorflow as tf
@@ -49,6 +51,18 @@ def read(model_dir):
     return config, label_map.read_label_map(os.path.join(folder, label_map.LABEL_MAP_FILENAME))
 
 
+def restore_training(checkpoint, checkpoint_path):
+    """Restores a training checkpoint (model and optimizer); ValueError in one line when it was written
+    by a run with another optimizer or model (Checkpoint's own AssertionError lists every variable)."""
+    try:
+        checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+    except AssertionError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise ValueError(f"{checkpoint_path} does not fit this run (another --optimizer, --model, "
+                         f"--width_multiplier or --mixed_precision wrote it: {first}); resume with the flags "
+                         f"it was trained with or use a new --model_dir") from None
+
+
 def restore_model(model, checkpoint_path):
     """Loads the model weights of a training checkpoint (optimizer slots are ignored)."""
     status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
@@ -66,6 +80,43 @@ def resolve_checkpoint(model_dir=None, checkpoint_path=None):
     if not latest:
         raise FileNotFoundError(f"no checkpoint in --model_dir={model_dir}")
     return latest
+
+
+def remove_stale_temp(model_dir):
+    """Deletes `ckpt-N_temp` folders: what a kill during a checkpoint save leaves. Returns them."""
+    stale = sorted(p for p in glob.glob(os.path.join(glob.escape(model_dir), "*_temp")) if os.path.isdir(p))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def _checkpoint_number(prefix):
+    match = _CHECKPOINT_NUMBER.search(prefix)
+    return int(match.group(1)) if match else None
+
+
+def discard_from(model_dir, first_bad_step):
+    """Removes the checkpoints of `model_dir` numbered >= `first_bad_step` and points the checkpoint
+    state at the newest one left; returns (that checkpoint or None, the prefixes removed).
+
+    For a non-finite loss (engine.training.check_finite): the checkpoints it removes hold weights that
+    produced it, so resuming from one would fail again at once.
+    """
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return None, []
+    paths = list(state.all_model_checkpoint_paths)
+    bad = [p for p in paths if (_checkpoint_number(p) or 0) >= first_bad_step]
+    good = [p for p in paths if p not in bad]
+    if bad:
+        if good:
+            tf.compat.v1.train.update_checkpoint_state(model_dir, good[-1], all_model_checkpoint_paths=good)
+        else:
+            os.remove(os.path.join(model_dir, "checkpoint"))
+        for prefix in bad:
+            for path in glob.glob(glob.escape(prefix) + ".*"):
+                os.remove(path)
+    return (good[-1] if good else None), [os.path.basename(p) for p in bad]
 
 
 def checkpoint_step(checkpoint_path):
