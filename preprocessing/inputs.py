@@ -41,6 +41,7 @@ from preprocessing.augment import AugmentConfig, augment
 AUTOTUNE = tf.data.AUTOTUNE
 _EPOCH_SEED_STRIDE = 1_000_003   # epoch seeds of different --seed values never collide below 1M epochs
 _MAX_EPOCHS = 2 ** 62            # "endless"
+_EPOCH_GRAPH_SEED = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,10 @@ def _endless_records(files, input_config, input_context, start_element):
         start_epoch, offset = divmod(start_element, epoch_size)
 
     def epoch_records(epoch):
+        # The shuffles' seeds are tensors here. The graph-level seed of this traced function is pinned so
+        # that they alone decide (and because tf's seed pairing compares a global seed of 0 with the op
+        # seed in Python, which a tensor op seed cannot answer).
+        tf.random.set_seed(_EPOCH_GRAPH_SEED)
         epoch_seed = tf.cast(input_config.seed, tf.int64) * _EPOCH_SEED_STRIDE + epoch
         ds = _read_shards(files, input_config.cycle_length, input_context, shuffle_seed=epoch_seed)
         return ds.shuffle(input_config.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
