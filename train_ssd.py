@@ -35,7 +35,7 @@ flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS,
                   "sgd: the paper's, with a pretrained backbone; adam: stable when training from scratch.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (Adam's beta_1).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on conv kernels (not biases, not the conv4_3 scale).")
-flags.DEFINE_string("checkpoint_path", "model/pretrained/",
+flags.DEFINE_string("checkpoint_path", os.path.join(cli.REPO_DIR, "model", "pretrained"),
                     "Reduced-fc VGG16 backbone: a slim TF checkpoint (prefix or dir) or Keras VGG16 .h5.")
 flags.DEFINE_bool("require_pretrained", False, "Fail instead of training from scratch without a backbone.")
 flags.DEFINE_integer("save_checkpoints_steps", 1000, "Steps between checkpoints.")
@@ -133,6 +133,7 @@ def main(argv):
     config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier)
     if chief:
         checkpoints.write(FLAGS.model_dir, config, class_names)
+        checkpoints.check_run_settings(FLAGS.model_dir, {"optimizer": FLAGS.optimizer})
     anchors = anchors_lib.generate(config)
     schedule = training.WarmupPiecewiseSchedule(
         FLAGS.learning_rate, [int(b) for b in FLAGS.decay_boundaries],
@@ -188,7 +189,7 @@ def restore(run, checkpoint, optimizer):
             logging.info("removed %s, left by a run killed while saving", stale)
     latest = tf.train.latest_checkpoint(FLAGS.model_dir)
     if latest:
-        checkpoints.restore_training(checkpoint, latest)
+        checkpoints.restore_training(checkpoint, latest, optimizer)
         logging.info("resumed from %s at step %d", latest, int(optimizer.iterations.numpy()))
     else:
         training.init_backbone(run.model, FLAGS.checkpoint_path, FLAGS.require_pretrained, FLAGS.optimizer)

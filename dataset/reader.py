@@ -54,7 +54,8 @@ def shard_files(data_dir, split):
     """Sorted paths of the shards `<split>-?????-of-?????` in `data_dir`; ValueError when none."""
     files = sorted(glob.glob(os.path.join(data_dir, "%s-?????-of-?????" % split)))
     if not files:
-        raise ValueError("no %s shards (%s-?????-of-?????) in %s" % (split, split, data_dir))
+        raise ValueError("no %s shards (%s-?????-of-?????) in %s: convert the dataset into it "
+                         "(python3 convert_voc_sample_tfrecords.py --output_directory %s)" % (split, split, data_dir, data_dir))
     return files
 
 
@@ -96,7 +97,8 @@ def find_corrupt_shard(files):
             for _ in tf.data.TFRecordDataset(path).batch(256):
                 pass
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
-            return path, e.message
+            message = e.message.split("}} ", 1)[-1]  # without TF's "{{function_node ...}}" prefix
+            return path, message.split(" [Op:")[0]
     return None
 
 

@@ -20,10 +20,13 @@ from dataset.atomic import write_atomically
 from model import presets
 
 CONFIG_FILENAME = "config.json"
+# What else must match for a checkpoint to restore: the optimizer's slots and loss scaling.
+RUN_SETTINGS_FILENAME = "run_settings.json"
 # train_ssd.py checkpoints hold tf.train.Checkpoint(model=..., optimizer=...); Keras 3 optimizers
 # track their step counter as `_iterations`.
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 _CHECKPOINT_NUMBER = re.compile(r"-(\d+)$")
+_OPTIMIZER_VARIABLES = "optimizer/_variables/"
 
 
 def write(model_dir, config, class_names):
@@ -40,6 +43,27 @@ def write(model_dir, config, class_names):
     write_atomically(config_path, presets.to_json(config))
 
 
+def check_run_settings(model_dir, settings):
+    """Records `settings` (e.g. {"optimizer": "adam"}) in `model_dir` on its first run; later runs must
+    bring the same ones, else ValueError in one line saying which flag to use (before any restore, so
+    a resume with another --optimizer fails clearly instead of deep inside Checkpoint.restore)."""
+    import json
+    path = os.path.join(model_dir, RUN_SETTINGS_FILENAME)
+    if not os.path.exists(path):
+        # Recorded by a fresh run only: checkpoints without the record come from an older version, and
+        # restore_training checks them.
+        if not tf.train.latest_checkpoint(model_dir):
+            os.makedirs(model_dir, exist_ok=True)
+            write_atomically(path, json.dumps(settings, sort_keys=True))
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    for key, value in sorted(settings.items()):
+        if key in stored and stored[key] != value:
+            raise ValueError(f"{model_dir} was trained with --{key} {stored[key]}, not {value}: resume with "
+                             f"--{key} {stored[key]} or use a new --model_dir")
+
+
 def read(model_dir):
     """(config, class_names) recorded in `model_dir` (or the folder of a checkpoint prefix)."""
     folder = model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir)
@@ -51,16 +75,26 @@ def read(model_dir):
     return config, label_map.read_label_map(os.path.join(folder, label_map.LABEL_MAP_FILENAME))
 
 
-def restore_training(checkpoint, checkpoint_path):
+def restore_training(checkpoint, checkpoint_path, optimizer):
     """Restores a training checkpoint (model and optimizer); ValueError in one line when it was written
-    by a run with another optimizer or model (Checkpoint's own AssertionError lists every variable)."""
+    by a run with another optimizer or model.
+
+    The optimizer's variable count is compared first (SGD keeps one slot per weight, Adam two), so
+    such a checkpoint is refused before Checkpoint.restore half-restores it and fails with a shape error
+    followed by a warning per unrestored variable.
+    """
+    saved = sum(1 for name, _ in tf.train.list_variables(checkpoint_path)
+                if name.startswith(_OPTIMIZER_VARIABLES))
+    hint = ("resume with the flags it was trained with (--optimizer, --model, --width_multiplier, "
+            "--mixed_precision) or use a new --model_dir")
+    if saved and saved != len(optimizer.variables):
+        raise ValueError(f"{checkpoint_path} holds {saved} optimizer variables, this run's optimizer has "
+                         f"{len(optimizer.variables)} (another --optimizer wrote it); {hint}")
     try:
         checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
-    except AssertionError as e:
+    except (AssertionError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:200]
-        raise ValueError(f"{checkpoint_path} does not fit this run (another --optimizer, --model, "
-                         f"--width_multiplier or --mixed_precision wrote it: {first}); resume with the flags "
-                         f"it was trained with or use a new --model_dir") from None
+        raise ValueError(f"{checkpoint_path} does not fit this run ({first}); {hint}") from None
 
 
 def restore_model(model, checkpoint_path):
@@ -78,7 +112,8 @@ def resolve_checkpoint(model_dir=None, checkpoint_path=None):
         return checkpoint_path
     latest = tf.train.latest_checkpoint(model_dir) if model_dir else None
     if not latest:
-        raise FileNotFoundError(f"no checkpoint in --model_dir={model_dir}")
+        raise FileNotFoundError(f"no checkpoint in --model_dir={model_dir}: train one there first "
+                                f"(train_ssd.py --model_dir {model_dir}) or pass --checkpoint_path")
     return latest
 
 

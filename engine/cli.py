@@ -33,12 +33,18 @@ _ORDINARY = (app.UsageError, flags.Error, OSError, ValueError, FloatingPointErro
              KeyError)
 
 
+def strip_function_node(message):
+    """TensorFlow's message without the "{{function_node ...}} " that errors raised in a graph carry."""
+    if message.startswith("{{function_node") and "}} " in message:
+        return message.split("}} ", 1)[1]
+    return message
+
+
 def error_line(script, error):
     """`<script>: error: <first line of the message>`; TensorFlow's op context is dropped."""
     message = getattr(error, "message", None) or str(error) or type(error).__name__
     message = message.strip().splitlines()[0] if message.strip() else type(error).__name__
-    # Errors raised in a tf.function carry "{{function_node ...}} " before the message.
-    message = message.split("}} ")[-1]
+    message = strip_function_node(message)
     if isinstance(error, KeyError):
         message = "missing key %s" % message
     return "%s: error: %s" % (script, message)
