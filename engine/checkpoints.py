@@ -83,13 +83,15 @@ def restore_training(checkpoint, checkpoint_path, optimizer):
     such a checkpoint is refused before Checkpoint.restore half-restores it and fails with a shape error
     followed by a warning per unrestored variable.
     """
-    saved = sum(1 for name, _ in tf.train.list_variables(checkpoint_path)
-                if name.startswith(_OPTIMIZER_VARIABLES))
+    # Slot variables (momentum, Adam's two moments) have the weights' shapes; scalars (step, rate) vary.
+    saved = sorted(tuple(shape) for name, shape in tf.train.list_variables(checkpoint_path)
+                   if name.startswith(_OPTIMIZER_VARIABLES) and len(shape) > 0)
+    expected = sorted(tuple(v.shape) for v in optimizer.variables if len(v.shape) > 0)
     hint = ("resume with the flags it was trained with (--optimizer, --model, --width_multiplier, "
             "--mixed_precision) or use a new --model_dir")
-    if saved and saved != len(optimizer.variables):
-        raise ValueError(f"{checkpoint_path} holds {saved} optimizer variables, this run's optimizer has "
-                         f"{len(optimizer.variables)} (another --optimizer wrote it); {hint}")
+    if saved and expected and saved != expected:
+        raise ValueError(f"{checkpoint_path} holds {len(saved)} optimizer slots, this run's optimizer has "
+                         f"{len(expected)} (another --optimizer or model wrote it); {hint}")
     try:
         checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
     except (AssertionError, ValueError) as e:
