@@ -13,6 +13,9 @@ import dataclasses
 import io
 import math
 import os
+import sys
+import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from xml.parsers import expat
 
@@ -31,6 +34,12 @@ MAX_XML_BYTES = 10_000_000
 # What makes an id unsafe as a file stem: it could leave JPEGImages/ or Annotations/ (a separator, `..`,
 # an absolute path) or cut the path short (NUL). Anything else is a legal file name and is allowed.
 _ID_SEPARATORS = tuple({"/", "\\", os.sep} | ({os.altsep} if os.altsep else set()))
+
+
+_STDERR_LOCK = threading.Lock()
+# libjpeg's warnings for compressed data it had to guess at ("Corrupt JPEG data: premature end of data
+# segment", "... N extraneous bytes before marker 0xd9"); the image still decodes, partly grey.
+_LIBJPEG_WARNING = "Corrupt JPEG data"
 
 
 class BadInput(Exception):
@@ -193,6 +202,34 @@ def find_image(voc_dir, image_id):
     raise BadInput("missing image file %s.jpg" % os.path.join(voc_dir, IMAGES_DIR, image_id))
 
 
+def libjpeg_warnings(jpeg):
+    """libjpeg's "Corrupt JPEG data" warnings for decoding `jpeg` (bytes), as TensorFlow's decoder (the
+    one training uses) meets them; empty for a sound JPEG.
+
+    Pillow and tf.io.decode_jpeg both accept such data and fill what is missing with grey; neither
+    reports it but on stderr, where libjpeg writes it. So the decode runs with file descriptor 2
+    redirected (under a lock; other lines written meanwhile are passed on).
+    """
+    import tensorflow as tf
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE")
+        except tf.errors.InvalidArgumentError as e:
+            return [e.message.split("}} ", 1)[-1].split(" [Op:")[0]]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        lines = capture.read().decode("utf-8", "replace").splitlines()
+    others = [line for line in lines if _LIBJPEG_WARNING not in line]
+    if others:
+        sys.stderr.write("\n".join(others) + "\n")
+    return [line.strip() for line in lines if _LIBJPEG_WARNING in line]
+
+
 def load_image(data, max_pixels=MAX_IMAGE_PIXELS):
     """Validate encoded image bytes and return a LoadedImage whose JPEG decodes to upright RGB.
 
@@ -200,7 +237,8 @@ def load_image(data, max_pixels=MAX_IMAGE_PIXELS):
     listed in `repairs`): another format, a non-RGB mode (grayscale, CMYK, RGBA, palette), or an EXIF
     orientation, which is applied because TensorFlow's decoder ignores EXIF while annotation tools
     (and image viewers) show the upright image the boxes were drawn on. Raises BadInput for corrupt,
-    truncated, unsupported or over-large (> max_pixels, read from the header) images.
+    truncated, unsupported or over-large (> max_pixels, read from the header) images, and for JPEG data
+    that decodes only with libjpeg's "Corrupt JPEG data" warnings (libjpeg_warnings).
     """
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
@@ -212,6 +250,10 @@ def load_image(data, max_pixels=MAX_IMAGE_PIXELS):
         raise BadInput("image refused as a decompression bomb: %s" % e) from None
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
         raise BadInput("corrupt or unreadable image: %s" % e) from None
+    if image.format == "JPEG":
+        warnings = libjpeg_warnings(data)
+        if warnings:
+            raise BadInput("corrupt JPEG data (decodes only with libjpeg warnings: %s)" % "; ".join(warnings))
     repairs = []
     if image.format != "JPEG":
         repairs.append("%s image re-encoded as JPEG" % image.format)

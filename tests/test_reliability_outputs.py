@@ -201,3 +201,20 @@ def test_data_dir_and_converter_output_defaults_are_one_folder_from_any_working_
         assert out.returncode == 0, out.stderr[-2000:]
         defaults.add(out.stdout.strip())
     assert defaults == {os.path.join(REPO_ROOT, "dataset", "tfrecords")}
+
+
+def test_jpeg_that_decodes_only_with_libjpeg_warnings_is_reported_as_corrupt():
+    import io
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+    good = buffer.getvalue()
+    start_of_scan = good.index(b"\xff\xda")
+    cut = good[:(start_of_scan + len(good)) // 2] + b"\xff\xd9"      # data cut short, but an end marker
+    extraneous = good[:-2] + b"\x00\x00\x00\xff\xd9"                # garbage before the end marker
+    for data, warning in ((cut, "premature end of data segment"), (extraneous, "3 extraneous bytes")):
+        Image.open(io.BytesIO(data)).load()   # Pillow decodes both without a word
+        with pytest.raises(voc.BadInput, match="corrupt JPEG data.*" + warning):
+            voc.load_image(data)
+    assert voc.load_image(good).jpeg == good
