@@ -48,15 +48,15 @@ def folder_mode():
     return 0o777 & ~current_umask()
 
 
-def write_atomically(path, data):
-    """Write `data` (str as UTF-8, or bytes) to `path` via a temporary file in the same folder and
-    os.replace; the file gets the umask's mode, not mkstemp's 0600."""
+def write_atomically(path, text):
+    """Write `text` (str, as UTF-8) to `path` via a temporary file in the same folder and os.replace;
+    the file gets the umask's mode, not mkstemp's 0600."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, temp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
     try:
         os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(temp_path, path)
     except BaseException:
         if os.path.exists(temp_path):
