@@ -55,7 +55,8 @@ def shard_files(data_dir, split):
     files = sorted(glob.glob(os.path.join(data_dir, "%s-?????-of-?????" % split)))
     if not files:
         raise ValueError("no %s shards (%s-?????-of-?????) in %s: convert the dataset into it "
-                         "(python3 convert_voc_sample_tfrecords.py --output_directory %s)" % (split, split, data_dir, data_dir))
+                         "(python3 convert_voc_sample_tfrecords.py --output_directory %s)"
+                         % (split, split, data_dir, data_dir))
     return files
 
 

@@ -86,8 +86,8 @@ def run(main):
     app.run(guarded, flags_parser=_parse_flags)
 
 
-def positive(name, value_type=int):
-    """A validator message for flags that must be > 0."""
+def positive(name):
+    """Validates that the flag `name` is > 0 (one line at parse time otherwise)."""
     flags.register_validator(name, lambda v: v is not None and v > 0,
                              message="--%s must be > 0" % name)
 
