@@ -37,3 +37,17 @@ def test_count_records_reads_headers_only_and_names_a_truncated_file(tmp_path):
         f.write(data[:-5])
     with pytest.raises(ValueError, match="train-00000-of-00001 is corrupted: a record runs past the end"):
         reader.count_records(path)
+
+
+def test_sgd_from_scratch_says_it_diverges_and_prints_the_command_that_works(tmp_path, caplog):
+    import logging
+    from engine.train_config import FROM_SCRATCH_COMMAND
+    with caplog.at_level(logging.WARNING):
+        assert training.init_backbone(None, str(tmp_path / "no_backbone"), False, "sgd") == 0
+    text = caplog.text
+    assert "SGD from scratch diverges after the warm-up" in text and FROM_SCRATCH_COMMAND in text
+    assert "--optimizer adam" in FROM_SCRATCH_COMMAND      # README's sample recipe
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        training.init_backbone(None, str(tmp_path / "no_backbone"), False, "adam")
+    assert "diverges" not in caplog.text and "no pretrained backbone" in caplog.text
