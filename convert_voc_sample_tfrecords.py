@@ -12,18 +12,16 @@ label_map.pbtxt. Exits non-zero when any file was skipped, unless --allow_skips.
 
 import os
 
-from absl import app, flags, logging
-from PIL import Image
+from absl import app, flags
 
-from dataset import convert, voc
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
+from engine import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset_directory", os.path.join(_HERE, "dataset"),
+flags.DEFINE_string("dataset_directory", os.path.join(cli.REPO_DIR, "dataset"),
                     "Folder holding the VOC-layout directories named by the splits.")
-flags.DEFINE_string("output_directory", os.path.join(_HERE, "dataset", "tfrecords"),
-                    "Where shards and label_map.pbtxt are written.")
+flags.DEFINE_string("output_directory", cli.DEFAULT_DATA_DIR,
+                    "Where shards and label_map.pbtxt are written (train_ssd.py's default --data_dir). "
+                    "Replaced as a whole: it must hold converter output only.")
 flags.DEFINE_string("train_splits", "sample:train", "Comma-separated DIR or DIR:IMAGESET to merge.")
 flags.DEFINE_string("validation_splits", "sample:val", "Comma-separated DIR or DIR:IMAGESET to merge.")
 flags.DEFINE_integer("train_shards", 4, "Number of train shards.", lower_bound=1)
@@ -35,6 +33,11 @@ flags.DEFINE_bool("skip_unknown", False, "Drop objects whose class is not in --l
                   "(default: stop with an error naming the file and class).")
 flags.DEFINE_bool("allow_skips", False, "Exit 0 even when files were skipped.")
 
+flags.register_validator("dataset_directory", os.path.isdir,
+                         message="--dataset_directory is not a folder (the one holding the VOC-layout dirs)")
+flags.register_validator("label_map", lambda path: path is None or os.path.isfile(path),
+                         message="--label_map names no file")
+
 TRAIN_SPLIT_NAME = "train"
 VALIDATION_SPLIT_NAME = "val"
 
@@ -42,6 +45,9 @@ VALIDATION_SPLIT_NAME = "val"
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % argv[1:])
+    from PIL import Image
+
+    from dataset import convert, voc
     # Pillow's own bomb guard agrees with ours (it warns above the limit and raises above twice it).
     Image.MAX_IMAGE_PIXELS = voc.MAX_IMAGE_PIXELS
     splits, num_shards = {}, {}
@@ -53,14 +59,10 @@ def main(argv):
             num_shards[name] = shards
     if not splits:
         raise app.UsageError("no splits to convert: set --train_splits or --validation_splits")
-    try:
-        results, class_names = convert.convert(
-            FLAGS.dataset_directory, FLAGS.output_directory, splits, num_shards,
-            num_threads=FLAGS.num_threads, label_map_path=FLAGS.label_map,
-            skip_unknown=FLAGS.skip_unknown)
-    except (convert.UnknownClassError, FileNotFoundError, ValueError) as e:
-        logging.error("%s", e)
-        return 2
+    results, class_names = convert.convert(
+        FLAGS.dataset_directory, FLAGS.output_directory, splits, num_shards,
+        num_threads=FLAGS.num_threads, label_map_path=FLAGS.label_map,
+        skip_unknown=FLAGS.skip_unknown)
     print("Wrote %s (%d classes)" % (FLAGS.output_directory, len(class_names)))
     print(convert.format_summary(results, class_names))
     skipped = sum(len(r.skipped) for r in results.values())
@@ -71,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

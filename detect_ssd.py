@@ -23,7 +23,9 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
+
+from engine import cli
 
 flags.DEFINE_list("input", None, "Image files, directories (their images) or globs, comma-separated.")
 flags.DEFINE_string("output_dir", None, "Folder for the drawn images and detections.json.")
@@ -33,6 +35,7 @@ flags.DEFINE_string("saved_model_dir", None, "An export of export_saved_model.py
 flags.DEFINE_float("score_threshold", 0.3, "Detections scoring below this are neither drawn nor listed.")
 flags.DEFINE_enum("output_format", "png", ["png", "jpg"], "Format of the drawn images.")
 FLAGS = flags.FLAGS
+flags.register_validator("score_threshold", lambda v: 0 <= v <= 1, message="--score_threshold must be in [0, 1]")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DETECTIONS_FILENAME = "detections.json"
@@ -42,16 +45,22 @@ _PROGRESS_SECONDS = 10
 
 def expand_inputs(items):
     """Paths named by `items`: a directory gives its image files (sorted), a glob its matches (sorted),
-    anything else itself (a missing file is kept, to be reported as unreadable)."""
+    anything else itself (a missing file is kept, to be reported as unreadable).
+
+    A glob matching nothing or a folder without images is a mistake (a typo, the wrong folder): ValueError.
+    """
     paths = []
     for item in items:
         if os.path.isdir(item):
-            paths.extend(sorted(os.path.join(item, name) for name in os.listdir(item)
-                                if name.lower().endswith(IMAGE_EXTENSIONS)))
+            found = sorted(os.path.join(item, name) for name in os.listdir(item)
+                           if name.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ValueError(f"--input folder {item} holds no {'/'.join(IMAGE_EXTENSIONS)} image")
+            paths.extend(found)
         elif any(c in item for c in _GLOB_CHARS):
             matches = sorted(glob.glob(item))
             if not matches:
-                logging.warning("no file matches %s", item)
+                raise ValueError(f"--input {item!r} matches no file (quote globs so the shell leaves them)")
             paths.extend(matches)
         else:
             paths.append(item)
@@ -146,9 +155,9 @@ def make_detect_fn(saved_model_dir=None, model_dir=None, checkpoint_path=None):
 
 def main(argv):
     del argv
+    paths = expand_inputs(FLAGS.input)  # before loading the model: a typo fails at once
     detect_fn, class_names, source = make_detect_fn(FLAGS.saved_model_dir, FLAGS.model_dir,
                                                     FLAGS.checkpoint_path)
-    paths = expand_inputs(FLAGS.input)
     logging.info("detecting in %d files with %s", len(paths), source)
     records, skipped = detect_files(paths, detect_fn, class_names, FLAGS.output_dir, FLAGS.score_threshold,
                                     FLAGS.output_format)
@@ -162,4 +171,4 @@ def main(argv):
 if __name__ == "__main__":
     # Marked here, not at import: tests import this module beside other scripts sharing absl's FLAGS.
     flags.mark_flags_as_required(["input", "output_dir"])
-    app.run(main)
+    cli.run(main)

@@ -23,11 +23,13 @@ official file itself (the evaluated images only).
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from metrics.evaluator import METRIC_NAMES
+from engine import cli
 
-flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of val-* shards and label_map.pbtxt.")
+from metrics.evaluator import METRIC_NAMES as METRICS  # no TensorFlow: --help stays fast
+flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR, "Directory of val-* shards and label_map.pbtxt "
+                    "(default: the converter's output).")
 flags.DEFINE_string("model_dir", "logs/", "Training model_dir: checkpoints, config.json, label_map.pbtxt.")
 flags.DEFINE_string("checkpoint_path", "", "A checkpoint prefix (e.g. logs/ckpt-1000); default: the "
                     "latest in --model_dir.")
@@ -48,6 +50,13 @@ flags.DEFINE_integer("eval_timeout", 3600, "Stop waiting after this many seconds
 flags.DEFINE_integer("max_steps", 0, "With --wait_for_checkpoints: stop after the checkpoint at or past "
                      "this step; 0: never.")
 FLAGS = flags.FLAGS
+cli.positive("batch_size")
+flags.register_validator("metrics", lambda names: bool(names) and set(names) <= set(METRICS),
+                         message=f"--metrics takes a comma-separated subset of {', '.join(METRICS)}")
+flags.register_validator("eval_timeout", lambda v: v >= 0, message="--eval_timeout must be >= 0")
+flags.register_validator("data_dir", lambda d: os.path.isfile(os.path.join(d, "label_map.pbtxt")),
+                         message="--data_dir holds no label_map.pbtxt: convert a dataset first "
+                                 "(python3 convert_voc_sample_tfrecords.py) or point --data_dir at one")
 
 
 def main(argv):
@@ -106,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

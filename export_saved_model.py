@@ -8,7 +8,9 @@ model was trained with. Signatures: serving_default (uint8 images [B, H, W, 3]) 
 (JPEG/PNG bytes [B]); outputs use the TF Object Detection API's names and float32 dtypes.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from engine import cli
 
 flags.DEFINE_string("model_dir", "logs/", "Training model_dir; its latest checkpoint is exported.")
 flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N) to export instead of the latest.")
@@ -32,4 +34,4 @@ def main(argv):
 if __name__ == "__main__":
     # Marked here, not at import: tests import this module beside other scripts sharing absl's FLAGS.
     flags.mark_flag_as_required("output_dir")
-    app.run(main)
+    cli.run(main)

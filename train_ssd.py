@@ -14,13 +14,14 @@ import tempfile
 import time
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from engine import mlperf
-from engine.train_config import MIXED_PRECISION, OPTIMIZERS, every
+from engine import cli, mlperf
+from engine.train_config import MIXED_PRECISION, OPTIMIZERS, backbone_present, every
 from model import presets
 
-flags.DEFINE_string("data_dir", "dataset/tfrecords", "Directory of train-*/val-* shards and label_map.pbtxt.")
+flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR,
+                    "Directory of train-*/val-* shards and label_map.pbtxt (default: the converter's output).")
 flags.DEFINE_string("model_dir", "logs/", "Checkpoints and TensorBoard events (train/, eval/).")
 flags.DEFINE_enum("model", "ssd300_vgg16", presets.NAMES, "Model preset.")
 flags.DEFINE_float("width_multiplier", 1.0, "Scales every conv's channels; < 1 for small fast models.")
@@ -34,7 +35,7 @@ flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS,
                   "sgd: the paper's, with a pretrained backbone; adam: stable when training from scratch.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (Adam's beta_1).")
 flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on conv kernels (not biases, not the conv4_3 scale).")
-flags.DEFINE_string("checkpoint_path", "model/pretrained/",
+flags.DEFINE_string("checkpoint_path", os.path.join(cli.REPO_DIR, "model", "pretrained"),
                     "Backbone weights: reduced-fc VGG16 as a slim TF checkpoint (prefix or dir), Keras VGG16 .h5 "
                     "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors).")
 flags.DEFINE_bool("require_pretrained", False, "Fail instead of training from scratch without a backbone.")
@@ -47,6 +48,8 @@ flags.DEFINE_enum("mixed_precision", "none", MIXED_PRECISION,
                   "Compute dtype; float16 uses dynamic loss scaling.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, shuffling and augmentation.")
+flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops: the same --seed gives bit-identical "
+                  "checkpoints (slower on GPU).")
 flags.DEFINE_integer("eval_every_steps", 0, "Evaluate the val shards every N steps (and at the end); 0: never.")
 flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation.")
 flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
@@ -55,6 +58,49 @@ mlperf.define_flags()
 flags.DEFINE_string("data_service", "", "HOST:PORT of a tf.data service dispatcher whose workers make the "
                     "training batches (python3 -m engine.data_service); empty: this process makes them.")
 FLAGS = flags.FLAGS
+
+# Every flag that cannot work fails at parse time, in one line (engine/cli.py).
+for _name in ("batch_size", "max_steps", "learning_rate", "width_multiplier", "keep_checkpoints",
+              "eval_batch_size"):
+    cli.positive(_name)
+for _name in ("warmup_steps", "save_checkpoints_steps", "log_every_n_steps", "save_summary_steps",
+              "image_summary_steps", "eval_every_steps", "weight_decay"):
+    flags.register_validator(_name, lambda v: v >= 0, message=f"--{_name} must be >= 0")
+cli.list_of("decay_boundaries", int, "a whole step number (write 1000, not 1k)")
+cli.list_of("lr_decay_factors", float, "a number")
+flags.register_validator("momentum", lambda v: 0 <= v < 1, message="--momentum must be in [0, 1)")
+
+
+@flags.multi_flags_validator(["decay_boundaries", "lr_decay_factors"])
+def _check_schedule(values):
+    try:
+        boundaries = [int(b) for b in values["decay_boundaries"]]
+        factors = values["lr_decay_factors"]
+    except ValueError:
+        return True  # reported by the list validator
+    if len(factors) != len(boundaries) + 1:
+        raise flags.ValidationError(f"--lr_decay_factors needs one more entry than --decay_boundaries "
+                                    f"({len(boundaries)} boundaries, {len(factors)} factors)")
+    if boundaries != sorted(boundaries):
+        raise flags.ValidationError(f"--decay_boundaries must be increasing, got {values['decay_boundaries']}")
+    return True
+
+
+@flags.validator("data_dir")
+def _check_data_dir(data_dir):
+    if not os.path.isfile(os.path.join(data_dir, "label_map.pbtxt")):
+        raise flags.ValidationError(f"no label_map.pbtxt in --data_dir={data_dir}: convert a dataset first "
+                                    f"(python3 convert_voc_sample_tfrecords.py) or point --data_dir at one")
+    return True
+
+
+@flags.multi_flags_validator(["require_pretrained", "checkpoint_path"])
+def _check_backbone(values):
+    if values["require_pretrained"] and not backbone_present(values["checkpoint_path"]):
+        raise flags.ValidationError(f"--require_pretrained is set but --checkpoint_path="
+                                    f"{values['checkpoint_path']!r} holds no backbone: put the reduced-fc VGG16 "
+                                    f"there (README: Pretrained backbone) or drop --require_pretrained")
+    return True
 
 
 @dataclasses.dataclass
@@ -76,13 +122,13 @@ class Run:
 
 def main(argv):
     del argv
+    from engine import train_config
+    train_config.seed_everything(FLAGS.seed, FLAGS.deterministic)  # before nets/ makes initializers
     import tensorflow as tf
 
     from dataset import label_map
     from engine import anchor_file, checkpoints, summaries, training
     from model import anchors as anchors_lib
-    from nets import ssd
-    from preprocessing import inputs
 
     training.set_up(FLAGS.mixed_precision, FLAGS.seed)
     strategy = training.make_strategy()
@@ -92,24 +138,15 @@ def main(argv):
                          **anchor_file.overrides(FLAGS.anchor_config, FLAGS.model))
     if chief:
         checkpoints.write(FLAGS.model_dir, config, class_names)
+        checkpoints.check_run_settings(FLAGS.model_dir, {"optimizer": FLAGS.optimizer})
     session = (mlperf.Session(FLAGS, config, FLAGS.data_dir, FLAGS.model_dir, strategy.num_replicas_in_sync,
                               chief) if FLAGS.mlperf else None)   # sets --max_steps from --epochs
     anchors = anchors_lib.generate(config)
-    input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed,
-                                           data_service=FLAGS.data_service)
-    dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
-                                          input_config))
-
     schedule = session.schedule() if session else training.WarmupPiecewiseSchedule(
         FLAGS.learning_rate, [int(b) for b in FLAGS.decay_boundaries],
         [float(f) for f in FLAGS.lr_decay_factors], FLAGS.warmup_steps)
-    with strategy.scope():
-        model = ssd.build(config)
-        optimizer = training.make_optimizer(schedule, FLAGS.momentum, FLAGS.mixed_precision,
-                                            FLAGS.optimizer)
-        optimizer.build(model.trainable_variables)  # before the first distributed step (DESIGN.md)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    model, optimizer, checkpoint = training.build_model_and_optimizer(
+        strategy, config, schedule, FLAGS.momentum, FLAGS.mixed_precision, FLAGS.optimizer)
 
     # Non-chief workers must take part in every save (it is collective) but write to a scratch dir.
     write_dir = FLAGS.model_dir if chief else tempfile.mkdtemp(prefix="ssd_worker_")
@@ -120,17 +157,16 @@ def main(argv):
     run.last_saved = restore(run, checkpoint, optimizer)
     if session:
         session.run_start(model)
-    if chief and FLAGS.image_summary_steps:
-        run.image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4,
-                                                       input_config=input_config))
+    step = int(optimizer.iterations.numpy())
+    dataset, run.image_batches = make_datasets(strategy, config, anchors, start_step=step, chief=chief)
 
     step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
                                        FLAGS.jit_compile)
     iterator = iter(dataset)
-    step = int(optimizer.iterations.numpy())
     run.progress.rate(step, time.time())
     while step < FLAGS.max_steps:
-        values = training.check_finite(step + 1, step_fn(iterator), run.last_saved)
+        values = training.check_finite(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir),
+                                       FLAGS.model_dir if chief else None)
         previous, step = step, int(optimizer.iterations.numpy())
         if step == previous:  # float16 loss scaling skipped an overflowing step and lowered its scale
             continue
@@ -148,18 +184,37 @@ def main(argv):
         shutil.rmtree(write_dir, ignore_errors=True)
 
 
+def make_datasets(strategy, config, anchors, start_step, chief):
+    """The distributed training batches from `start_step` on (preprocessing/inputs.py: resume), and for
+    the chief's image summaries a small local batch iterator (None when they are off)."""
+    from preprocessing import inputs
+    input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed,
+                                           data_service=FLAGS.data_service)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
+                                          input_config, start_step=start_step))
+    image_batches = None
+    if chief and FLAGS.image_summary_steps:
+        local = dataclasses.replace(input_config, data_service="")
+        image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4, None, local))
+    return dataset, image_batches
+
+
 def restore(run, checkpoint, optimizer):
     """Resumes from the latest checkpoint of --model_dir, else initialises the backbone; returns the
-    checkpoint resumed from (None for a fresh run)."""
+    checkpoint resumed from (None for a fresh run). Folders left by a kill during a save are removed."""
     import tensorflow as tf
 
-    from engine import training
+    from engine import checkpoints, training
+    if run.chief:
+        for stale in checkpoints.remove_stale_temp(FLAGS.model_dir):
+            logging.info("removed %s, left by a run killed while saving", stale)
     latest = tf.train.latest_checkpoint(FLAGS.model_dir)
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        checkpoints.restore_training(checkpoint, latest, optimizer)
         logging.info("resumed from %s at step %d", latest, int(optimizer.iterations.numpy()))
     else:
-        training.init_backbone(run.model, FLAGS.checkpoint_path, FLAGS.require_pretrained)
+        training.init_backbone(run.model, FLAGS.checkpoint_path, FLAGS.require_pretrained, FLAGS.optimizer)
     return latest
 
 
@@ -191,4 +246,4 @@ def evaluate(run, step):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,6 +6,11 @@ VOC: the standard 20 in alphabetical order). Then each shard is built by one wor
 loaded and validated (dataset/voc.py), boxes are clipped or dropped, records are serialized and the
 shard is written atomically (dataset/tfrecord.py).
 
+The whole output set (every shard of every split and label_map.pbtxt) is written into a temporary folder
+beside the output folder and swapped in as a whole at the end (dataset/atomic.replace_folder): a run
+killed at any moment leaves the previous set exactly as it was, never new shards beside old ones under
+the old label map. The output folder must hold converter output only (it is replaced whole).
+
 Output is a function of the inputs only: each split's image list is shuffled with a fixed seed and
 cut into contiguous shards, so shard contents do not depend on the number of threads.
 """
@@ -15,13 +20,14 @@ import concurrent.futures
 import dataclasses
 import os
 import random
+import shutil
 import threading
 import time
 
 import numpy as np
 from absl import logging
 
-from dataset import label_map, tfrecord, voc
+from dataset import atomic, label_map, tfrecord, voc
 from dataset.voc_boxes import voc_pixels_to_normalized
 
 SHUFFLE_SEED = 0
@@ -87,18 +93,19 @@ def list_images(dataset_dir, splits):
 def fix_boxes(objects, width, height):
     """Clip VOC pixel boxes to a width x height image; drop inverted, zero-area and outside boxes.
 
-    A VOC box (1-based inclusive) lies inside when 1 <= xmin and xmax <= width (likewise y). A box with
-    xmax <= xmin or ymax <= ymin has no extent an annotator could have meant and is dropped, before or
-    after clipping. Returns (kept objects with clipped boxes, list of notes).
+    A VOC box (1-based inclusive) lies inside when 1 <= xmin and xmax <= width (likewise y). Pixels are
+    inclusive, so xmin = xmax is a box one pixel wide (the devkit's width xmax - xmin + 1 = 1) and is
+    kept; only an inverted box (xmax < xmin or ymax < ymin) has no extent an annotator could have meant
+    and is dropped, before or after clipping. Returns (kept objects with clipped boxes, list of notes).
     """
     kept, notes = [], []
     for obj in objects:
         xmin, ymin, xmax, ymax = obj.box
-        if xmax <= xmin or ymax <= ymin:
-            notes.append("dropped inverted or zero-area box %s of %s" % (obj.box, obj.name))
+        if xmax < xmin or ymax < ymin:
+            notes.append("dropped inverted box %s of %s" % (obj.box, obj.name))
             continue
         clipped = (max(xmin, 1.0), max(ymin, 1.0), min(xmax, float(width)), min(ymax, float(height)))
-        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        if clipped[2] < clipped[0] or clipped[3] < clipped[1]:
             notes.append("dropped box %s of %s outside the %dx%d image" % (obj.box, obj.name,
                                                                            width, height))
             continue
@@ -178,7 +185,7 @@ def _write_one_shard(path, items, class_names, skip_unknown, progress):
                 outcomes.append((where, None, [], str(e)))
             else:
                 outcomes.append((where, record, notes, None))
-                yield tfrecord.build_example(record).SerializeToString()
+                yield tfrecord.serialize(tfrecord.build_example(record))
             progress.add()
 
     tfrecord.write_shard(path, serialized())
@@ -190,9 +197,6 @@ def convert_split(name, items, output_dir, num_shards, class_names, skip_unknown
     """Shuffle `items` [(voc_dir, id, annotation)] with a fixed seed and write `num_shards` shards."""
     items = list(items)
     random.Random(SHUFFLE_SEED).shuffle(items)
-    os.makedirs(output_dir, exist_ok=True)
-    for stale in tfrecord.remove_stale_files(output_dir, name, num_shards):
-        logging.info("removed stale %s", stale)
     bounds = np.linspace(0, len(items), num_shards + 1).astype(int)
     paths = [os.path.join(output_dir, tfrecord.shard_name(name, i, num_shards))
              for i in range(num_shards)]
@@ -255,11 +259,37 @@ def convert(dataset_dir, output_dir, splits, num_shards, num_threads=4, label_ma
                 len(unknown), label_map_path, unknown[0][0], unknown[0][1]))
     else:
         class_names = tuple(seen)
-    for name, items in annotated.items():
-        convert_split(name, items, output_dir, num_shards[name], class_names, skip_unknown,
-                      num_threads, results[name])
-    label_map.write_label_map(os.path.join(output_dir, label_map.LABEL_MAP_FILENAME), class_names)
+    label_text = label_map.format_label_map(class_names)  # a name it cannot write fails before any shard
+    check_output_folder(output_dir)
+    for leftover in atomic.recover_folder(output_dir):
+        logging.info("removed %s, left by an interrupted run", leftover)
+    parent, folder_name = os.path.split(os.path.abspath(output_dir))
+    staging = atomic.make_temp_folder(parent, folder_name)
+    try:
+        for name, items in annotated.items():
+            convert_split(name, items, staging, num_shards[name], class_names, skip_unknown,
+                          num_threads, results[name])
+        atomic.write_atomically(os.path.join(staging, label_map.LABEL_MAP_FILENAME), label_text)
+        atomic.replace_folder(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for result in results.values():
+        result.shards = [os.path.join(output_dir, os.path.basename(p)) for p in result.shards]
     return results, class_names
+
+
+def check_output_folder(output_dir):
+    """Refuses an output folder holding anything the converter did not write: it is replaced whole."""
+    if not os.path.exists(output_dir):
+        return
+    if not os.path.isdir(output_dir):
+        raise ValueError("--output_directory %s is a file, not a folder" % output_dir)
+    foreign = sorted(n for n in os.listdir(output_dir) if not tfrecord.is_converter_output(n))
+    if foreign:
+        raise ValueError("%s holds files the converter did not write (%s); it replaces the output folder "
+                         "as a whole, so use a new or empty --output_directory"
+                         % (output_dir, ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")))
 
 
 def format_summary(results, class_names):

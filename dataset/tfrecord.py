@@ -1,14 +1,18 @@
 """tf.train.Example building (TF Object Detection API keys, dataset/fields.py) and atomic shard files.
 
 Shards are named `<split>-00000-of-00004`. Each is written to `<name>.tmp-<pid>` and renamed into place
-with os.replace, so a conversion killed at any moment leaves no file that looks complete; a rerun
-rewrites every shard and removes leftover temporary files and shards of an older shard count.
+with os.replace, so a conversion killed at any moment leaves no file that looks complete. The converter
+writes a whole output set (every shard and the label map) into a temporary folder and swaps it in as a
+whole (dataset/atomic.replace_folder), so shards of two runs never sit side by side.
+
+Examples are serialized with `deterministic=True`: protobuf's map fields (the feature dict) are otherwise
+written in an order that varies per process, and the output would differ byte for byte between runs.
 """
 
 import dataclasses
-import glob
 import hashlib
 import os
+import re
 
 from typing import Optional
 
@@ -19,6 +23,8 @@ from dataset import fields
 
 JPEG_FORMAT = b"jpeg"
 _TMP_MARKER = ".tmp-"
+# Every name the converter writes into an output folder (shards, their temporaries, the label map's).
+_OUTPUT_NAME = re.compile(r"^([A-Za-z0-9_]+-\d{5}-of-\d{5}(\.tmp-\d+)?|label_map\.pbtxt|\.label_map\.pbtxt\w*\.tmp)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +98,11 @@ def build_example(record):
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
+def serialize(example):
+    """Bytes of a tf.train.Example, identical in every process for an identical example."""
+    return example.SerializeToString(deterministic=True)
+
+
 def shard_name(split, index, num_shards):
     """'train-00003-of-00008' for split 'train', shard index 3 of 8."""
     return "%s-%05d-of-%05d" % (split, index, num_shards)
@@ -113,13 +124,6 @@ def write_shard(path, serialized_examples):
     return count
 
 
-def remove_stale_files(output_dir, split, num_shards):
-    """Delete leftover temporary files and `split` shards not of the current count; returns them."""
-    current = {shard_name(split, i, num_shards) for i in range(num_shards)}
-    stale = [p for p in glob.glob(os.path.join(output_dir, "%s-*-of-*" % split))
-             if os.path.basename(p) not in current]
-    stale += [p for p in glob.glob(os.path.join(output_dir, "*" + _TMP_MARKER + "*"))
-              if p not in stale]
-    for path in stale:
-        os.remove(path)
-    return sorted(stale)
+def is_converter_output(name):
+    """True for a file name the converter writes into an output folder (so it may replace the folder)."""
+    return bool(_OUTPUT_NAME.match(name))

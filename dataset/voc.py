@@ -13,8 +13,11 @@ import dataclasses
 import io
 import math
 import os
-import re
+import sys
+import tempfile
+import threading
 import xml.etree.ElementTree as ET
+from xml.parsers import expat
 
 from PIL import Image, ImageOps
 
@@ -28,10 +31,15 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 MAX_IMAGE_PIXELS = 50_000_000   # decompression-bomb guard, checked from the header before decoding
 REENCODE_QUALITY = 95           # repaired images are re-encoded once, close to lossless
 MAX_XML_BYTES = 10_000_000
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-# A DTD is the only way to declare entities, so refusing both stops billion-laughs and external
-# entity (XXE) attacks before the parser sees them (defusedxml is not a dependency we may add).
-_HOSTILE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+# What makes an id unsafe as a file stem: it could leave JPEGImages/ or Annotations/ (a separator, `..`,
+# an absolute path) or cut the path short (NUL). Anything else is a legal file name and is allowed.
+_ID_SEPARATORS = tuple({"/", "\\", os.sep} | ({os.altsep} if os.altsep else set()))
+
+
+_STDERR_LOCK = threading.Lock()
+# libjpeg's warnings for compressed data it had to guess at ("Corrupt JPEG data: premature end of data
+# segment", "... N extraneous bytes before marker 0xd9"); the image still decodes, partly grey.
+_LIBJPEG_WARNING = "Corrupt JPEG data"
 
 
 class BadInput(Exception):
@@ -67,9 +75,11 @@ class LoadedImage:
 
 
 def check_image_id(image_id):
-    """Raise BadInput unless `image_id` is a plain file stem (no path separators, no leading dot)."""
-    if not _SAFE_ID.match(image_id):
-        raise BadInput("unsafe image id %r (not a plain file stem)" % image_id)
+    """Raise BadInput for an id that is unsafe as a file stem: empty, a path separator (so no absolute
+    path either), `..`, or NUL. Spaces, leading dots and non-ASCII are plain file names and allowed."""
+    if (not image_id or "\0" in image_id or image_id in (".", "..") or os.path.isabs(image_id)
+            or any(sep in image_id for sep in _ID_SEPARATORS)):
+        raise BadInput("unsafe image id %r (a separator, '..', an absolute path or NUL)" % image_id)
 
 
 def read_image_set(voc_dir, image_set):
@@ -111,12 +121,42 @@ def _number(element, tag, default=None):
     return value
 
 
+class _HostileXml(Exception):
+    pass
+
+
+def _refuse(*_):
+    raise _HostileXml()
+
+
+def check_no_dtd(xml_bytes):
+    """Raise BadInput when the document declares a DTD or an entity, in whatever encoding it is.
+
+    Done on the parsed document by expat's own handlers (the parser ElementTree uses), not by matching
+    bytes: a byte pattern misses `<!DOCTYPE` in UTF-16 or any other encoding the declaration names,
+    while expat fires these handlers after decoding. A DTD is the only way to declare entities, so this
+    stops billion-laughs and external-entity (XXE) attacks before anything is expanded: the handler
+    raises at the DOCTYPE's start. (defusedxml does the same with more code and is no dependency here.)
+    """
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.UnparsedEntityDeclHandler = _refuse
+    parser.ExternalEntityRefHandler = _refuse
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    try:
+        parser.Parse(xml_bytes, True)
+    except _HostileXml:
+        raise BadInput("annotation declares a DTD or entities (refused: entity expansion / XXE)") from None
+    except expat.ExpatError as e:
+        raise BadInput("malformed annotation XML: %s" % e) from None
+
+
 def parse_annotation(xml_bytes):
     """Parse VOC annotation XML bytes into a VocAnnotation; raise BadInput on hostile or bad XML."""
     if len(xml_bytes) > MAX_XML_BYTES:
         raise BadInput("annotation larger than %d bytes" % MAX_XML_BYTES)
-    if _HOSTILE_XML.search(xml_bytes):
-        raise BadInput("annotation declares a DTD or entities (refused: entity expansion / XXE)")
+    check_no_dtd(xml_bytes)
     try:
         root = ET.fromstring(xml_bytes)
     except ET.ParseError as e:
@@ -162,6 +202,34 @@ def find_image(voc_dir, image_id):
     raise BadInput("missing image file %s.jpg" % os.path.join(voc_dir, IMAGES_DIR, image_id))
 
 
+def libjpeg_warnings(jpeg):
+    """libjpeg's "Corrupt JPEG data" warnings for decoding `jpeg` (bytes), as TensorFlow's decoder (the
+    one training uses) meets them; empty for a sound JPEG.
+
+    Pillow and tf.io.decode_jpeg both accept such data and fill what is missing with grey; neither
+    reports it but on stderr, where libjpeg writes it. So the decode runs with file descriptor 2
+    redirected (under a lock; other lines written meanwhile are passed on).
+    """
+    import tensorflow as tf
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            tf.io.decode_jpeg(jpeg, channels=3, dct_method="INTEGER_ACCURATE")
+        except tf.errors.InvalidArgumentError as e:
+            return [e.message.split("}} ", 1)[-1].split(" [Op:")[0]]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        lines = capture.read().decode("utf-8", "replace").splitlines()
+    others = [line for line in lines if _LIBJPEG_WARNING not in line]
+    if others:
+        sys.stderr.write("\n".join(others) + "\n")
+    return [line.strip() for line in lines if _LIBJPEG_WARNING in line]
+
+
 def load_image(data, max_pixels=MAX_IMAGE_PIXELS):
     """Validate encoded image bytes and return a LoadedImage whose JPEG decodes to upright RGB.
 
@@ -169,7 +237,8 @@ def load_image(data, max_pixels=MAX_IMAGE_PIXELS):
     listed in `repairs`): another format, a non-RGB mode (grayscale, CMYK, RGBA, palette), or an EXIF
     orientation, which is applied because TensorFlow's decoder ignores EXIF while annotation tools
     (and image viewers) show the upright image the boxes were drawn on. Raises BadInput for corrupt,
-    truncated, unsupported or over-large (> max_pixels, read from the header) images.
+    truncated, unsupported or over-large (> max_pixels, read from the header) images, and for JPEG data
+    that decodes only with libjpeg's "Corrupt JPEG data" warnings (libjpeg_warnings).
     """
     try:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
@@ -181,6 +250,10 @@ def load_image(data, max_pixels=MAX_IMAGE_PIXELS):
         raise BadInput("image refused as a decompression bomb: %s" % e) from None
     except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as e:
         raise BadInput("corrupt or unreadable image: %s" % e) from None
+    if image.format == "JPEG":
+        warnings = libjpeg_warnings(data)
+        if warnings:
+            raise BadInput("corrupt JPEG data (decodes only with libjpeg warnings: %s)" % "; ".join(warnings))
     repairs = []
     if image.format != "JPEG":
         repairs.append("%s image re-encoded as JPEG" % image.format)

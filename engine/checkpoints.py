@@ -6,8 +6,10 @@ model under a checkpoint. Continuous evaluation walks a model_dir's checkpoints 
 `watch_checkpoints` and reads each one's training step with `checkpoint_step`.
 """
 
+import glob
 import os
 import re
+import shutil
 import time
 
 import tensorflow as tf
@@ -18,10 +20,13 @@ from dataset.atomic import write_atomically
 from model import presets
 
 CONFIG_FILENAME = "config.json"
+# What else must match for a checkpoint to restore: the optimizer's slots and loss scaling.
+RUN_SETTINGS_FILENAME = "run_settings.json"
 # train_ssd.py checkpoints hold tf.train.Checkpoint(model=..., optimizer=...); Keras 3 optimizers
 # track their step counter as `_iterations`.
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 _CHECKPOINT_NUMBER = re.compile(r"-(\d+)$")
+_OPTIMIZER_VARIABLES = "optimizer/_variables/"
 
 
 def write(model_dir, config, class_names):
@@ -38,6 +43,27 @@ def write(model_dir, config, class_names):
     write_atomically(config_path, presets.to_json(config))
 
 
+def check_run_settings(model_dir, settings):
+    """Records `settings` (e.g. {"optimizer": "adam"}) in `model_dir` on its first run; later runs must
+    bring the same ones, else ValueError in one line saying which flag to use (before any restore, so
+    a resume with another --optimizer fails clearly instead of deep inside Checkpoint.restore)."""
+    import json
+    path = os.path.join(model_dir, RUN_SETTINGS_FILENAME)
+    if not os.path.exists(path):
+        # Recorded by a fresh run only: checkpoints without the record come from an older version, and
+        # restore_training checks them.
+        if not tf.train.latest_checkpoint(model_dir):
+            os.makedirs(model_dir, exist_ok=True)
+            write_atomically(path, json.dumps(settings, sort_keys=True))
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    for key, value in sorted(settings.items()):
+        if key in stored and stored[key] != value:
+            raise ValueError(f"{model_dir} was trained with --{key} {stored[key]}, not {value}: resume with "
+                             f"--{key} {stored[key]} or use a new --model_dir")
+
+
 def read(model_dir):
     """(config, class_names) recorded in `model_dir` (or the folder of a checkpoint prefix)."""
     folder = model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir)
@@ -47,6 +73,30 @@ def read(model_dir):
     with open(config_path) as f:
         config = presets.from_json(f.read())
     return config, label_map.read_label_map(os.path.join(folder, label_map.LABEL_MAP_FILENAME))
+
+
+def restore_training(checkpoint, checkpoint_path, optimizer):
+    """Restores a training checkpoint (model and optimizer); ValueError in one line when it was written
+    by a run with another optimizer or model.
+
+    The optimizer's variable count is compared first (SGD keeps one slot per weight, Adam two), so
+    such a checkpoint is refused before Checkpoint.restore half-restores it and fails with a shape error
+    followed by a warning per unrestored variable.
+    """
+    # Slot variables (momentum, Adam's two moments) have the weights' shapes; scalars (step, rate) vary.
+    saved = sorted(tuple(shape) for name, shape in tf.train.list_variables(checkpoint_path)
+                   if name.startswith(_OPTIMIZER_VARIABLES) and len(shape) > 0)
+    expected = sorted(tuple(v.shape) for v in optimizer.variables if len(v.shape) > 0)
+    hint = ("resume with the flags it was trained with (--optimizer, --model, --width_multiplier, "
+            "--mixed_precision) or use a new --model_dir")
+    if saved and expected and saved != expected:
+        raise ValueError(f"{checkpoint_path} holds {len(saved)} optimizer slots, this run's optimizer has "
+                         f"{len(expected)} (another --optimizer or model wrote it); {hint}")
+    try:
+        checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise ValueError(f"{checkpoint_path} does not fit this run ({first}); {hint}") from None
 
 
 def restore_model(model, checkpoint_path):
@@ -64,8 +114,46 @@ def resolve_checkpoint(model_dir=None, checkpoint_path=None):
         return checkpoint_path
     latest = tf.train.latest_checkpoint(model_dir) if model_dir else None
     if not latest:
-        raise FileNotFoundError(f"no checkpoint in --model_dir={model_dir}")
+        raise FileNotFoundError(f"no checkpoint in --model_dir={model_dir}: train one there first "
+                                f"(train_ssd.py --model_dir {model_dir}) or pass --checkpoint_path")
     return latest
+
+
+def remove_stale_temp(model_dir):
+    """Deletes `ckpt-N_temp` folders: what a kill during a checkpoint save leaves. Returns them."""
+    stale = sorted(p for p in glob.glob(os.path.join(glob.escape(model_dir), "*_temp")) if os.path.isdir(p))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def _checkpoint_number(prefix):
+    match = _CHECKPOINT_NUMBER.search(prefix)
+    return int(match.group(1)) if match else None
+
+
+def discard_from(model_dir, first_bad_step):
+    """Removes the checkpoints of `model_dir` numbered >= `first_bad_step` and points the checkpoint
+    state at the newest one left; returns (that checkpoint or None, the prefixes removed).
+
+    For a non-finite loss (engine.training.check_finite): the checkpoints it removes hold weights that
+    produced it, so resuming from one would fail again at once.
+    """
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return None, []
+    paths = list(state.all_model_checkpoint_paths)
+    bad = [p for p in paths if (_checkpoint_number(p) or 0) >= first_bad_step]
+    good = [p for p in paths if p not in bad]
+    if bad:
+        if good:
+            tf.compat.v1.train.update_checkpoint_state(model_dir, good[-1], all_model_checkpoint_paths=good)
+        else:
+            os.remove(os.path.join(model_dir, "checkpoint"))
+        for prefix in bad:
+            for path in glob.glob(glob.escape(prefix) + ".*"):
+                os.remove(path)
+    return (good[-1] if good else None), [os.path.basename(p) for p in bad]
 
 
 def checkpoint_step(checkpoint_path):

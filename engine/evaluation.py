@@ -13,7 +13,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from dataset import coco, fields
+from dataset import coco, fields, reader
 from engine import drawing, summaries
 from metrics.evaluator import METRIC_NAMES, DetectionEvaluator
 from model import postprocess
@@ -58,9 +58,20 @@ def add_batch(evaluator, labels, detections):
                       detections[fields.DETECTION_CLASSES][i][:n], **optional)
 
 
-def run_detection(detect, dataset, class_names, keep_images=0, category_map=None):
+def progress_line(count, total, elapsed_s):
+    """'evaluated 40/80 images, 8.0 images/s, ETA 0:00:05' (total None: no ETA)."""
+    rate = count / max(elapsed_s, 1e-9)
+    if not total:
+        return f"evaluated {count} images, {rate:.1f} images/s"
+    eta = int(round((total - count) / max(rate, 1e-9)))
+    return (f"evaluated {count}/{total} images, {rate:.1f} images/s, "
+            f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
+
+
+def run_detection(detect, dataset, class_names, keep_images=0, total=None, category_map=None):
     """Detections for every image of `dataset` (eval_input_fn batches) in a DetectionEvaluator
-    (for COCO records, with their `category_map`).
+    (for COCO records, with their `category_map`),
+    logging progress with rate and ETA (against `total` images) every 10 s.
 
     Returns (evaluator, kept): kept is up to `keep_images` (net input uint8 [S, S, 3], detection dict
     trimmed to the valid detections) pairs, for summaries.
@@ -76,8 +87,7 @@ def run_detection(detect, dataset, class_names, keep_images=0, category_map=None
             kept.append((features[i].numpy(), {k: v[i][:n] for k, v in detections.items()
                                                if k != fields.NUM_DETECTIONS}))
         count += features.shape[0]
-        logging.log_every_n_seconds(logging.INFO, "evaluated %d images (%.1f images/s)", 10, count,
-                                    count / max(time.time() - start, 1e-9))
+        logging.log_every_n_seconds(logging.INFO, "%s", 10, progress_line(count, total, time.time() - start))
     return evaluator, kept
 
 
@@ -129,9 +139,11 @@ def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_
     Returns the evaluator's result dict (metrics/evaluator.py).
     """
     detect = detect or make_detect_fn(model, anchors, config)
+    # Counted from the record headers (no decoding): the ETA's denominator.
+    total = sum(reader.count_records(f) for f in reader.shard_files(data_dir, split))
     evaluator, kept = run_detection(detect, inputs.eval_input_fn(data_dir, config, batch_size, split),
                                     class_names, keep_images=NUM_SUMMARY_IMAGES if summary_dir else 0,
-                                    category_map=coco.find_category_map(data_dir))
+                                    total=total, category_map=coco.find_category_map(data_dir))
     results = evaluator.evaluate(metrics, annotations_file=annotations_file)
     if output_dir:
         for path in evaluator.write_results(output_dir):

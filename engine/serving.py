@@ -28,7 +28,8 @@ import tempfile
 
 import tensorflow as tf
 
-from dataset import fields
+from dataset import atomic, fields
+from dataset.voc import MAX_IMAGE_PIXELS
 from engine import checkpoints
 from model import postprocess
 from preprocessing import inputs
@@ -116,7 +117,16 @@ class DetectionModule(tf.Module):
                                              message="encoded_images: empty batch (batch size 0)")
 
         def decode_and_resize(encoded):
-            image = decode_image(encoded)
+            # The converter's decompression-bomb cap (dataset/voc.py), from the JPEG header before decoding.
+            pixels = tf.cond(tf.io.is_jpeg(encoded), lambda: tf.reduce_prod(tf.io.extract_jpeg_shape(encoded)[:2]),
+                             lambda: tf.constant(0, tf.int32))
+            with tf.control_dependencies([tf.debugging.assert_less_equal(
+                    pixels, MAX_IMAGE_PIXELS, message=f"encoded image over the {MAX_IMAGE_PIXELS}-pixel cap")]):
+                image = decode_image(encoded)
+            with tf.control_dependencies([tf.debugging.assert_less_equal(
+                    tf.shape(image)[0] * tf.shape(image)[1], MAX_IMAGE_PIXELS,
+                    message=f"encoded image over the {MAX_IMAGE_PIXELS}-pixel cap")]):
+                image = tf.identity(image)
             with tf.control_dependencies(_check_images(image[None])):
                 return inputs.resize(image, self._config)                 # [S, S, 3] float32
 
@@ -142,7 +152,7 @@ def export(module, config, class_names, output_dir):
         raise FileExistsError(f"{output_dir} exists and is not a SavedModel export; refusing to replace it")
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.tmp-")
+    temp_dir = atomic.make_temp_folder(parent, os.path.basename(output_dir))  # umask's mode, not 0700
     try:
         tf.saved_model.save(module, temp_dir, signatures=module.signatures())
         checkpoints.write(temp_dir, config, class_names)

@@ -9,6 +9,7 @@ optimizer.py all-reduces with ReduceOp.SUM). So N replicas take exactly the step
 on the whole global batch. The weight-decay term is divided by the number of replicas for the same reason.
 """
 
+import collections
 import json
 import math
 import os
@@ -17,8 +18,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from dataset import fields
-from engine.train_config import OPTIMIZERS
+from dataset import fields, reader
+from engine import checkpoints
+from engine.train_config import FROM_SCRATCH_COMMAND, OPTIMIZERS, backbone_present
 from model import losses as losses_lib
 from nets import backbone_loader
 
@@ -183,55 +185,106 @@ def _normalizer(config, global_positives, features):
     return tf.maximum(global_positives, 1.0)
 
 
-def init_backbone(model, path, require_pretrained):
-    """Loads the VGG16 backbone from `path` when it holds one; otherwise warns (or fails if required)."""
-    present = bool(path) and (os.path.isfile(path) or os.path.isfile(path + ".index") or
-                              (os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path))))
-    if present:
+def init_backbone(model, path, require_pretrained, optimizer_name=None):
+    """Loads the VGG16 backbone from `path` when it holds one; otherwise warns (or fails if required).
+
+    Without a backbone and with SGD (the default), the warning also says that SGD at the paper's rate
+    diverges from scratch right after the warm-up, and gives README's from-scratch command. (Chosen over
+    changing the defaults: they are the paper's recipe, right for the pretrained backbone.)
+    """
+    if backbone_present(path):
         return backbone_loader.load_backbone(model, path)
     message = (f"no pretrained backbone at --checkpoint_path={path!r}: put the reduced-fc VGG16 checkpoint "
                f"(or Keras VGG16 .h5) there; training from scratch")
     if require_pretrained:
         raise FileNotFoundError(message.replace("; training from scratch", " (--require_pretrained is set)"))
     logging.warning("%s. Expect far lower mAP than the paper's.", message)
+    if optimizer_name == "sgd":
+        logging.warning("SGD from scratch diverges after the warm-up (raw-pixel gradients; see "
+                        "engine/training.make_optimizer). To train from scratch run: %s", FROM_SCRATCH_COMMAND)
     return 0
 
 
-def check_finite(step, loss_dict, last_checkpoint):
-    """Stop on a non-finite loss, naming the step, the losses and the checkpoint that stays the latest."""
+def build_model_and_optimizer(strategy, config, schedule, momentum, mixed_precision, optimizer_name):
+    """(model, optimizer, tf.train.Checkpoint of both), built in `strategy`'s scope, optimizer
+    variables included (before the first distributed step: DESIGN.md)."""
+    from nets import ssd
+    with strategy.scope():
+        model = ssd.build(config)
+        optimizer = make_optimizer(schedule, momentum, mixed_precision, optimizer_name)
+        optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    return model, optimizer, checkpoint
+
+
+def run_step(step_fn, iterator, data_dir):
+    """step_fn(iterator), with a corrupted shard named: TF's DataLossError ("corrupted record at N")
+    does not say which file, so the shards are checked to find it (only on that error)."""
+    try:
+        return step_fn(iterator)
+    except tf.errors.DataLossError as e:
+        found = reader.find_corrupt_shard(reader.shard_files(data_dir, "train"))
+        where = f"{found[0]} is corrupted ({found[1]})" if found else f"a shard is corrupted ({e.message})"
+        raise ValueError(f"{where}: reconvert the dataset (python3 convert_voc_sample_tfrecords.py)") from None
+
+
+def check_finite(step, loss_dict, model_dir=None):
+    """Stop on a non-finite loss, naming the step, the losses and the last good checkpoint.
+
+    The loss of `step` is computed with the weights left by step - 1, so a checkpoint of step - 1 (or
+    later) holds the weights that produced it and is no good: with `model_dir` (the chief's) those
+    checkpoints are removed first (engine.checkpoints.discard_from), so the latest left is one whose
+    weights gave a finite loss, and a restart resumes from it.
+    """
     values = {k: float(v) for k, v in loss_dict.items()}
     if all(math.isfinite(v) for v in values.values()):
         return values
+    last_good, removed = None, []
+    if model_dir:
+        last_good, removed = checkpoints.discard_from(model_dir, step - 1)
+    removed_note = f" (removed {', '.join(removed)}: its weights gave this loss)" if removed else ""
     raise FloatingPointError(
-        f"non-finite loss at step {step}: {values}; stopped without saving, so the last good checkpoint "
-        f"{last_checkpoint or '(none yet)'} remains the latest. Lower --learning_rate or raise "
+        f"non-finite loss at step {step}: {values}; stopped without saving{removed_note}, so the last good "
+        f"checkpoint {last_good or '(none yet)'} remains the latest. Lower --learning_rate or raise "
         f"--warmup_steps.")
 
 
 class ProgressLogger:
-    """Console line every N steps: step, losses, lr, images/s and ETA."""
+    """Console line every N steps: step, losses, lr, images/s and ETA.
 
-    def __init__(self, max_steps, global_batch):
+    The rate is measured over the last `window` calls of `rate` (a sliding window), so the ETA follows
+    the real speed without jumping with every slow step (an evaluation, a checkpoint, a busy machine).
+    """
+
+    def __init__(self, max_steps, global_batch, window=10):
         self.max_steps = max_steps
         self.global_batch = global_batch
-        self._last_step = None
-        self._last_time = None
+        self._marks = collections.deque(maxlen=window + 1)   # (step, time) of the last calls
 
     def rate(self, step, now):
-        """Images per second since the previous call (None on the first)."""
-        if self._last_step is None or step == self._last_step:
-            self._last_step, self._last_time = step, now
+        """Images per second over the window of previous calls (None on the first)."""
+        if self._marks and self._marks[-1][0] == step:
             return None
-        images = (step - self._last_step) * self.global_batch
-        rate = images / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
-        return rate
+        self._marks.append((step, now))
+        if len(self._marks) < 2:
+            return None
+        (first_step, first_time), _ = self._marks[0], self._marks[-1]
+        return (step - first_step) * self.global_batch / max(now - first_time, 1e-9)
+
+    def eta_seconds(self, step, rate):
+        return (self.max_steps - step) * self.global_batch / rate if rate else None
 
     def log(self, step, values, lr, rate):
         eta = ""
-        if rate:
-            seconds = (self.max_steps - step) * self.global_batch / rate
-            eta = f" ETA {int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+        seconds = self.eta_seconds(step, rate)
+        if seconds is not None:
+            eta = f" ETA {format_duration(seconds)}"
         losses = " ".join(f"{k}={v:.4f}" for k, v in values.items() if k != "num_positives")
         logging.info("step %d/%d %s lr=%.6g %s%s", step, self.max_steps, losses, lr,
                      f"{rate:.1f} img/s" if rate else "", eta)
+
+
+def format_duration(seconds):
+    """'H:MM:SS' of a number of seconds."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

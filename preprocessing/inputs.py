@@ -25,6 +25,16 @@ canvas (up to 4 x 4 times the image) is never built; target encoding runs once p
 
 Randomness is stateless and keyed by (seed, element index), so the same seed gives the same batches even
 though the map runs in parallel.
+
+Resume: the training stream is a pure function of (seed, step). Epoch e's record order (which files,
+interleaved how, shuffled how) depends on (seed, e) only, so the element at position n of the endless
+stream is found without reading anything before it but the current epoch: epoch n // E, offset n % E
+(E = records per epoch, counted from the TFRecord headers without reading the records,
+reader.count_records). `train_input_fn(start_step=k)` starts at element k x (images per step of this
+pipeline), skipping the offset on the serialized records, before parsing and decoding, and numbers the
+elements from there, so a resumed run sees exactly the batches an uninterrupted one would have seen
+from step k on. (Checkpointing the tf.data iterator instead would store the 2,048-record shuffle
+buffer, hundreds of MB of JPEG bytes, in every checkpoint.)
 """
 
 import dataclasses
@@ -36,6 +46,9 @@ from model import targets
 from preprocessing.augment import AugmentConfig, augment
 
 AUTOTUNE = tf.data.AUTOTUNE
+_EPOCH_SEED_STRIDE = 1_000_003   # epoch seeds of different --seed values never collide below 1M epochs
+_MAX_EPOCHS = 2 ** 62            # "endless"
+_EPOCH_GRAPH_SEED = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,13 +124,45 @@ def _augment_example(index, serialized, config, input_config):
     return to_uint8(image), boxes, labels, extras[fields.IS_CROWD]
 
 
-def _augmented_dataset(data_dir, config, input_config, split, input_context=None):
-    """Endless shuffled (image uint8 [S, S, 3], boxes [K, 4], labels [K], is_crowd [K]) of `split`."""
+def _records_per_epoch(files, input_context):
+    """Records one input pipeline reads per epoch (the same split as _read_shards makes)."""
+    pipelines = input_context.num_input_pipelines if input_context is not None else 1
+    if 1 < pipelines <= len(files):
+        return sum(reader.count_records(f) for f in files[input_context.input_pipeline_id::pipelines])
+    total = sum(reader.count_records(f) for f in files)
+    pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+    return len(range(pipeline_id, total, pipelines))
+
+
+def _endless_records(files, input_config, input_context, start_element):
+    """Serialized records of every epoch from element `start_element` on; epoch e is shuffled by a
+    seed made of (seed, e) alone (module docstring: resume)."""
+    start_epoch, offset = 0, 0
+    if start_element:
+        epoch_size = _records_per_epoch(files, input_context)
+        if not epoch_size:
+            raise ValueError("no training records in %s" % ", ".join(files))
+        start_epoch, offset = divmod(start_element, epoch_size)
+
+    def epoch_records(epoch):
+        # The shuffles' seeds are tensors here. The graph-level seed of this traced function is pinned so
+        # that they alone decide (and because tf's seed pairing compares a global seed of 0 with the op
+        # seed in Python, which a tensor op seed cannot answer).
+        tf.random.set_seed(_EPOCH_GRAPH_SEED)
+        epoch_seed = tf.cast(input_config.seed, tf.int64) * _EPOCH_SEED_STRIDE + epoch
+        ds = _read_shards(files, input_config.cycle_length, input_context, shuffle_seed=epoch_seed)
+        return ds.shuffle(input_config.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+    ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_records)
+    return ds.skip(offset)
+
+
+def _augmented_dataset(data_dir, config, input_config, split, input_context=None, start_element=0):
+    """Endless shuffled (image uint8 [S, S, 3], boxes [K, 4], labels [K], is_crowd [K]) of `split`,
+    from element `start_element` of the stream on."""
     files = reader.shard_files(data_dir, split)
-    seed = input_config.seed
-    ds = _read_shards(files, input_config.cycle_length, input_context, shuffle_seed=seed)
-    ds = ds.shuffle(input_config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.enumerate()
+    ds = _endless_records(files, input_config, input_context, start_element)
+    ds = ds.enumerate(start=start_element)
     return ds.map(lambda i, s: _augment_example(i, s, config, input_config),
                   num_parallel_calls=AUTOTUNE, deterministic=True)
 
@@ -132,26 +177,32 @@ def _encode_batch(anchors, config):
 
 
 def train_input_fn(data_dir, config, anchors, global_batch_size, input_context=None,
-                   input_config=TrainInputConfig(), split="train"):
+                   input_config=TrainInputConfig(), split="train", start_step=0):
     """Endless, shuffled, augmented, target-encoded training batches (drop_remainder=True).
 
     Usable with `strategy.distribute_datasets_from_function`: with an `input_context` it batches the
-    per-replica share of `global_batch_size` and reads only its input pipeline's shards. With
-    `input_config.data_service` the batches come from that tf.data service instead (from_data_service).
+    per-replica share of `global_batch_size` and reads only its input pipeline's shards.
+    `start_step`: the first batch is the one an uninterrupted run would train step `start_step` + 1 on
+    (module docstring: resume).
+    With `input_config.data_service` the batches come from that tf.data service instead
+    (from_data_service; the service keeps its own input position).
     """
-    batch_size = global_batch_size
+    batch_size, images_per_step = global_batch_size, global_batch_size
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        # Each pipeline feeds num_replicas / num_pipelines replicas one batch each per step.
+        images_per_step = batch_size * (input_context.num_replicas_in_sync // input_context.num_input_pipelines)
     if input_config.data_service:
         return from_data_service(data_dir, config, anchors, batch_size, input_config, split)
     if input_context is not None:
         # Different pipelines, different augmentations.
         input_config = dataclasses.replace(input_config, seed=input_config.seed + input_context.input_pipeline_id)
-    return _batches(data_dir, config, anchors, batch_size, input_config, split, input_context).prefetch(AUTOTUNE)
+    return _batches(data_dir, config, anchors, batch_size, input_config, split, input_context,
+                    start_element=start_step * images_per_step).prefetch(AUTOTUNE)
 
 
-def _batches(data_dir, config, anchors, batch_size, input_config, split, input_context=None):
-    ds = _augmented_dataset(data_dir, config, input_config, split, input_context)
+def _batches(data_dir, config, anchors, batch_size, input_config, split, input_context=None, start_element=0):
+    ds = _augmented_dataset(data_dir, config, input_config, split, input_context, start_element=start_element)
     ds = ds.padded_batch(batch_size, padded_shapes=([config.image_size, config.image_size, 3],
                                                     [None, 4], [None], [None]), drop_remainder=True)
     # Matching a whole batch at once is one [B, G, A] IoU instead of B small ones; measured as fast as

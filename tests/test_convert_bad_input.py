@@ -55,7 +55,7 @@ def converted(tmp_path_factory):
         "size_mismatch": (good, voc_xml(80, 60, [("dog", 5, 5, 20, 20), ("cat", 50, 40, 80, 60)])),
         "partly_outside": (good, voc_xml(40, 30, [("dog", -3, 10, 60, 45)])),
         "inverted": (good, voc_xml(40, 30, [("dog", 20, 5, 10, 20), ("cat", 5, 5, 20, 20)])),
-        "zero_area": (good, voc_xml(40, 30, [("dog", 10, 5, 10, 20)])),
+        "one_pixel_wide": (good, voc_xml(40, 30, [("dog", 10, 5, 10, 20)])),
         "no_image": (None, voc_xml(40, 30, box)),
         "no_xml": (good, None),
         "malformed": (good, b"<annotation><object>"),
@@ -129,11 +129,15 @@ def test_partly_outside_box_is_clipped(converted):
                                [[9 / 30, 0, 1, 1]], rtol=1e-6)
 
 
-def test_inverted_and_zero_area_boxes_are_dropped(converted):
+def test_inverted_boxes_are_dropped_and_one_pixel_boxes_kept(converted):
     assert converted["records"]["inverted"]["labels"].tolist() == [1]  # only the cat remains
-    assert converted["records"]["zero_area"]["labels"].tolist() == []
-    assert [n for f, n in converted["repaired"] if f == "zero_area"] == [
-        "dropped inverted or zero-area box (10.0, 5.0, 10.0, 20.0) of dog"]
+    assert [n for f, n in converted["repaired"] if f == "inverted"] == [
+        "dropped inverted box (20.0, 5.0, 10.0, 20.0) of dog"]
+    # xmin = xmax = 10 is pixel column 10 (1-based, inclusive): x in [9, 10] of 40, i.e. 1/40 wide.
+    record = converted["records"]["one_pixel_wide"]
+    assert record["labels"].tolist() == [2]  # dog (classes sorted: cat 1, dog 2)
+    np.testing.assert_allclose(record["boxes"], [[4 / 30, 9 / 40, 20 / 30, 10 / 40]], rtol=1e-6)
+    assert not [n for f, n in converted["repaired"] if f == "one_pixel_wide"]
 
 
 def test_xml_filename_is_never_opened(converted):

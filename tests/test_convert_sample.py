@@ -82,4 +82,6 @@ def test_exit_status_reports_skips_unless_allowed(tmp_path):
               "--train_splits=VOC", "--validation_splits="]
     assert run_main(*common) == 1
     assert run_main(*common, "--allow_skips") == 0
-    assert run_main(*common, "--train_splits=missing_dir") == 2
+    # main raises with the message; engine/cli.run turns it into one line and exit 2 (test_cli_errors.py).
+    with pytest.raises(FileNotFoundError, match="split missing_dir: no directory"):
+        run_main(*common, "--train_splits=missing_dir")

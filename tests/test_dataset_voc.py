@@ -49,10 +49,13 @@ def test_billion_laughs_is_refused():
 
 
 def test_external_entity_is_refused():
-    xxe = (b'<?xml version="1.0"?>\n<!doctype annotation [\n <!entity xxe SYSTEM "file:///etc/passwd">]>'
+    xxe = (b'<?xml version="1.0"?>\n<!DOCTYPE annotation [\n <!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
            b"<annotation><filename>&xxe;</filename></annotation>")
     with pytest.raises(voc.BadInput, match="DTD or entities"):
         voc.parse_annotation(xxe)
+    # Lower-case `<!doctype` is no DTD to XML at all: expat refuses it as a syntax error.
+    with pytest.raises(voc.BadInput, match="malformed annotation XML"):
+        voc.parse_annotation(xxe.replace(b"DOCTYPE", b"doctype").replace(b"ENTITY", b"entity"))
 
 
 @pytest.mark.parametrize("xml, message", [
@@ -79,10 +82,15 @@ def test_image_set_takes_first_token(tmp_path):
     assert voc.read_image_set(str(tmp_path), "dog_trainval") == ["000005", "000007"]
 
 
-@pytest.mark.parametrize("bad_id", ["../x", "a/b", ".hidden", ""])
+@pytest.mark.parametrize("bad_id", ["../x", "a/b", "a\\b", "/etc/passwd", "..", ".", "a\0b", ""])
 def test_unsafe_ids_are_refused(bad_id):
     with pytest.raises(voc.BadInput, match="unsafe image id"):
         voc.check_image_id(bad_id)
+
+
+@pytest.mark.parametrize("good_id", [".hidden", "2008_000001", "a b", "x..y", "ñandú", "-dash"])
+def test_plain_file_stems_are_allowed(good_id):
+    voc.check_image_id(good_id)  # README: only separators, '..', absolute paths and NUL are refused
 
 
 def test_plain_rgb_jpeg_is_kept_byte_for_byte():

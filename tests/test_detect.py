@@ -46,7 +46,8 @@ def test_expand_inputs_directories_globs_and_plain_paths(image_dir):
     assert detect_ssd.expand_inputs([folder]) == [os.path.join(folder, n) for n in ("a.jpg", "b.png", "c.jpg")]
     assert detect_ssd.expand_inputs([os.path.join(folder, "*.png"), "missing.jpg"]) == [
         os.path.join(folder, "b.png"), "missing.jpg"]
-    assert detect_ssd.expand_inputs([os.path.join(folder, "*.gif")]) == []
+    with pytest.raises(ValueError, match=r"\*\.gif' matches no file"):  # a typo is no empty success
+        detect_ssd.expand_inputs([os.path.join(folder, "*.gif")])
 
 
 def test_detection_records_threshold_names_and_pixel_boxes():

@@ -115,9 +115,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(sample_records, tm
     match = re.search(r"non-finite loss at step (\d+): \{.*'total_loss': (nan|inf)", result.stderr)
     assert match, result.stderr[-3000:]
     bad_step = int(match.group(1))
-    assert _steps_in(model_dir) == list(range(1, bad_step))[-5:]  # keep_checkpoints=5
-    assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{bad_step - 1}")
-    assert f"ckpt-{bad_step - 1} remains the latest" in result.stderr
+    # keep_checkpoints=5; ckpt-(bad_step - 1) holds the weights that gave the non-finite loss: removed.
+    assert _steps_in(model_dir) == list(range(1, bad_step))[-5:-1]
+    if bad_step > 2:
+        assert tf.train.latest_checkpoint(model_dir).endswith(f"ckpt-{bad_step - 2}")
+        assert f"ckpt-{bad_step - 2} remains the latest" in result.stderr
+    else:  # the first update already blew the weights up: no checkpoint is good
+        assert tf.train.latest_checkpoint(model_dir) is None
+        assert "removed ckpt-1" in result.stderr and "(none yet) remains the latest" in result.stderr
 
 
 def _free_ports(n):

@@ -1,0 +1,153 @@
+"""Every ordinary mistake ends in one line naming the problem and what to do, exit status 2, no
+traceback (issue 11, item 8); every script's --help answers without importing TensorFlow (item 9).
+
+Each case runs the script as a user would (a subprocess); TensorFlow's own start-up log lines
+(`I0000 ...`, `W1201 ...`, `WARNING: All log messages ...`) are not ours and are set aside.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+# absl / TensorFlow C++ log lines ("I1201 08:00:00.000 ...", "W0000 ..."), and TF's start-up notice.
+_LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following instructions)")
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _start(script, *args, **env):
+    return subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, script), *args], cwd=REPO_ROOT,
+                            env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _assert_one_error_line(proc, script, pattern):
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (proc.returncode, stderr[-3000:])
+    assert "Traceback" not in stderr, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if line.strip() and not _LOG_LINE.match(line)]
+    assert len(ours) == 1, ours
+    assert ours[0].startswith(f"{script}: error: "), ours
+    assert re.search(pattern, ours[0]), ours[0]
+
+
+PARSE_TIME = [  # refused by absl validators before TensorFlow is imported
+    ("train_ssd.py", ["--batch_size", "0"], r"--batch_size must be > 0"),
+    ("train_ssd.py", ["--decay_boundaries", "1k"], r"'1k' is not a whole step number \(write 1000, not 1k\)"),
+    ("train_ssd.py", ["--decay_boundaries", "10", "--lr_decay_factors", "1"],
+     r"--lr_decay_factors needs one more entry than --decay_boundaries"),
+    ("train_ssd.py", ["--decay_boundaries", "20,10", "--lr_decay_factors", "1,1,1"], r"must be increasing"),
+    ("train_ssd.py", ["--learning_rate", "-1"], r"--learning_rate must be > 0"),
+    ("train_ssd.py", ["--momentum", "1.5"], r"--momentum must be in \[0, 1\)"),
+    ("train_ssd.py", ["--data_dir", "/nonexistent/records"],
+     r"no label_map.pbtxt in --data_dir=/nonexistent/records: convert a dataset first"),
+    ("train_ssd.py", ["--require_pretrained", "--checkpoint_path", "/nonexistent/vgg"],
+     r"--require_pretrained is set but --checkpoint_path='/nonexistent/vgg' holds no backbone: put"),
+    ("train_ssd.py", ["--optimizer", "rmsprop"], r"--optimizer.*sgd.*adam"),
+    ("eval_ssd.py", ["--metrics", "voc07,map"], r"--metrics takes a comma-separated subset of voc07"),
+    ("eval_ssd.py", ["--batch_size", "0"], r"--batch_size must be > 0"),
+    ("detect_ssd.py", ["--input", "x.jpg"], r"--output_dir.*must have a value"),
+    ("detect_ssd.py", ["--input", "x.jpg", "--output_dir", "o", "--score_threshold", "2"],
+     r"--score_threshold must be in \[0, 1\]"),
+    ("export_saved_model.py", [], r"--output_dir.*must have a value"),
+    ("convert_voc_sample_tfrecords.py", ["--train_shards", "0"], r"--train_shards"),
+    ("convert_voc_sample_tfrecords.py", ["--dataset_directory", "/nonexistent"], r"--dataset_directory is not"),
+    ("visualize_augmentation.py", ["--num_samples", "0"], r"--num_samples must be > 0"),
+]
+
+
+@pytest.mark.parametrize("script, args, pattern", PARSE_TIME,
+                         ids=[f"{s}:{' '.join(a)}" for s, a, _ in PARSE_TIME])
+def test_flag_that_cannot_work_is_one_line_at_parse_time(tmp_path, script, args, pattern):
+    data_dir = tmp_path / "records"
+    data_dir.mkdir()
+    (data_dir / "label_map.pbtxt").write_text("item { id: 1 name: 'a' }\n")
+    defaults = [] if any(a == "--data_dir" for a in args) or script not in (
+        "train_ssd.py", "eval_ssd.py", "visualize_augmentation.py") else ["--data_dir", str(data_dir)]
+    _assert_one_error_line(_start(script, *defaults, *args), script, pattern)
+
+
+def _adam_model_dir(path, sample_records):
+    """A model_dir as train_ssd.py --optimizer adam leaves it after one checkpoint, written in-process."""
+    import tensorflow as tf
+
+    from dataset import label_map
+    from engine import checkpoints, training
+    from model import presets
+    config = presets.get("ssd300_vgg16", 8, width_multiplier=0.125)
+    checkpoints.write(str(path), config, label_map.read_label_map(f"{sample_records}/label_map.pbtxt"))
+    model, optimizer, checkpoint = training.build_model_and_optimizer(
+        tf.distribute.get_strategy(), config, 1e-3, 0.9, "none", "adam")
+    tf.train.CheckpointManager(checkpoint, str(path), max_to_keep=1).save(checkpoint_number=1)
+
+
+def test_ordinary_mistakes_found_at_run_time_are_one_line(sample_records, tmp_path):
+    tiny = ["--width_multiplier", "0.125", "--batch_size", "2", "--image_summary_steps", "0", "--max_steps", "3",
+            "--optimizer", "adam", "--save_checkpoints_steps", "0"]
+    no_shards = tmp_path / "no_shards"
+    no_shards.mkdir()
+    (no_shards / "label_map.pbtxt").write_bytes(open(f"{sample_records}/label_map.pbtxt", "rb").read())
+    not_a_map = tmp_path / "not_a_map"
+    not_a_map.mkdir()
+    (not_a_map / "label_map.pbtxt").write_text("classes: cat, dog\n")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for name in os.listdir(sample_records):
+        data = bytearray(open(os.path.join(sample_records, name), "rb").read())
+        if name == "train-00001-of-00004":
+            data[5000:5010] = bytes(10)  # inside the first record's JPEG: its CRC no longer matches
+        (corrupt / name).write_bytes(bytes(data))
+    adam_dir = tmp_path / "adam_run"
+    _adam_model_dir(adam_dir, sample_records)
+    voc_out = tmp_path / "not_converter_output"
+    voc_out.mkdir()
+    (voc_out / "thesis.tex").write_text("precious")
+
+    cases = [
+        ("train_ssd.py", ["--data_dir", str(no_shards), "--model_dir", str(tmp_path / "m1"), *tiny],
+         r"no train shards \(train-\?\?\?\?\?-of-\?\?\?\?\?\) in .*no_shards: convert the dataset into it"),
+        ("train_ssd.py", ["--data_dir", str(not_a_map), "--model_dir", str(tmp_path / "m2"), *tiny],
+         r"not_a_map/label_map.pbtxt is not a StringIntLabelMap label map"),
+        ("train_ssd.py", ["--data_dir", str(corrupt), "--model_dir", str(tmp_path / "m3"), *tiny,
+                          "--max_steps", "200"],
+         r"corrupt/train-00001-of-00004 is corrupted \(corrupted record at \d+\): reconvert the dataset"),
+        ("train_ssd.py", ["--data_dir", sample_records, "--model_dir", str(adam_dir), *tiny, "--optimizer", "sgd"],
+         r"adam_run/ckpt-1 holds 142 optimizer slots, this run's optimizer has 71 \(another --optimizer"),
+        ("eval_ssd.py", ["--data_dir", sample_records, "--model_dir", str(tmp_path / "empty")],
+         r"no checkpoint in --model_dir=.*empty: train one there first"),
+        ("export_saved_model.py", ["--model_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "e")],
+         r"no checkpoint in --model_dir"),
+        ("detect_ssd.py", ["--model_dir", str(adam_dir), "--input", str(tmp_path / "nothing*.jpg"),
+                           "--output_dir", str(tmp_path / "d")], r"nothing\*\.jpg' matches no file"),
+        ("convert_voc_sample_tfrecords.py", ["--output_directory", str(voc_out)],
+         r"not_converter_output holds files the converter did not write \(thesis.tex\)"),
+    ]
+    started = [(_start(script, *args), script, pattern) for script, args, pattern in cases]  # in parallel
+    for proc, script, pattern in started:
+        _assert_one_error_line(proc, script, pattern)
+    assert (voc_out / "thesis.tex").read_text() == "precious"
+
+
+SCRIPTS = ["train_ssd.py", "eval_ssd.py", "detect_ssd.py", "export_saved_model.py",
+           "convert_voc_sample_tfrecords.py", "visualize_augmentation.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_answers_without_importing_tensorflow(tmp_path, script):
+    # A `tensorflow` that fails on import, first on the path: --help must never reach it.
+    fake = tmp_path / "fake" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('tensorflow imported before the flags were parsed')\n")
+    proc = _start(script, "--help", PYTHONPATH=str(tmp_path / "fake"))
+    stdout, stderr = proc.communicate(timeout=60)
+    assert "imported before the flags were parsed" not in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert "--" in stdout and script.replace(".py", "") in stdout, stdout[:500]

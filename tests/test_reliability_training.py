@@ -1,0 +1,140 @@
+"""Resume, seeds and the last good checkpoint, as a user meets them (issue 11, items 1, 2 and 4).
+
+train_ssd.py runs as subprocesses on the converted sample with a tiny model; weights are compared
+bit for bit, so every claim below is exact, not "close".
+"""
+
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from model import anchors as anchors_lib, presets
+from preprocessing import inputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width_multiplier", "0.125", "--batch_size", "2", "--image_summary_steps", "0",
+        "--log_every_n_steps", "1", "--optimizer", "adam", "--warmup_steps", "0", "--deterministic"]
+STEP_LINE = re.compile(r"step (\d+)/\d+ cls_loss=\S+ box_loss=\S+ weight_decay_loss=\S+ total_loss=(\S+)")
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _command(data_dir, model_dir, *flags):
+    return [sys.executable, os.path.join(REPO, "train_ssd.py"), "--data_dir", data_dir,
+            "--model_dir", model_dir, *TINY, *flags]
+
+
+def _train(data_dir, model_dir, *flags):
+    return subprocess.run(_command(data_dir, model_dir, *flags), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=400)
+
+
+def _weights(prefix):
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def _assert_identical(a, b):
+    assert sorted(a) == sorted(b)
+    different = [name for name in a if not np.array_equal(a[name], b[name])]
+    assert not different, different[:5]
+
+
+def _saved_steps(model_dir):
+    return sorted(int(p.rsplit("-", 1)[1].split(".")[0]) for p in glob.glob(f"{model_dir}/ckpt-*.index"))
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_records, tmp_path):
+    flags = ["--max_steps", "6", "--save_checkpoints_steps", "2", "--seed", "3"]
+    straight = str(tmp_path / "straight")
+    result = _train(sample_records, straight, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _saved_steps(straight) == [2, 4, 6]
+
+    # The same command, SIGKILLed once its first checkpoint is written, then started again.
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(_command(sample_records, killed, *flags), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not tf.train.latest_checkpoint(killed):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = _saved_steps(killed)
+    assert saved and saved[0] == 2, saved
+    # Item 2: two fresh runs of one --seed with --deterministic write bit-identical checkpoints.
+    _assert_identical(_weights(f"{straight}/ckpt-2"), _weights(f"{killed}/ckpt-2"))
+
+    resumed = _train(sample_records, killed, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_from = int(re.search(r"resumed from \S+ckpt-(\d+) at step", resumed.stderr).group(1))
+    steps = [int(m.group(1)) for m in STEP_LINE.finditer(resumed.stderr)]
+    assert steps == list(range(resumed_from + 1, 7))
+    # Item 1: same weights after the resume, so the resumed run trained on the same batches, in the
+    # same order (Adam on any other batch, or the same batches in another order, ends elsewhere).
+    _assert_identical(_weights(f"{straight}/ckpt-6"), _weights(f"{killed}/ckpt-6"))
+
+    # The comparisons above can fail: another seed gives other weights at the first checkpoint.
+    other = str(tmp_path / "other_seed")
+    result = _train(sample_records, other, "--max_steps", "2", "--save_checkpoints_steps", "2", "--seed", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = _weights(f"{straight}/ckpt-2"), _weights(f"{other}/ckpt-2")
+    assert any(not np.array_equal(a[k], b[k]) for k in a if k.startswith("optimizer/_trainable_variables"))
+
+
+def test_resumed_input_stream_continues_with_the_next_batches(sample_records):
+    config = presets.get("ssd300_vgg16", 8, width_multiplier=0.125)
+    anchors = anchors_lib.generate(config)
+    input_config = inputs.TrainInputConfig(seed=7, shuffle_buffer=64)
+    # 250 train images, batch 20: step 14 starts in the second epoch, at offset 30.
+    straight = list(inputs.train_input_fn(sample_records, config, anchors, 20, input_config=input_config)
+                    .take(16).as_numpy_iterator())
+    resumed = list(inputs.train_input_fn(sample_records, config, anchors, 20, input_config=input_config,
+                                         start_step=14).take(2).as_numpy_iterator())
+    for (features, labels), (features_r, labels_r) in zip(straight[14:], resumed):
+        np.testing.assert_array_equal(features, features_r)
+        for key in labels:
+            np.testing.assert_array_equal(labels[key], labels_r[key])
+    assert not np.array_equal(straight[0][0], straight[14][0])
+
+
+def test_after_a_non_finite_loss_the_named_checkpoint_continues(sample_records, tmp_path):
+    model_dir = str(tmp_path / "run")
+    # Three sane steps, then the rate jumps to 1e12: the update of step 4 blows the weights up, and the
+    # loss those weights give (step 5, or a little later) is not finite.
+    exploding = _train(sample_records, model_dir, "--max_steps", "30", "--save_checkpoints_steps", "1",
+                       "--learning_rate", "1e-3", "--decay_boundaries", "3", "--lr_decay_factors", "1,1e12")
+    assert exploding.returncode == 2
+    match = re.search(r"non-finite loss at step (\d+): .*the last good checkpoint (\S+) remains the latest",
+                      exploding.stderr)
+    assert match, exploding.stderr[-3000:]
+    bad_step, named = int(match.group(1)), match.group(2)
+    assert bad_step >= 5
+    # The weights of step bad_step - 1 gave the non-finite loss: that checkpoint is gone.
+    assert named.endswith(f"ckpt-{bad_step - 2}") and tf.train.latest_checkpoint(model_dir) == named
+    assert _saved_steps(model_dir)[-1] == bad_step - 2
+    # A kill during a save leaves ckpt-N_temp; the next start removes it.
+    os.makedirs(os.path.join(model_dir, f"ckpt-{bad_step}_temp"))
+
+    sane = _train(sample_records, model_dir, "--max_steps", str(bad_step + 1), "--save_checkpoints_steps",
+                  "100", "--learning_rate", "1e-4")
+    assert sane.returncode == 0, sane.stderr[-3000:]
+    losses = {int(m.group(1)): float(m.group(2)) for m in STEP_LINE.finditer(sane.stderr)}
+    assert sorted(losses) == list(range(bad_step - 1, bad_step + 2))
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    assert not glob.glob(os.path.join(model_dir, "*_temp"))
