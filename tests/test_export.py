@@ -37,14 +37,14 @@ def _calibrate_heads(model, image_size):
             layer.set_weights([kernel / spread, bias])
 
 
-def write_random_model_dir(path, seed=0):
+def write_random_model_dir(path, seed=0, class_names=CLASS_NAMES):
     """A model_dir as train_ssd.py leaves it (checkpoint, config.json, label map), random weights."""
-    config = presets.get("ssd300_vgg16", len(CLASS_NAMES), width_multiplier=WIDTH)
+    config = presets.get("ssd300_vgg16", len(class_names), width_multiplier=WIDTH)
     keras.utils.set_random_seed(seed)
     model = ssd.build(config)
     _calibrate_heads(model, config.image_size)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(path), max_to_keep=1).save()
-    checkpoints.write(str(path), config, CLASS_NAMES)
+    checkpoints.write(str(path), config, class_names)
     return config
 
 
