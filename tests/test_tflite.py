@@ -106,18 +106,15 @@ def test_float32_equals_the_saved_model_on_the_sample_val_images(detectors, val_
 
 
 def test_float16_is_close_to_float32(detectors, val_images):
-    """Weights rounded to float16 (relative error <= 2^-11) move scores by up to ~1e-3 (measured
+    """Weights rounded to float16 (relative error <= 2^-11) move scores by ~1e-3 (measured up to
     1.4e-3 here), enough to reorder this random model's near-equal scores and change which of two
-    overlapping near-equal boxes NMS keeps, so rows are matched, with margin."""
+    overlapping near-equal boxes NMS keeps; so the sorted scores are compared, and the detections
+    through their agreement mAP (measured 0.94)."""
     for image_id, image in val_images[:4]:
         half, full = detectors["float16"](image), detectors["float32"](image)
         np.testing.assert_allclose(half[fields.DETECTION_SCORES], full[fields.DETECTION_SCORES], atol=1e-2,
                                    err_msg=image_id)   # sorted score lists agree even where rows swap
-        top = 20
-        close = (np.abs(half[fields.DETECTION_BOXES][:top, None] - full[fields.DETECTION_BOXES][None, :top])
-                 .max(-1) <= 5e-3) & (half[fields.DETECTION_CLASSES][:top, None] ==
-                                      full[fields.DETECTION_CLASSES][None, :top])
-        assert close.any(axis=0).mean() >= 0.8, image_id   # the top 20 float32 boxes are found again
+    assert _agreement_map(detectors["float16"], detectors["float32"], val_images, 0.3) > 0.85
 
 
 def _agreement_map(test, reference, images, min_reference_score):
@@ -143,10 +140,10 @@ def test_int8_is_quantized_and_agrees_with_float(detectors, val_images):
     assert all(tensors[op["inputs"][0]]["dtype"] == np.int8 for op in convs)             # int8 activations
     images = val_images
     assert _agreement_map(detectors["float32"], detectors["float32"], images, 0.3) == pytest.approx(1.0)
-    # Measured 0.80 on this random model (scores of its untrained head lie within a few hundredths
-    # of each other, so the int8 rounding of the softmax reorders many); a trained model's int8 mAP
-    # cost on the sample is in the README.
-    assert _agreement_map(detectors["int8"], detectors["float32"], images, 0.3) > 0.6
+    # Measured 0.89 on this random model (float16: 0.94; the scores of its untrained head lie within
+    # a few hundredths of each other, so small changes reorder many); a trained model's int8 mAP cost
+    # on the sample is in the README.
+    assert _agreement_map(detectors["int8"], detectors["float32"], images, 0.3) > 0.75
 
 
 def test_load_detector_kinds_agree_and_reject_bad_input(exports, detectors, val_images):
@@ -156,12 +153,10 @@ def test_load_detector_kinds_agree_and_reject_bad_input(exports, detectors, val_
     reference = detectors["saved_model"](image)
     assert reference[fields.DETECTION_BOXES].shape == (exports["config"].max_detections, 4)
     for other in (checkpoint, detectors["float32"]):
-        ours = other(image)
-        np.testing.assert_array_equal(ours[fields.DETECTION_CLASSES], reference[fields.DETECTION_CLASSES])
-        np.testing.assert_allclose(ours[fields.DETECTION_BOXES], reference[fields.DETECTION_BOXES], atol=1e-4)
+        assert_same_detections(other(image), reference, PARITY_TOLERANCE)
     batch = detectors["float32"](np.stack([image, image[:, ::-1]]))
     assert batch[fields.DETECTION_SCORES].shape == (2, exports["config"].max_detections)
-    np.testing.assert_allclose(batch[fields.DETECTION_SCORES][0], reference[fields.DETECTION_SCORES], atol=1e-4)
+    assert_same_detections({k: v[0] for k, v in batch.items()}, reference, PARITY_TOLERANCE)
     assert detectors["float32"].class_name(2) == "dog"
     with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         detectors["float32"](image.astype(np.float32))
