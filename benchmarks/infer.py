@@ -5,9 +5,9 @@
 Three callables per Keras dtype policy, all timed in the same run so their ratios are meaningful on a
 shared, noisy machine:
   forward      the network alone on already-normalized S x S float input (tf.function);
-  checkpoint   model/serving.DetectionModule in process (tf.function): uint8 in, resize + normalize +
+  checkpoint   engine/serving.DetectionModule in process (tf.function): uint8 in, resize + normalize +
                network + post-processing in the graph;
-  saved_model  the same module exported (model/serving.export), loaded, its serving_default called.
+  saved_model  the same module exported (engine/serving.export), loaded, its serving_default called.
 Latency: median seconds of one call at batch 1. Throughput: images/s at --throughput_batch (median call).
 
 TFLite rows (float32 policy, --tflite): the same module converted by engine/tflite_export.py to
