@@ -4,8 +4,16 @@
     python3 export_saved_model.py --checkpoint_path logs/ckpt-120000 --output_dir exported/ssd300
 
 The export holds saved_model.pb + variables/, and beside them the config.json and label_map.pbtxt the
-model was trained with. Signatures: serving_default (uint8 images [B, H, W, 3]) and serving_encoded
-(JPEG/PNG bytes [B]); outputs use the TF Object Detection API's names and float32 dtypes.
+model was trained with. It is called as TF Object Detection API exports are:
+
+    detect_fn = tf.saved_model.load("exported/ssd300")
+    detect_fn(images)                                               # uint8 [B, H, W, 3]
+    detect_fn.signatures["serving_default"](input_tensor=images)
+    detect_fn.signatures["serving_encoded"](encoded_images=tf.constant([jpeg_bytes]))
+
+and returns the OD API's names and float32 dtypes (detection_boxes, detection_scores,
+detection_classes, num_detections). For TFLite files see export_tflite.py; for one Python callable
+over any of them, engine.serving.load_detector.
 """
 
 from absl import flags, logging

@@ -10,6 +10,11 @@ shared, noisy machine:
   saved_model  the same module exported (engine/serving.export), loaded, its serving_default called.
 Latency: median seconds of one call at batch 1. Throughput: images/s at --throughput_batch (median call).
 
+TFLite rows (float32 policy, --tflite): the same module converted by engine/tflite_export.py to
+float32, float16 and int8 (calibrated on --calibration_images random images), each run by the LiteRT
+interpreter with --tflite_threads threads on a uint8 S x S image; batch-1 latency and its ratio to the
+SavedModel's batch-1 latency measured in the same run (tflite_latency_over_saved_model).
+
 SSD300 with random weights unless --model_dir names a trained model_dir (its preset and width then win).
 Random heads score nearly every anchor ~1/(C+1) > 0.01, so post-processing runs at its worst case
 (config.max_detections_per_class candidates per class). The bfloat16 variant builds the network under
@@ -31,7 +36,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from dataset import fields  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
-from engine import serving
+from engine import serving, tflite_export  # noqa: E402
 from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 
@@ -45,6 +50,9 @@ flags.DEFINE_integer("latency_iterations", 5, "Timed batch-1 calls; the median i
 flags.DEFINE_integer("throughput_batch", 16, "Batch size of the throughput measurement.")
 flags.DEFINE_integer("throughput_iterations", 2, "Timed calls at --throughput_batch; the median is used.")
 flags.DEFINE_integer("seed", 0, "Seed of weights and images.")
+flags.DEFINE_bool("tflite", True, "Also time the float32 model's TFLite float32 / float16 / int8 files.")
+flags.DEFINE_integer("tflite_threads", os.cpu_count(), "Interpreter threads (TensorFlow uses every core).")
+flags.DEFINE_integer("calibration_images", 4, "Random images the int8 file is calibrated on.")
 
 PATHS = ("forward", "checkpoint", "saved_model")
 
@@ -70,6 +78,33 @@ def _module(policy):
     model = ssd.build(config, policy)
     class_names = tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1))
     return serving.DetectionModule(model, anchors_lib.generate(config), config), config, class_names
+
+
+def _tflite_rows(module, config, class_names, export_root, rng, latencies):
+    """Batch-1 latency of each TFLite format, and over the SavedModel's latency of the same run."""
+    size = config.image_size
+    calibration = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                   for _ in range(FLAGS.calibration_images)]
+    start = time.perf_counter()
+    paths = tflite_export.export(module.model, module._anchors.numpy(), config, class_names,
+                                 os.path.join(export_root, "tflite"), calibration=calibration)
+    rows = {"tflite_export_s": time.perf_counter() - start, "tflite_batch1_latency_s": {},
+            "tflite_latency_over_saved_model": {}, "tflite_file_mb": {}}
+    image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    for fmt, path in paths.items():
+        runner = tflite_export.TFLiteRunner(path, FLAGS.tflite_threads)
+        for _ in range(FLAGS.warmup):
+            runner(image)
+        seconds = []
+        for _ in range(FLAGS.latency_iterations):
+            begin = time.perf_counter()
+            runner(image)                       # returns numpy: the call has finished
+            seconds.append(time.perf_counter() - begin)
+        rows["tflite_batch1_latency_s"][fmt] = statistics.median(seconds)
+        rows["tflite_latency_over_saved_model"][fmt] = statistics.median(seconds) / latencies["saved_model"]
+        rows["tflite_file_mb"][fmt] = os.path.getsize(path) / 1e6
+        logging.info("tflite %s batch 1: %.3f s per call", fmt, statistics.median(seconds))
+    return rows
 
 
 def benchmark(policy, export_root):
@@ -103,6 +138,8 @@ def benchmark(policy, export_root):
             seconds = _median_seconds(callables[path], argument, FLAGS.warmup, iterations)
             result[key][path] = seconds if batch == 1 else batch / seconds
             logging.info("%s batch %d %s: %.3f s per call", policy, batch, path, seconds)
+    if FLAGS.tflite and policy == "float32":
+        result.update(_tflite_rows(module, config, class_names, export_root, rng, result["batch1_latency_s"]))
     detections = signature(**{serving.IMAGES_INPUT: images})
     result["mean_detections_per_image"] = float(tf.reduce_mean(detections[fields.NUM_DETECTIONS]))
     result["latency_over_forward"] = {p: result["batch1_latency_s"][p] / result["batch1_latency_s"]["forward"]
@@ -133,6 +170,7 @@ def main(argv):
         "warmup": FLAGS.warmup,
         "latency_iterations": FLAGS.latency_iterations,
         "throughput_iterations": FLAGS.throughput_iterations,
+        "tflite_threads": FLAGS.tflite_threads,
         "results": results,
     }
     print(json.dumps(summary, sort_keys=True))

@@ -1,17 +1,25 @@
-"""Serving: a tf.Module whose signatures take raw images and return post-processed detections.
+"""Serving: a tf.Module whose signatures take raw images and return post-processed detections, and
+`load_detector`, one Python callable for a SavedModel, a .tflite file or a training checkpoint.
 
 Everything between the raw image and the detections runs in the graph, with the eval path's functions
 (preprocessing/inputs.py resize, the model's own normalization layer, model/postprocess.py), so a
 SavedModel's detections equal the checkpoint's through engine/evaluation.make_detect_fn on resize(image).
 
+A SavedModel is called as TF Object Detection API clients call theirs (its TF2 inference tutorial):
+
+  detect_fn = tf.saved_model.load(path)
+  detect_fn(images)                                          # the object is callable
+  detect_fn.signatures["serving_default"](input_tensor=images)
+  detect_fn.signatures["serving_encoded"](encoded_images=jpeg_bytes)
+
 Signatures (input names are the keyword names a loaded signature takes):
 
-  serving_default(images: uint8 [B, H, W, 3])        any H, W > 0 and B > 0; RGB
+  serving_default(input_tensor: uint8 [B, H, W, 3])  any H, W > 0 and B > 0; RGB
   serving_encoded(encoded_images: string [B])        JPEG, PNG, GIF (first frame) or BMP bytes;
                                                      images of one batch may differ in size
 
-Both return the TF Object Detection API's output names and dtypes, so tools written for its exported
-detectors read ours unchanged:
+Both (and the call) return the TF Object Detection API's output names and dtypes, so tools written
+for its exported detectors read ours unchanged:
 
   detection_boxes    float32 [B, K, 4]  normalized [ymin, xmin, ymax, xmax] of the original image
   detection_scores   float32 [B, K]     descending, 0 in padding
@@ -26,6 +34,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
 from dataset import atomic, fields
@@ -36,7 +45,7 @@ from preprocessing import inputs
 
 SERVING_DEFAULT = "serving_default"
 SERVING_ENCODED = "serving_encoded"
-IMAGES_INPUT = "images"
+IMAGES_INPUT = "input_tensor"   # the OD API's name
 ENCODED_INPUT = "encoded_images"
 RGB_CHANNELS = 3
 SAVED_MODEL_FILENAME = "saved_model.pb"
@@ -103,11 +112,17 @@ class DetectionModule(tf.Module):
     # Channels are left open in the spec so a grey or RGBA batch gets the clear message of
     # _check_images instead of a bare shape mismatch.
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=IMAGES_INPUT)])
-    def serve_images(self, images):
+    def serve_images(self, input_tensor):
         """uint8 [B, H, W, 3] -> detections."""
-        with tf.control_dependencies(_check_images(images)):
-            resized = inputs.resize(images, self._config)               # [B, S, S, 3] float32
+        with tf.control_dependencies(_check_images(input_tensor)):
+            resized = inputs.resize(input_tensor, self._config)         # [B, S, S, 3] float32
         return self._detect(resized)
+
+    # Saved with the module, so the loaded object is callable: tf.saved_model.load(path)(images).
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name=IMAGES_INPUT)])
+    def __call__(self, input_tensor):
+        """uint8 [B, H, W, 3] -> detections (the same graph as serving_default)."""
+        return self.serve_images(input_tensor)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=ENCODED_INPUT)])
     def serve_encoded(self, encoded_images):
@@ -189,3 +204,79 @@ def load(saved_model_dir):
     """
     config, class_names = checkpoints.read(saved_model_dir)
     return tf.saved_model.load(saved_model_dir), config, class_names
+
+
+class Detector:
+    """A loaded detector as a plain Python callable (made by `load_detector`; see there)."""
+
+    def __init__(self, kind, path, config, class_names, detect_one):
+        self.kind = kind                      # "saved_model", "tflite" or "checkpoint"
+        self.path = path                      # what was loaded (for a checkpoint: its ckpt-N prefix)
+        self.config = config
+        self.class_names = tuple(class_names)
+        self._detect_one = detect_one         # uint8 [H, W, 3] -> dict of [K, ...] numpy arrays
+
+    def class_name(self, class_id):
+        """The label-map name of class id 1..C."""
+        return self.class_names[int(class_id) - 1]
+
+    def __call__(self, images):
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != RGB_CHANNELS or (
+                0 in images.shape):
+            raise ValueError(f"detector input must be uint8 [H, W, 3] or [B, H, W, 3] RGB with no empty "
+                             f"axis, got {images.dtype} {list(images.shape)}")
+        if images.ndim == 3:
+            return self._detect_one(images)
+        rows = [self._detect_one(image) for image in images]
+        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+    def __repr__(self):
+        return f"Detector({self.kind}, {self.path}, {self.config.name}, {len(self.class_names)} classes)"
+
+
+def load_detector(path, num_threads=None):
+    """A detector from `path`: a SavedModel folder (export_saved_model.py), a .tflite file
+    (export_tflite.py; its label_map.pbtxt and config.json lie beside it), a training model_dir (its
+    latest checkpoint) or a checkpoint prefix ckpt-N.
+
+    Contract of the returned Detector `d`:
+      d(image)   image uint8 numpy [H, W, 3] RGB, any H, W > 0 ->
+                 {"detection_boxes":   float32 [K, 4] normalized [ymin, xmin, ymax, xmax] of the image,
+                  "detection_scores":  float32 [K]    descending, 0 in padding,
+                  "detection_classes": float32 [K]    label-map ids 1..C, 0 in padding,
+                  "num_detections":    float32 []     the first num_detections rows are valid}
+      d(images)  uint8 [B, H, W, 3] -> the same keys with a leading batch axis B
+      d.class_names  C names, d.class_name(i) the name of id i (1..C); d.config, d.kind, d.path.
+    K = config.max_detections (200 in every preset); scores go down to config.score_threshold
+    (0.01), so filter by score for display. Every kind gives the same detections (float32 TFLite within
+    1e-4; float16/int8 TFLite approximately). Not thread-safe: use one detector per thread.
+    A wrong input raises ValueError; `num_threads` applies to TFLite interpreters only.
+    """
+    from engine import tflite_export
+
+    path = os.fspath(path)
+    if path.endswith(".tflite"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such .tflite file")
+        config, class_names = checkpoints.read(os.path.dirname(os.path.abspath(path)))
+        runner = tflite_export.TFLiteRunner(path, num_threads)
+        return Detector("tflite", path, config, class_names, runner)
+    if os.path.isfile(os.path.join(path, SAVED_MODEL_FILENAME)):
+        loaded, config, class_names = load(path)
+
+        def detect_saved(image):
+            # `loaded` is captured too: the signature holds its variables only weakly.
+            outputs = loaded.signatures[SERVING_DEFAULT](**{IMAGES_INPUT: tf.constant(image[None])})
+            return {key: value.numpy()[0] for key, value in outputs.items()}
+        return Detector("saved_model", path, config, class_names, detect_saved)
+    if os.path.isdir(path) or tf.io.gfile.exists(path + ".index"):
+        is_prefix = not os.path.isdir(path)
+        module, config, class_names, checkpoint = from_checkpoint(
+            model_dir=None if is_prefix else path, checkpoint_path=path if is_prefix else None)
+
+        def detect_checkpoint(image):
+            # The closure holds the module strongly (a tf.function method holds it weakly).
+            return {key: value.numpy()[0] for key, value in module.serve_images(tf.constant(image[None])).items()}
+        return Detector("checkpoint", checkpoint, config, class_names, detect_checkpoint)
+    raise FileNotFoundError(f"{path}: not a .tflite file, a SavedModel folder, a model_dir or a checkpoint prefix")

@@ -37,14 +37,14 @@ def _calibrate_heads(model, image_size):
             layer.set_weights([kernel / spread, bias])
 
 
-def write_random_model_dir(path, seed=0):
+def write_random_model_dir(path, seed=0, class_names=CLASS_NAMES):
     """A model_dir as train_ssd.py leaves it (checkpoint, config.json, label map), random weights."""
-    config = presets.get("ssd300_vgg16", len(CLASS_NAMES), width_multiplier=WIDTH)
+    config = presets.get("ssd300_vgg16", len(class_names), width_multiplier=WIDTH)
     keras.utils.set_random_seed(seed)
     model = ssd.build(config)
     _calibrate_heads(model, config.image_size)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(path), max_to_keep=1).save()
-    checkpoints.write(str(path), config, CLASS_NAMES)
+    checkpoints.write(str(path), config, class_names)
     return config
 
 
@@ -104,6 +104,7 @@ def test_export_layout_signatures_and_od_api_outputs(exported, trained_dir):
 
     default = loaded.signatures[serving.SERVING_DEFAULT]
     encoded = loaded.signatures[serving.SERVING_ENCODED]
+    assert serving.IMAGES_INPUT == "input_tensor"    # the OD API's input name
     assert default.structured_input_signature[1][serving.IMAGES_INPUT].dtype == tf.uint8
     assert encoded.structured_input_signature[1][serving.ENCODED_INPUT].dtype == tf.string
     for signature in (default, encoded):
@@ -118,7 +119,7 @@ def test_export_layout_signatures_and_od_api_outputs(exported, trained_dir):
 def test_serving_default_equals_eval_path(exported, eval_detect, height, width, batch):
     _, loaded = exported
     images = _images(batch, height, width, seed=height)
-    served = _numpy(loaded.signatures[serving.SERVING_DEFAULT](images=tf.constant(images)))
+    served = _numpy(loaded.signatures[serving.SERVING_DEFAULT](input_tensor=tf.constant(images)))
     reference = eval_detect(tf.constant(images))
     _assert_same_detections(served, reference)
     assert served[fields.NUM_DETECTIONS].min() > 0
@@ -126,6 +127,41 @@ def test_serving_default_equals_eval_path(exported, eval_detect, height, width, 
     assert len(np.unique(served[fields.DETECTION_SCORES][0][:10])) == 10
     classes = served[fields.DETECTION_CLASSES][0][:int(served[fields.NUM_DETECTIONS][0])]
     assert set(classes.astype(int)) <= {1, 2, 3}
+
+
+# Only TensorFlow is imported in the client process: a client needs none of this repository's code.
+_CLIENT = """
+import json, sys
+import numpy as np, tensorflow as tf
+export_dir, images_path, png_path = sys.argv[1:]
+images = tf.constant(np.load(images_path))
+detect_fn = tf.saved_model.load(export_dir)
+outputs = {
+    "call": detect_fn(images),
+    "serving_default": detect_fn.signatures["serving_default"](input_tensor=images),
+    "serving_encoded": detect_fn.signatures["serving_encoded"](
+        encoded_images=tf.constant([open(png_path, "rb").read()] * int(images.shape[0]))),
+}
+print(json.dumps({style: {k: v.numpy().tolist() for k, v in out.items()} for style, out in outputs.items()}))
+"""
+
+
+def test_fresh_process_calls_the_export_three_ways(exported, eval_detect, tmp_path):
+    """As the OD API's TF2 tutorial does: tf.saved_model.load(path)(images), its serving_default with
+    input_tensor=, and serving_encoded with PNG bytes; all three equal the eval path."""
+    export_dir, _ = exported
+    images = _images(2, 90, 120, seed=7)
+    images[1] = images[0]   # one PNG encodes both rows of serving_encoded's batch
+    np.save(tmp_path / "images.npy", images)
+    Image.fromarray(images[0]).save(tmp_path / "image.png")
+    result = subprocess.run([sys.executable, "-c", _CLIENT, export_dir, str(tmp_path / "images.npy"),
+                             str(tmp_path / "image.png")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = json.loads(result.stdout.strip().splitlines()[-1])
+    reference = eval_detect(tf.constant(images))
+    assert reference[fields.NUM_DETECTIONS].min() > 0
+    for style in ("call", "serving_default", "serving_encoded"):
+        _assert_same_detections({k: np.asarray(v, np.float32) for k, v in outputs[style].items()}, reference)
 
 
 def test_serving_encoded_equals_eval_decoder(exported, eval_detect):
@@ -199,7 +235,7 @@ def test_export_script_and_bfloat16_variant(trained_dir, tmp_path):
     assert json.loads((output_dir / checkpoints.CONFIG_FILENAME).read_text())["width_multiplier"] == WIDTH
     loaded, _, class_names = serving.load(str(output_dir))
     assert class_names == CLASS_NAMES
-    outputs = loaded.signatures[serving.SERVING_DEFAULT](images=tf.constant(_images(1, 64, 48, seed=3)))
+    outputs = loaded.signatures[serving.SERVING_DEFAULT](input_tensor=tf.constant(_images(1, 64, 48, seed=3)))
     assert all(v.dtype == tf.float32 for v in outputs.values())
     assert 0 < float(outputs[fields.NUM_DETECTIONS][0]) <= config.max_detections
 

@@ -17,8 +17,9 @@ def test_writes_n_pngs_and_an_events_file_with_n_images(sample_records, tmp_path
     for path in paths:
         pixels = np.asarray(Image.open(path))
         assert pixels.shape == (300, 300, 3)
-    # The boxes are drawn in drawing.DEFAULT_COLOR_RGB: pure red pixels exist in some sample.
-    assert any((np.asarray(Image.open(p)) == [255, 0, 0]).all(axis=-1).any() for p in paths)
+    # The boxes are drawn in their classes' colours: pixels of palette colours exist in some sample.
+    palette = np.array(drawing.PALETTE_RGB)
+    assert any((np.asarray(Image.open(p))[:, :, None] == palette).all(axis=-1).any() for p in paths)
     events = glob.glob(os.path.join(out, drawing.TENSORBOARD_SUBDIR, "events.out.tfevents.*"))
     assert len(events) == 1
     accumulator = event_accumulator.EventAccumulator(events[0], size_guidance={"tensors": 0})
