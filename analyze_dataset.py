@@ -18,9 +18,10 @@ import time
 
 from absl import app, flags, logging
 
+from engine import cli
 from model import presets
 
-flags.DEFINE_string("data_dir", "dataset/tfrecords", "Converted records (shards + label_map.pbtxt) or a "
+flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR, "Converted records (shards + label_map.pbtxt) or a "
                     "VOC-layout folder (Annotations/, JPEGImages/, ImageSets/Main/).")
 flags.DEFINE_string("split", None, "Records: the shard prefix (default train). VOC: the image set "
                     "(ImageSets/Main/<split>.txt; default trainval.txt, else every annotation).")
@@ -220,4 +221,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

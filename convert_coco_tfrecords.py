@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from dataset import coco, coco_convert, make_sample, voc
+from engine import cli
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SAMPLE = os.path.join(_HERE, "dataset", "sample")
@@ -82,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -15,13 +15,15 @@ detection_classes, num_detections); load one with engine.serving.load_detector(p
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from engine import cli
 
 flags.DEFINE_string("model_dir", "logs/", "Training model_dir; its latest checkpoint is exported.")
 flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N) to export instead of the latest.")
 flags.DEFINE_string("output_dir", None, "Folder for the .tflite files (replaced if it is a TFLite export).")
 flags.DEFINE_list("formats", ["float32", "float16", "int8"], "Formats to write: float32, float16, int8.")
-flags.DEFINE_string("data_dir", "dataset/tfrecords", "Record shards for int8 calibration and --evaluate_split.")
+flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR, "Record shards for int8 calibration and --evaluate_split.")
 flags.DEFINE_string("calibration_split", "train", "Split whose first records calibrate int8.")
 flags.DEFINE_integer("num_calibration_records", 100, "Images int8 is calibrated on.")
 flags.DEFINE_string("evaluate_split", None, "If set, VOC mAP of the checkpoint and each file on this split.")
@@ -65,4 +67,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("output_dir")
-    app.run(main)
+    cli.run(main)

@@ -19,6 +19,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from dataset import coco, label_map, make_sample
+from engine import cli
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -119,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

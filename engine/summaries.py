@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from dataset import fields
-from engine.drawing import MIN_DRAWN_SCORE, draw_boxes, draw_detections
+from engine.drawing import GROUND_TRUTH_RGB, MIN_DRAWN_SCORE, draw_boxes, draw_detections
 from model import box_coder, postprocess
 
 
@@ -50,7 +50,7 @@ class Writer:
 
     def detection_images(self, step, name, model, batch, anchors, config, class_names,
                          min_score=MIN_DRAWN_SCORE):
-        """Training inputs with ground truth (green) and the current detections (red, score >= min_score)."""
+        """Training inputs with ground truth (white) and the current detections (class colours, score >= min_score)."""
         if self._writer is None:
             return
         features, labels = batch
@@ -60,7 +60,7 @@ class Writer:
         drawn = []
         for i, (image, (gt_boxes, gt_classes)) in enumerate(zip(net_input_to_uint8(features),
                                                                  _ground_truth(labels, anchors, config))):
-            image = draw_boxes(image, gt_boxes, gt_classes, class_names, color=(0, 255, 0))
+            image = draw_boxes(image, gt_boxes, gt_classes, class_names, color=GROUND_TRUTH_RGB)
             drawn.append(draw_detections(image, detections[fields.DETECTION_BOXES][i],
                                          detections[fields.DETECTION_SCORES][i],
                                          detections[fields.DETECTION_CLASSES][i], class_names, min_score))

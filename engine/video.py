@@ -12,7 +12,8 @@ engine/video_pipeline.py runs sources and models in threads; engine/stream_app.p
 
 The model adapter (`make_detector`) turns an exported SavedModel (engine/serving.py `load`) or a
 model_dir checkpoint (`from_checkpoint`) into `Detector`, whose call takes uint8 frames and returns
-numpy detections trimmed to the valid rows; `.tflite` files plug in at `_tflite_batch_fn`.
+numpy detections trimmed to the valid rows; `.tflite` files come through serving.load_detector
+(`_tflite_batch_fn`).
 """
 
 import os
@@ -237,9 +238,14 @@ class Detector:
 
 
 def _tflite_batch_fn(path):
-    """The one place .tflite models plug in: (batch_fn, class_names) from export_tflite.py's loader."""
-    raise ModelError(f"{path}: TFLite models need export_tflite.py's loader (engine/serving.py "
-                     "load_detector), which is not in this version; export a SavedModel instead")
+    """The one place .tflite models plug in: (batch_fn, class_names) from engine/serving.py's
+    load_detector (export_tflite.py's files: batch 1, any frame size; a batch is run frame by frame)."""
+    from engine import serving
+    try:
+        detector = serving.load_detector(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot load the TFLite model ({e})") from None
+    return detector, detector.class_names
 
 
 def make_detector(model=None, model_dir=None, checkpoint_path=None):

@@ -18,6 +18,8 @@ def test_tiny_device_check_reports_training_input_and_inference():
     assert report["tiny"] is True and report["skipped"] == []
     train = report["train_images_per_s"]
     assert sorted(train) == ["float32_xla_off_batch2", "float32_xla_on_batch2"]
+    assert sorted(report["train_resnet34_images_per_s"]) == ["float32_xla_off_batch2", "float32_xla_on_batch2"]
+    assert min(report["train_resnet34_images_per_s"].values()) > 0
     assert all(rate > 0 for rate in train.values())
     # The ratio is against the baseline of the same run: XLA on over off at the same batch.
     ratio = report["ratios"]["float32_xla_on_batch2_over_float32_xla_off_batch2"]

@@ -280,7 +280,7 @@ def test_folder_with_changing_sizes_and_a_broken_image(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--source", "missing.mp4"], "stream_ssd.py: missing.mp4: no such video file"),
     (["--source", "dataset/sample/JPEGImages", "--model", "ssd.tflite"],
-     "stream_ssd.py: ssd.tflite: TFLite models need export_tflite.py's loader"),
+     "stream_ssd.py: ssd.tflite: cannot load the TFLite model (ssd.tflite: no such .tflite file)"),
     (["--source", "dataset/sample/JPEGImages", "--output", "out.gif"],
      "stream_ssd.py: --output out.gif: the file name must end in one of .avi"),
 ], ids=["missing_file", "tflite", "output_format"])
