@@ -24,7 +24,7 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config):
       gt_labels: int32 [B, G], 1..C for valid rows.
       gt_valid: bool [B, G], False for padding rows.
       anchors: float [A, 4] normalized yxyx (`model.anchors.generate(config)`).
-      config: SSDConfig; uses match_threshold and variances.
+      config: SSDConfig; uses match_threshold, matching and variances.
 
     Returns:
       dict with CLS_TARGETS, BOX_TARGETS, NUM_POSITIVES (module docstring).
@@ -35,7 +35,7 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config):
     anchors = tf.convert_to_tensor(anchors, tf.float32)
 
     iou_gt_by_anchor = box_ops.iou(gt_boxes, anchors)                               # [B, G, A]
-    matched = matcher.match(iou_gt_by_anchor, gt_valid, config.match_threshold)     # [B, A]
+    matched = matcher.match(iou_gt_by_anchor, gt_valid, config.match_threshold, config.matching)  # [B, A]
     positive = matched != matcher.NO_MATCH
 
     # Background anchors gather a zero box with label 0 appended at index G (also makes G = 0 legal).
