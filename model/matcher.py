@@ -23,7 +23,8 @@ Cost of step 1 of CAFFE_BIPARTITE: when round r picks box g, at most r - 1 < G a
 best free anchor is among its top-G anchors. The greedy rounds therefore run on a [G, G] candidate set
 per image (tf.math.top_k over [G, A] once), in a `tf.while_loop` of at most G rounds; no Python loop,
 so it runs inside tf.data. When the boxes' best anchors are all distinct (the common case) the result
-equals SSD_PYTORCH's forced claims, boxes that overlap nothing aside.
+equals SSD_PYTORCH's forced claims, boxes that overlap nothing aside; that case is detected with a
+[G, G] comparison and skips the rounds (tf.cond).
 
 Ties, between EXACTLY equal float32 IoUs (what the index rules below decide):
 * bipartite step: the lowest anchor index, then the lowest box index (Caffe's strict `>` scanning
@@ -74,11 +75,8 @@ def _claims_to_anchors(gt_anchor, valid, num_anchors):
     return tf.reduce_max(tf.where(claims, gt_index, NO_MATCH), axis=1)            # [B, A]
 
 
-def _bipartite_anchor_per_gt(iou):
-    """Caffe's greedy bipartite step: int32 [B, G], each box's anchor, or NO_MATCH.
-
-    iou: float [B, G, A] with padding rows already at _PADDING_IOU.
-    """
+def _greedy_rounds(iou):
+    """Caffe's greedy bipartite step, round by round on the top-G candidates: int32 [B, G]."""
     num_gt = tf.shape(iou)[1]
     num_anchors = tf.shape(iou)[2]
     k = tf.minimum(num_gt, num_anchors)
@@ -113,6 +111,22 @@ def _bipartite_anchor_per_gt(iou):
     _, _, gt_anchor = tf.while_loop(more, one_round, (tf.constant(0), alive, gt_anchor),
                                     maximum_iterations=num_gt)
     return gt_anchor
+
+
+def _bipartite_anchor_per_gt(iou):
+    """Caffe's greedy bipartite step: int32 [B, G], each box's anchor, or NO_MATCH.
+
+    iou: float [B, G, A] with padding rows already at _PADDING_IOU.
+    When no two boxes that overlap anything share a best anchor (in the whole batch), the greedy
+    rounds would give every box its best anchor: that is computed directly, the rounds are skipped.
+    """
+    best_anchor = _first_argmax(iou, axis=2)                                      # [B, G]
+    overlaps = tf.reduce_max(iou, axis=2) > _MIN_BIPARTITE_IOU                    # [B, G]
+    both = tf.logical_and(overlaps[:, :, None], overlaps[:, None, :])             # [B, G, G]
+    same = tf.logical_and(tf.equal(best_anchor[:, :, None], best_anchor[:, None, :]), both)
+    shared = tf.reduce_any(tf.linalg.set_diag(same, tf.zeros_like(same[:, :, 0])))
+    return tf.cond(shared, lambda: _greedy_rounds(iou),
+                   lambda: tf.where(overlaps, best_anchor, NO_MATCH))
 
 
 def match(iou_gt_by_anchor, gt_valid, threshold, rule=CAFFE_BIPARTITE):

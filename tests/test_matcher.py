@@ -161,6 +161,8 @@ def test_caffe_equals_forced_claims_when_best_anchors_distinct():
     for g, a in enumerate([3, 11, 17, 29]):
         iou[0, g, a] = 0.9 - 0.1 * g
     np.testing.assert_array_equal(_caffe(iou), _match(iou))
+    # The shortcut taken here (no shared best anchor) equals the greedy rounds themselves.
+    np.testing.assert_array_equal(matcher._greedy_rounds(tf.constant(iou)).numpy()[0], [3, 11, 17, 29])
 
 
 @pytest.mark.parametrize("rule", matcher.RULES)
