@@ -23,8 +23,8 @@ Cost of step 1 of CAFFE_BIPARTITE: when round r picks box g, at most r - 1 < G a
 best free anchor is among its top-G anchors. The greedy rounds therefore run on a [G, G] candidate set
 per image (tf.math.top_k over [G, A] once), in a `tf.while_loop` of at most G rounds; no Python loop,
 so it runs inside tf.data. When the boxes' best anchors are all distinct (the common case) the result
-equals SSD_PYTORCH's forced claims, boxes that overlap nothing aside; that case is detected with a
-[G, G] comparison and skips the rounds (tf.cond).
+equals SSD_PYTORCH's forced claims, boxes that overlap nothing aside; such images are found with a
+[G, G] comparison and skip the candidates and the rounds.
 
 Ties, between EXACTLY equal float32 IoUs (what the index rules below decide):
 * bipartite step: the lowest anchor index, then the lowest box index (Caffe's strict `>` scanning
@@ -52,15 +52,21 @@ _PADDING_IOU = -1.0
 _MIN_BIPARTITE_IOU = 1e-6
 
 
-def _first_argmax(values, axis):
-    """Index of the maximum along `axis`, lowest index on ties (tf.argmax does not promise which)."""
+def _max_and_first_argmax(values, axis):
+    """Maximum along `axis` and its index, the lowest index on ties (tf.argmax does not promise which)."""
     size = tf.shape(values, out_type=tf.int32)[axis]
     rank = values.shape.rank
     index_shape = [1] * rank
     index_shape[axis] = -1
     indices = tf.reshape(tf.range(size, dtype=tf.int32), index_shape)
-    is_max = tf.equal(values, tf.reduce_max(values, axis=axis, keepdims=True))
-    return tf.reduce_min(tf.where(is_max, indices, size), axis=axis)
+    maximum = tf.reduce_max(values, axis=axis, keepdims=True)
+    first = tf.reduce_min(tf.where(tf.equal(values, maximum), indices, size), axis=axis)
+    return tf.squeeze(maximum, axis), first
+
+
+def _first_argmax(values, axis):
+    """Index of the maximum along `axis`, lowest index on ties."""
+    return _max_and_first_argmax(values, axis)[1]
 
 
 def _claims_to_anchors(gt_anchor, valid, num_anchors):
@@ -117,16 +123,19 @@ def _bipartite_anchor_per_gt(iou):
     """Caffe's greedy bipartite step: int32 [B, G], each box's anchor, or NO_MATCH.
 
     iou: float [B, G, A] with padding rows already at _PADDING_IOU.
-    When no two boxes that overlap anything share a best anchor (in the whole batch), the greedy
-    rounds would give every box its best anchor: that is computed directly, the rounds are skipped.
+    In an image where no two boxes that overlap anything share a best anchor, the greedy rounds would
+    give every box its best anchor: that is taken directly, and only the other images (gathered into
+    a smaller batch) go through the top-G candidates and the rounds.
     """
-    best_anchor = _first_argmax(iou, axis=2)                                      # [B, G]
-    overlaps = tf.reduce_max(iou, axis=2) > _MIN_BIPARTITE_IOU                    # [B, G]
+    best_iou, best_anchor = _max_and_first_argmax(iou, axis=2)                    # [B, G]
+    overlaps = best_iou > _MIN_BIPARTITE_IOU                                      # [B, G]
     both = tf.logical_and(overlaps[:, :, None], overlaps[:, None, :])             # [B, G, G]
     same = tf.logical_and(tf.equal(best_anchor[:, :, None], best_anchor[:, None, :]), both)
-    shared = tf.reduce_any(tf.linalg.set_diag(same, tf.zeros_like(same[:, :, 0])))
-    return tf.cond(shared, lambda: _greedy_rounds(iou),
-                   lambda: tf.where(overlaps, best_anchor, NO_MATCH))
+    shared = tf.reduce_any(tf.linalg.set_diag(same, tf.zeros_like(same[:, :, 0])), axis=[1, 2])  # [B]
+    direct = tf.where(overlaps, best_anchor, NO_MATCH)                            # [B, G]
+    images = tf.where(shared)                                                     # [B', 1] int64
+    rounds = _greedy_rounds(tf.gather_nd(iou, images))                            # [B', G]
+    return tf.tensor_scatter_nd_update(direct, images, rounds)
 
 
 def match(iou_gt_by_anchor, gt_valid, threshold, rule=CAFFE_BIPARTITE):
@@ -153,8 +162,7 @@ def match(iou_gt_by_anchor, gt_valid, threshold, rule=CAFFE_BIPARTITE):
     iou = tf.where(valid[:, :, None], iou, _PADDING_IOU)                          # [B, G+1, A]
 
     # Step 2: best gt per anchor, kept only at or above the threshold.
-    best_gt = _first_argmax(iou, axis=1)                                          # [B, A]
-    best_iou = tf.reduce_max(iou, axis=1)                                         # [B, A]
+    best_iou, best_gt = _max_and_first_argmax(iou, axis=1)                        # [B, A]
     matched = tf.where(best_iou >= threshold, best_gt, NO_MATCH)
 
     # Step 1: each box's own anchor.
