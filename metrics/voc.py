@@ -36,9 +36,12 @@ import numpy as np
 
 # The devkit's VOCopts.minoverlap; a match needs an overlap strictly above it.
 VOC_IOU_THRESHOLD = 0.5
-# VOC2007 11-point metric: recall thresholds 0, 0.1, ..., 1.0, computed as k / 10 so that a recall
-# of exactly 3/10 reaches the threshold 0.3 (np.arange(0, 1.1, 0.1) gives 0.30000000000000004).
-VOC07_RECALL_THRESHOLDS = np.arange(11) / 10.0
+# VOC2007 11-point metric: the recall thresholds of py-faster-rcnn's voc_eval.py (`voc_ap`,
+# use_07_metric), the protocol behind ssd.pytorch's 77.43 and most published Python numbers. They are
+# np.arange(0., 1.1, 0.1), i.e. k * 0.1 in floating point, so elements 3, 6 and 7 are
+# 0.30000000000000004, 0.6000000000000001 and 0.7000000000000001: a recall of exactly 3/10 does NOT
+# reach the threshold "0.3". Keep these exact floats (not k / 10): AP is compared with voc_eval to 1e-6.
+VOC07_RECALL_THRESHOLDS = np.arange(0., 1.1, 0.1)
 
 # Outcome of one detection (named instead of magic numbers).
 FALSE_POSITIVE = 0
@@ -140,7 +143,7 @@ def precision_recall(outcomes, num_positives):
 
 
 def voc07_average_precision(recall, precision):
-    """VOC2007 11-point AP: mean over t in 0, 0.1, ..., 1 of the best precision at recall >= t (0 if none)."""
+    """VOC2007 11-point AP: mean over t in VOC07_RECALL_THRESHOLDS of the best precision at recall >= t (0 if none)."""
     recall = np.asarray(recall, dtype=np.float64)
     precision = np.asarray(precision, dtype=np.float64)
     reached = recall[None, :] >= VOC07_RECALL_THRESHOLDS[:, None]  # [11, M]

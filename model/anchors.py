@@ -13,6 +13,10 @@ Contract (DESIGN.md, stated here once):
     2. the sqrt(min_size * max_size) square (paper §2.2: the extra scale s'_k = sqrt(s_k s_{k+1})),
     3. for each aspect ratio r, the pair (r, 1/r), where ratio r means
        width = min_size * sqrt(r), height = min_size / sqrt(r) (wide for r > 1).
+* Sizes: with `config.integer_prior_sizes` (the VGG presets) min_size and max_size are truncated to
+  whole pixels first, as Caffe's PriorBoxLayer does (`int min_size_ = min_sizes_[s]`,
+  src/caffe/layers/prior_box_layer.cpp): SSD512's 35.84 acts as 35, 76.8 as 76, and the second square
+  is sqrt(35 * 76). SSD300's sizes are whole numbers already.
 * Centre of cell (i, j): ((i + 0.5) * step, (j + 0.5) * step) / image_size (Caffe `offset: 0.5`,
   steps from ssd_pascal.py rather than image_size / size, which differ for e.g. 300/38).
 
@@ -35,10 +39,12 @@ import numpy as np
 CELL_CENTER_OFFSET = 0.5
 
 
-def _box_sizes(feature_map):
+def _box_sizes(feature_map, integer_sizes):
     """Per-location (height, width) pairs in pixels, in the Caffe order above: [boxes_per_location, 2]."""
-    min_size = feature_map.min_size
-    square_between = math.sqrt(min_size * feature_map.max_size)
+    min_size, max_size = feature_map.min_size, feature_map.max_size
+    if integer_sizes:
+        min_size, max_size = int(min_size), int(max_size)   # C++ float -> int: towards zero
+    square_between = math.sqrt(min_size * max_size)
     sizes = [(min_size, min_size), (square_between, square_between)]
     for ratio in feature_map.aspect_ratios:
         root = math.sqrt(ratio)
@@ -47,11 +53,11 @@ def _box_sizes(feature_map):
     return np.asarray(sizes, dtype=np.float64)
 
 
-def _feature_map_anchors(feature_map, image_size):
+def _feature_map_anchors(feature_map, image_size, integer_sizes):
     """Anchors of one feature map, [size * size * boxes_per_location, 4] float64 normalized yxyx."""
     cells = (np.arange(feature_map.size, dtype=np.float64) + CELL_CENTER_OFFSET) * feature_map.step
     center_y, center_x = np.meshgrid(cells, cells, indexing="ij")          # [rows, cols]
-    sizes = _box_sizes(feature_map)                                       # [k, 2] (h, w)
+    sizes = _box_sizes(feature_map, integer_sizes)                        # [k, 2] (h, w)
     # [rows, cols, k]: the box spec varies fastest, then column, then row.
     half_h = np.broadcast_to(sizes[:, 0] / 2.0, center_y.shape + (len(sizes),))
     half_w = np.broadcast_to(sizes[:, 1] / 2.0, center_y.shape + (len(sizes),))
@@ -71,9 +77,10 @@ def _clip_center_size(boxes):
 
 def generate(config):
     """All anchors of `config` (an SSDConfig): float32 [config.num_anchors, 4] normalized yxyx."""
-    per_map = [_feature_map_anchors(fm, config.image_size) for fm in config.feature_maps]
+    per_map = [_feature_map_anchors(fm, config.image_size, config.integer_prior_sizes)
+               for fm in config.feature_maps]
     anchors = np.concatenate(per_map, axis=0)
-    if getattr(config, "clip_anchors", False):
+    if config.clip_anchors:
         anchors = _clip_center_size(anchors)
     anchors = anchors.astype(np.float32)
     if anchors.shape[0] != config.num_anchors:

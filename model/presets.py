@@ -75,6 +75,12 @@ class SSDConfig:
     clip_anchors: bool = False                    # MLPerf: clamp anchor centre/size to [0, 1] (anchors.py)
     loss_normalization: str = BATCH_POSITIVES     # LOSS_NORMALIZATIONS (model/losses.py)
     extra_batch_norm: bool = False                # batch norm after each extra conv (not in the reference)
+    # Anchor <-> box matching rule, model/matcher.py: "caffe_bipartite" (Caffe MatchBBox) or
+    # "ssd_pytorch" (ssd.pytorch's match, for comparison).
+    matching: str = "caffe_bipartite"
+    # Caffe's PriorBoxLayer reads min/max sizes into an `int` (SSD512's 35.84 px acts as 35); the VGG
+    # presets set True so Caffe-trained weights see their own anchors. False keeps the sizes as given.
+    integer_prior_sizes: bool = False
 
     @property
     def num_anchors(self) -> int:
@@ -95,6 +101,7 @@ def _feature_maps(sources, sizes, steps, min_sizes, max_sizes, ratios):
 
 _SSD300 = dict(
     image_size=300,
+    integer_prior_sizes=True,      # Caffe PriorBoxLayer (whole numbers here: no effect)
     feature_maps=_feature_maps(
         ("conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2"),
         (38, 19, 10, 5, 3, 1),
@@ -113,6 +120,7 @@ _SSD300 = dict(
 
 _SSD512 = dict(
     image_size=512,
+    integer_prior_sizes=True,      # Caffe PriorBoxLayer: 35.84 -> 35, 76.8 -> 76, ...
     feature_maps=_feature_maps(
         ("conv4_3_norm", "fc7", "conv6_2", "conv7_2", "conv8_2", "conv9_2", "conv10_2"),
         (64, 32, 16, 8, 4, 2, 1),

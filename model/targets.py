@@ -51,7 +51,7 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
       gt_labels: int32 [B, G], 1..C for valid rows.
       gt_valid: bool [B, G], False for padding rows.
       anchors: float [A, 4] normalized yxyx (`model.anchors.generate(config)`).
-      config: SSDConfig; uses match_threshold and variances.
+      config: SSDConfig; uses match_threshold, matching and variances.
       gt_is_crowd: optional bool [B, G], True for COCO crowd boxes (see the module docstring).
 
     Returns:
@@ -68,7 +68,7 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
     matchable = tf.logical_and(gt_valid, tf.logical_not(crowd))                    # [B, G]
 
     iou_gt_by_anchor = box_ops.iou(gt_boxes, anchors)                               # [B, G, A]
-    matched = matcher.match(iou_gt_by_anchor, matchable, config.match_threshold)    # [B, A]
+    matched = matcher.match(iou_gt_by_anchor, matchable, config.match_threshold, config.matching)  # [B, A]
     targets = _targets_at_positives(gt_boxes, gt_labels, matched, anchors, config.variances)
     if gt_is_crowd is not None:
         ioa = intersection_over_anchor_area(gt_boxes, anchors)                      # [B, G, A]

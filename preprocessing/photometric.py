@@ -13,12 +13,17 @@ Differences from Caffe, on purpose:
 
 * Caffe's "contrast" is a plain scale, `pixel * alpha` (AdjustContrast: `convertTo(out, -1, alpha, 0)`);
   we do the same, not tf.image.adjust_contrast's scaling about the mean.
-* Hue: Caffe adds `delta` to OpenCV's 8-bit hue channel, whose unit is 2 degrees, so its ±18 is really
-  ±36 degrees (and saturates instead of wrapping). We follow the paper-level reading "±18 degrees" and
-  wrap around the circle: tf.image.adjust_hue takes `delta` as a fraction of the full hue circle
-  (adjust_hue(red, 120/360) gives green; tested), so we pass degrees / 360. The kernel stays: an exact
-  branch-free RGB form (out = max - chroma * clip(2 - |k - 2|, 0, 1), k = (n + 6 h) mod 6 per channel)
-  matched it to 2.4e-4 of 255 but took 1.95 ms of CPU against the kernel's 1.54 ms on a 300x250 patch.
+* Hue: Caffe's AdjustHue adds `delta` ~ U[-18, 18] to OpenCV's 8-bit hue channel (H in [0, 180),
+  one unit = 2 degrees), so hue_delta 18 is +-36 degrees; our default range is the same +-36 degrees
+  (CAFFE_HUE_DELTA_DEGREES). ssd.pytorch's RandomHue uses +-18 degrees; pass that range to compare.
+  Remaining difference, from reading the code: Caffe's uint8 `convertTo` rounds the new hue to a whole
+  unit (2 degrees) and saturates it at 0 and 255, so a negative shift that passes hue 0 stops at red
+  while a positive one past 180 wraps (HSV2BGR takes the hue modulo 360 degrees); we wrap both ways,
+  exactly, with tf.image.adjust_hue, which takes `delta` as a fraction of the full hue circle
+  (adjust_hue(red, 120/360) gives green; tested), so we pass degrees / 360.
+  The kernel stays: an exact branch-free RGB form (out = max - chroma * clip(2 - |k - 2|, 0, 1),
+  k = (n + 6 h) mod 6 per channel) matched it to 2.4e-4 of 255 but took 1.95 ms of CPU against the
+  kernel's 1.54 ms on a 300x250 patch.
 * Caffe's `RandomOrderChannels` (random_order_prob) is 0.0 in ssd_pascal.py, so it is not implemented;
   DESIGN.md also says the pipeline never swaps channels.
 """
@@ -30,6 +35,8 @@ import tensorflow as tf
 
 PIXEL_MAX = 255.0
 DEGREES_PER_HUE_CIRCLE = 360.0
+# ssd_pascal.py's distort_param hue_delta: 18 units of OpenCV's 8-bit hue (2 degrees each).
+CAFFE_HUE_DELTA_DEGREES = 18 * 2.0
 _NUM_DRAWS = 9  # order, then (applies?, amount) for brightness, contrast, saturation, hue
 
 
@@ -44,7 +51,7 @@ class PhotometricConfig:
     saturation_prob: float = 0.5
     saturation_factor_range: Tuple[float, float] = (0.5, 1.5)     # HSV saturation multiplied by it
     hue_prob: float = 0.5
-    hue_delta_degrees_range: Tuple[float, float] = (-18.0, 18.0)  # added to HSV hue, wraps at 360
+    hue_delta_degrees_range: Tuple[float, float] = (-CAFFE_HUE_DELTA_DEGREES, CAFFE_HUE_DELTA_DEGREES)  # wraps at 360
     contrast_first_prob: float = 0.5                              # order (B, C, S, H) vs (B, S, H, C)
 
 

@@ -79,3 +79,28 @@ def test_order_is_row_then_column_then_box(ssd300_anchors):
 
 def test_anchors_are_not_clipped(ssd300_anchors):
     assert ssd300_anchors.min() < 0 and ssd300_anchors.max() > 1
+
+
+def test_ssd512_sizes_truncated_to_int_as_caffe_prior_box():
+    # Caffe PriorBoxLayer: `int min_size_ = min_sizes_[s]`, so 35.84 -> 35 and 76.8 -> 76 (conv4_3).
+    config = presets.get("ssd512_vgg16", 20)
+    assert config.integer_prior_sizes
+    a512 = anchors.generate(config)
+    c = 4 / 512                                                       # cell (0, 0) centre, step 8
+    np.testing.assert_allclose(a512[0], _box(c, c, 35 / 512, 35 / 512), atol=1e-7)
+    between = math.sqrt(35 * 76) / 512                                # 51.58 px, not sqrt(35.84 * 76.8)
+    np.testing.assert_allclose(a512[1], _box(c, c, between, between), atol=1e-7)
+    np.testing.assert_allclose(a512[2], _box(c, c, 35 / math.sqrt(2) / 512, 35 * math.sqrt(2) / 512), atol=1e-7)
+    # fc7 (first index 64*64*4 = 16384): min 76.8 -> 76, max 153.6 -> 153, centre 8 px.
+    np.testing.assert_allclose(a512[16384 + 1], _box(8 / 512, 8 / 512, math.sqrt(76 * 153) / 512,
+                                                     math.sqrt(76 * 153) / 512), atol=1e-7)
+    # Unfloored (integer_prior_sizes=False, e.g. a non-Caffe preset): the given 35.84 px.
+    exact = anchors.generate(presets.get("ssd512_vgg16", 20, integer_prior_sizes=False))
+    np.testing.assert_allclose(exact[0], _box(c, c, 35.84 / 512, 35.84 / 512), atol=1e-7)
+    # Corners move by up to 0.69 px: fc7's ratio-3 box, min 76.8 vs 76: (0.8 * sqrt(3)) / 2.
+    assert np.abs(exact - a512).max() * 512 == pytest.approx(0.8 * math.sqrt(3) / 2, abs=1e-3)
+
+
+def test_ssd300_unaffected_by_integer_sizes(ssd300_anchors):
+    exact = anchors.generate(presets.get("ssd300_vgg16", 20, integer_prior_sizes=False))
+    np.testing.assert_array_equal(exact, ssd300_anchors)

@@ -113,10 +113,29 @@ def test_detection_in_another_image_does_not_match():
     assert aps["voc12"][0] == pytest.approx(0.5)
 
 
-def test_recall_of_exactly_three_tenths_reaches_threshold_point_three():
-    # 10 gts, 3 perfect detections: recall 0.1, 0.2, 0.3 at precision 1 -> 4 thresholds (0..0.3): 4/11.
+def test_voc07_thresholds_are_voc_eval_floats():
+    # py-faster-rcnn voc_eval.voc_ap: `for t in np.arange(0., 1.1, 0.1)`, so 3 * 0.1 > 0.3 etc.
+    assert voc.VOC07_RECALL_THRESHOLDS.tolist() == [k * 0.1 for k in range(11)]
+    assert voc.VOC07_RECALL_THRESHOLDS[3] == 0.30000000000000004 > 0.3
+    assert voc.VOC07_RECALL_THRESHOLDS[6] > 0.6 and voc.VOC07_RECALL_THRESHOLDS[7] > 0.7
+
+
+def test_recall_of_exactly_three_tenths_misses_threshold_point_three():
+    # 10 gts, 3 perfect detections: recall 0.1, 0.2, 0.3 at precision 1. 3/10 < 0.30000000000000004,
+    # so only the thresholds 0, 0.1, 0.2 are reached: 3/11 (it was 4/11 with thresholds k / 10).
     recall = np.array([1, 2, 3]) / 10
-    assert voc.voc07_average_precision(recall, np.ones(3)) == pytest.approx(4 / 11)
+    assert voc.voc07_average_precision(recall, np.ones(3)) == pytest.approx(3 / 11)
+
+
+def test_voc07_hand_case_3tp_5fp_1tp_of_10():
+    # 10 gts; in score order 3 TP, 5 FP, 1 TP. recall 0.1 0.2 0.3 (precision 1), 0.3 x5 (3/4..3/8),
+    # 0.4 (4/9). Thresholds 0, 0.1, 0.2 -> 1; "0.3" (0.30000000000000004) and "0.4" -> 4/9; the rest 0.
+    # (3 + 2 * 4/9) / 11 = 0.353535...; with thresholds k / 10 it would be (4 + 4/9) / 11 = 0.40404.
+    outcomes = [voc.TRUE_POSITIVE] * 3 + [voc.FALSE_POSITIVE] * 5 + [voc.TRUE_POSITIVE]
+    recall, precision = voc.precision_recall(outcomes, 10)
+    ap = voc.voc07_average_precision(recall, precision)
+    assert ap == pytest.approx((3 + 8 / 9) / 11, abs=1e-12)
+    assert round(ap, 5) == 0.35354
 
 
 def _devkit_loop_reference(num_classes, dets, gts):
@@ -155,8 +174,8 @@ def _devkit_loop_reference(num_classes, dets, gts):
             continue
         ctp, cfp = np.cumsum(tp), np.cumsum(fp)
         rec, prec = ctp / npos, ctp / np.maximum(ctp + cfp, 1)
-        out["voc07"].append(np.mean([max([p for r, p in zip(rec, prec) if r >= k / 10], default=0)
-                                     for k in range(11)]))
+        out["voc07"].append(np.mean([max([p for r, p in zip(rec, prec) if r >= t], default=0)
+                                     for t in np.arange(0., 1.1, 0.1)]))
         mrec, mpre = [0, *rec, 1], [0, *prec, 0]
         for i in range(len(mpre) - 2, -1, -1):
             mpre[i] = max(mpre[i], mpre[i + 1])

@@ -159,12 +159,15 @@ def test_head_output_k_predicts_anchor_k(name):
     width = (anchors[:, 3] - anchors[:, 1]) * config.image_size
     expected = []
     for spec, j in zip(specs, labels[:, 2]):
+        # Caffe's PriorBox reads the sizes as int (config.integer_prior_sizes, the VGG presets).
+        min_size, max_size = ((int(spec.min_size), int(spec.max_size)) if config.integer_prior_sizes
+                              else (spec.min_size, spec.max_size))
         if j < 2:
-            side = spec.min_size if j == 0 else np.sqrt(spec.min_size * spec.max_size)
+            side = min_size if j == 0 else np.sqrt(min_size * max_size)
             expected.append((side, side))
         else:
             root = np.sqrt(spec.aspect_ratios[(j - 2) // 2]) ** (1 if j % 2 == 0 else -1)
-            expected.append((spec.min_size / root, spec.min_size * root))
+            expected.append((min_size / root, min_size * root))
     np.testing.assert_allclose(np.stack([height, width], axis=-1), expected, rtol=1e-4)
     # Every (map, row, col, box) appears once: the probe really distinguishes all positions.
     assert len({tuple(label) for label in labels}) == config.num_anchors

@@ -81,3 +81,13 @@ def test_output_stays_in_range_and_depends_only_on_the_seed():
         assert out.min() >= 0.0 and out.max() <= 255.0
     np.testing.assert_array_equal(distort(image, tf.constant([0, 1], tf.int64)).numpy(), outputs[0])
     assert not np.allclose(outputs[0], outputs[1])
+
+
+def test_default_hue_range_is_caffe_hue_delta_18_in_opencv_units():
+    # ssd_pascal.py hue_delta: 18 on OpenCV's 8-bit hue (0-180 for 360 degrees) -> +-36 degrees.
+    assert PhotometricConfig().hue_delta_degrees_range == (-36.0, 36.0)
+    # At the range's end, pure red (hue 0) turns to hue 36 degrees: R 255, G 255 * 36/60 = 153, B 0.
+    config = dataclasses.replace(NOTHING, hue_prob=1.0, hue_delta_degrees_range=(36.0, 36.0))
+    red = tf.constant([[[255.0, 0.0, 0.0]]])
+    np.testing.assert_allclose(distort_colors(red, tf.constant([1, 2]), config).numpy(), [[[255, 153, 0]]],
+                               atol=0.5)

@@ -28,3 +28,15 @@ def test_json_round_trip():
     for name in presets.NAMES:
         config = presets.get(name, 7, width_multiplier=0.5)
         assert presets.from_json(presets.to_json(config)) == config
+
+
+def test_caffe_fidelity_fields():
+    for name in ("ssd300_vgg16", "ssd512_vgg16"):
+        config = presets.get(name, 20)
+        assert config.matching == "caffe_bipartite" and config.integer_prior_sizes
+    # A config.json written before these fields existed still loads, with the defaults.
+    import json
+    values = json.loads(presets.to_json(presets.get("ssd300_vgg16", 20)))
+    del values["matching"], values["integer_prior_sizes"]
+    old = presets.from_json(json.dumps(values))
+    assert old.matching == "caffe_bipartite" and old.integer_prior_sizes is False

@@ -68,8 +68,32 @@ def test_zero_box_image_inside_tf_data_map():
     np.testing.assert_array_equal(out[fields.NUM_POSITIVES], [0.0])
 
 
+@pytest.mark.parametrize("matching, positives", [("caffe_bipartite", 0.0), ("ssd_pytorch", 1.0)])
 @pytest.mark.parametrize("size", [1e-9, 0.0])
-def test_degenerate_box_gets_finite_targets(size):
-    out = _encode([[[0.1, 0.1, 0.1 + size, 0.1 + size]]], [[5]], [[True]])
-    assert np.all(np.isfinite(out[fields.BOX_TARGETS]))
-    assert out[fields.NUM_POSITIVES][0] == 1.0   # it still claims an anchor (IoU 0 -> anchor 0)
+def test_degenerate_box_gets_finite_targets(size, matching, positives):
+    import dataclasses
+    out = targets.encode_targets(np.array([[[0.1, 0.1, 0.1 + size, 0.1 + size]]], np.float32),
+                                 np.array([[5]], np.int32), np.ones((1, 1), bool), ANCHORS,
+                                 dataclasses.replace(CONFIG, matching=matching))
+    assert np.all(np.isfinite(out[fields.BOX_TARGETS].numpy()))
+    # IoU 0 with every anchor: Caffe keeps no overlap <= 1e-6, so the box gets no anchor; ssd.pytorch's
+    # argmax of zeros claims anchor 0.
+    assert out[fields.NUM_POSITIVES].numpy()[0] == positives
+
+
+def test_two_boxes_sharing_a_best_anchor_both_get_one():
+    import dataclasses
+    anchors = np.array([[0.0, 0.0, 0.5, 0.5],
+                        [0.0, 0.25, 0.5, 0.75],
+                        [0.6, 0.6, 1.0, 1.0]], np.float32)
+    boxes = np.array([[[0.0, 0.0, 0.5, 0.45],      # IoU anchor 0: 0.225/0.25 = 0.9; anchor 1: 0.1/0.375 = 0.267
+                       [0.0, 0.0, 0.4, 0.4]]],     # IoU anchor 0: 0.16/0.25 = 0.64; anchor 1: 0.06/0.35 = 0.171
+                     np.float32)
+    labels, valid = np.array([[4, 9]], np.int32), np.ones((1, 2), bool)
+    caffe = targets.encode_targets(boxes, labels, valid, anchors, CONFIG)
+    # Caffe: (box 0, anchor 0) at 0.9 first, then box 1's best free anchor, anchor 1 (0.171).
+    np.testing.assert_array_equal(caffe[fields.CLS_TARGETS].numpy(), [[4, 9, 0]])
+    np.testing.assert_array_equal(caffe[fields.NUM_POSITIVES].numpy(), [2.0])
+    # ssd.pytorch's rule: both claim anchor 0, the later box (9) keeps it; box 0 ends with no anchor.
+    pytorch = targets.encode_targets(boxes, labels, valid, anchors, dataclasses.replace(CONFIG, matching="ssd_pytorch"))
+    np.testing.assert_array_equal(pytorch[fields.CLS_TARGETS].numpy(), [[9, 0, 0]])
