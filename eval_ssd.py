@@ -34,7 +34,7 @@ flags.DEFINE_string("model_dir", "logs/", "Training model_dir: checkpoints, conf
 flags.DEFINE_string("checkpoint_path", "", "A checkpoint prefix (e.g. logs/ckpt-1000); default: the "
                     "latest in --model_dir.")
 flags.DEFINE_string("split", "val", "Shards <split>-?????-of-????? of --data_dir to evaluate.")
-flags.DEFINE_list("metrics", list(METRIC_NAMES), "Metrics: voc07 (11-point), voc12 "
+flags.DEFINE_list("metrics", list(METRICS), "Metrics: voc07 (11-point), voc12 "
                   "(VOC2010+ all-point), coco (pycocotools).")
 flags.DEFINE_string("annotations_file", "", "COCO records only: an official instances JSON (e.g. "
                     "annotations/instances_val2017.json) to score the COCO numbers against, instead of "

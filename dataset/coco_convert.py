@@ -26,15 +26,15 @@ treat as COCO does.
 
 Deterministic: each split's images are ordered by COCO id, shuffled with a fixed seed and cut into
 contiguous shards, so the bytes do not depend on the number of threads. Atomic as a whole: every
-shard of every split is written into a staging folder inside the output directory and moved into
-place only after all of them were written; a failure or a kill leaves the previous output as it was
-(a rerun removes the staging leftovers).
+shard of every split, the label map and the category map are written into a temporary folder beside
+the output folder, which then replaces the output folder whole (dataset/atomic.replace_folder, as the
+VOC converter does); a failure or a kill leaves the previous output as it was (a rerun removes the
+leftovers). The output folder must hold converter output only.
 """
 
 import collections
 import concurrent.futures
 import dataclasses
-import glob
 import os
 import random
 import shutil
@@ -42,10 +42,8 @@ import shutil
 import numpy as np
 from absl import logging
 
-from dataset import coco, label_map, tfrecord, voc
-from dataset.convert import SHUFFLE_SEED, Progress  # shared with the VOC converter
-
-_STAGING_PREFIX = ".coco-staging-"
+from dataset import atomic, coco, label_map, tfrecord, voc
+from dataset.convert import SHUFFLE_SEED, Progress, check_output_folder  # shared with the VOC converter
 
 # Kinds of skipped entries and repairs, as the summary counts them.
 MALFORMED = "malformed entry"
@@ -256,7 +254,7 @@ def _write_one_shard(path, plan, indices, images_dir, class_names, progress):
                 outcomes.append((i, None, [], e.args))
             else:
                 outcomes.append((i, record, notes, None))
-                yield tfrecord.build_example(record).SerializeToString()
+                yield tfrecord.serialize(tfrecord.build_example(record))
             progress.add()
 
     tfrecord.write_shard(path, serialized())
@@ -308,32 +306,25 @@ def convert(splits, output_dir, num_shards, num_threads=4, skip_unknown=False, k
         plans[name] = plan_split(instances, category_map, split.annotations_file, results[name],
                                  skip_unknown, keep_empty)
         del instances
-    os.makedirs(output_dir, exist_ok=True)
-    for leftover in glob.glob(os.path.join(output_dir, _STAGING_PREFIX + "*")):
-        shutil.rmtree(leftover, ignore_errors=True)
-    staging = os.path.join(output_dir, "%s%d" % (_STAGING_PREFIX, os.getpid()))
-    os.makedirs(staging)
+    # The output set is replaced as a whole, as the VOC converter does (dataset/convert.py).
+    check_output_folder(output_dir)
+    for leftover in atomic.recover_folder(output_dir):
+        logging.info("removed %s, left by an interrupted run", leftover)
+    parent, folder_name = os.path.split(os.path.abspath(output_dir))
+    staging = atomic.make_temp_folder(parent, folder_name)
     try:
         label_map.write_label_map(os.path.join(staging, label_map.LABEL_MAP_FILENAME),
                                   category_map.names)
-        extra = [os.path.join(staging, label_map.LABEL_MAP_FILENAME),
-                 coco.write_category_map(staging, category_map)]
+        coco.write_category_map(staging, category_map)
         staged = {name: write_split(name, plans[name], splits[name].images_dir, staging,
                                     num_shards[name], category_map.names, num_threads, results[name])
                   for name in splits}
-        # Everything is written: only renames (within one file system) from here on.
-        for name, paths in staged.items():
-            for stale in tfrecord.remove_stale_files(output_dir, name, num_shards[name]):
-                logging.info("removed stale %s", stale)
-            results[name].shards = []
-            for path in paths:
-                final = os.path.join(output_dir, os.path.basename(path))
-                os.replace(path, final)
-                results[name].shards.append(final)
-        for path in extra:
-            os.replace(path, os.path.join(output_dir, os.path.basename(path)))
-    finally:
+        atomic.replace_folder(staging, output_dir)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for name, paths in staged.items():
+        results[name].shards = [os.path.join(output_dir, os.path.basename(p)) for p in paths]
     return results, category_map
 
 

@@ -24,7 +24,9 @@ from dataset import fields
 JPEG_FORMAT = b"jpeg"
 _TMP_MARKER = ".tmp-"
 # Every name the converter writes into an output folder (shards, their temporaries, the label map's).
-_OUTPUT_NAME = re.compile(r"^([A-Za-z0-9_]+-\d{5}-of-\d{5}(\.tmp-\d+)?|label_map\.pbtxt|\.label_map\.pbtxt\w*\.tmp)$")
+# (coco_category_map.json: the COCO converter's id map, dataset/coco.py.)
+_OUTPUT_NAME = re.compile(r"^([A-Za-z0-9_]+-\d{5}-of-\d{5}(\.tmp-\d+)?|label_map\.pbtxt|\.label_map\.pbtxt\w*\.tmp"
+                          r"|coco_category_map\.json)$")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,7 @@ PALETTE_RGB = (
     (0, 0, 128), (128, 128, 128),
 )
 GROUND_TRUTH_RGB = (255, 255, 255)
+_RIM_RGB = (0, 0, 0)
 # Only confident detections are drawn, at most this many; the metrics use all of them.
 MIN_DRAWN_SCORE = 0.3
 MAX_DRAWN_DETECTIONS = 20
@@ -102,9 +103,12 @@ def draw_boxes(image, boxes, labels, class_names: Optional[Sequence[str]] = None
                 ("" if scores is None else f" {scores[i]:.2f}") for i, label in enumerate(labels)]
     text_boxes = [draw.textbbox((0, 0), caption, font=font) for caption in captions]
     sizes = [(r - l + 2 * _CAPTION_PAD_PX, b - t + 2 * _CAPTION_PAD_PX) for l, t, r, b in text_boxes]
-    # Boxes from the last to the first, so the best lies on top; then every caption over every box.
-    for corners, box_color in reversed(list(zip(corners_px, colors))):
-        draw.rectangle(corners, outline=box_color, width=line_width)
+    # Boxes from the last to the first, so the best lies on top; then every caption over every box. Each
+    # line has a 1-pixel dark rim on both sides, so a class colour stays visible on a background or an
+    # object of a similar colour (a green box on green stripes).
+    for (x0, y0, x1, y1), box_color in reversed(list(zip(corners_px, colors))):
+        draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=_RIM_RGB, width=line_width + 2)
+        draw.rectangle([x0, y0, x1, y1], outline=box_color, width=line_width)
     placements = layout_captions(height, width, corners_px, sizes)
     for i in reversed(range(len(captions))):
         (x, y), (w, h), (left, top, _, _) = placements[i], sizes[i], text_boxes[i]

@@ -114,7 +114,7 @@ def test_headless_script_gives_one_line_per_frame_and_a_playable_video(clip, exp
     signature = loaded.signatures[serving.SERVING_DEFAULT]
     for index in (0, 5, VIDEO_FRAMES - 1):
         direct = video.Detector(lambda images: {k: v.numpy() for k, v in signature(
-            images=images).items()}, CLASS_NAMES, "direct")(frames[index])
+            **{serving.IMAGES_INPUT: images}).items()}, CLASS_NAMES, "direct")(frames[index])
         listed = lines[index]["detections"]
         assert len(listed) == len(direct[fields.DETECTION_SCORES]) > 0
         np.testing.assert_allclose([d["score"] for d in listed], direct[fields.DETECTION_SCORES], atol=1e-6)
