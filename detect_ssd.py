@@ -230,7 +230,7 @@ def make_file_detector(saved_model_dir=None, tflite_path=None, model_dir=None, c
     return serving.load_detector(saved_model_dir or tflite_path or checkpoint_path or model_dir)
 
 
-def run(argv):
+def main(argv):
     del argv
     if bool(FLAGS.input) == bool(FLAGS.data_dir):
         raise ValueError("give exactly one of --input (image files) and --data_dir (a record split)")
@@ -252,14 +252,6 @@ def run(argv):
     logging.info("%d images, %d detections >= %.2f, written to %s; %d files skipped", len(records), total,
                  FLAGS.score_threshold, FLAGS.output_dir, skipped)
     if skipped:
-        sys.exit(1)
-
-
-def main(argv):
-    try:
-        run(argv)
-    except (FileNotFoundError, ValueError) as e:   # ordinary mistakes: one line, exit 1
-        print(f"detect_ssd.py: {e}", file=sys.stderr)
         sys.exit(1)
 
 

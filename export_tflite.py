@@ -13,7 +13,6 @@ detection_classes, num_detections); load one with engine.serving.load_detector(p
 --evaluate_split also reports the VOC mAP of the checkpoint and of every file on that split.
 """
 
-import sys
 
 from absl import flags, logging
 
@@ -30,7 +29,7 @@ flags.DEFINE_string("evaluate_split", None, "If set, VOC mAP of the checkpoint a
 FLAGS = flags.FLAGS
 
 
-def export(argv):
+def main(argv):
     del argv
     from engine import serving, tflite_export
 
@@ -55,14 +54,6 @@ def export(argv):
                                                       FLAGS.evaluate_split)
             logging.info("%s on %s (%d images): VOC07 mAP %.4f, VOC2010+ mAP %.4f", name, FLAGS.evaluate_split,
                          results["num_images"], results["voc07"]["mAP"] or 0.0, results["voc12"]["mAP"] or 0.0)
-
-
-def main(argv):
-    try:
-        export(argv)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:   # ordinary mistakes: one line, exit 1
-        print(f"export_tflite.py: {e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -159,11 +159,11 @@ def test_record_split_with_ground_truth_into_tensorboard(model_and_export, sampl
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), np.asarray(Image.open(written)))
     bad = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "detect_ssd.py"), "--tflite_path", tflite_path,
                           "--output_dir", str(tmp_path / "x")], capture_output=True, text=True, cwd=REPO_ROOT)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == (
-        "detect_ssd.py: give exactly one of --input (image files) and --data_dir (a record split)")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "detect_ssd.py: error: give exactly one of --input (image files) and --data_dir (a record split)")
     other_classes = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "detect_ssd.py"), "--tflite_path", three_class_tflite,
          "--data_dir", sample_records, "--output_dir", str(tmp_path / "y")], capture_output=True, text=True,
         cwd=REPO_ROOT)
-    assert other_classes.returncode == 1 and "Traceback" not in other_classes.stderr
-    assert other_classes.stderr.strip().splitlines()[-1].startswith("detect_ssd.py: label map mismatch")
+    assert other_classes.returncode == 2 and "Traceback" not in other_classes.stderr
+    assert other_classes.stderr.strip().splitlines()[-1].startswith("detect_ssd.py: error: label map mismatch")

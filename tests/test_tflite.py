@@ -179,6 +179,6 @@ def test_export_tflite_script(exports, sample_records, tmp_path):
         [sys.executable, os.path.join(REPO_ROOT, "export_tflite.py"), "--model_dir", exports["model_dir"],
          "--output_dir", str(tmp_path / "bad"), "--formats", "int8", "--data_dir", str(tmp_path / "none")],
         capture_output=True, text=True, cwd=REPO_ROOT)
-    assert bad.returncode == 1
-    assert bad.stderr.strip().splitlines()[-1].startswith("export_tflite.py: no train shards")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("export_tflite.py: error: no train shards")
     assert "Traceback" not in bad.stderr
