@@ -28,6 +28,8 @@ import math
 
 import numpy as np
 
+from model import anchors as anchors_lib
+
 # Size buckets of sqrt(box area) in net-input pixels (edges; the last bucket is open).
 SIZE_BUCKET_EDGES_PX = (16, 32, 64, 128, 256)
 IOU_HISTOGRAM_BINS = 10            # best-IoU histogram over [0, 1] in steps of 0.1
@@ -122,7 +124,8 @@ def grid_best_iou(boxes, config):
     prepared = _Boxes(boxes, config.image_size)
     if not len(prepared.area):
         return np.zeros(0)
-    return np.max([_map_best(prepared, fm.size, fm.step, fm.min_size, fm.max_size, fm.aspect_ratios)
+    return np.max([_map_best(prepared, fm.size, fm.step, *anchors_lib.prior_sizes(fm, config.integer_prior_sizes),
+                             fm.aspect_ratios)
                    for fm in config.feature_maps], axis=0)
 
 
@@ -132,7 +135,7 @@ def uncoverable_side(config, threshold):
     Every anchor has area >= the smallest min size squared (ratio boxes keep their min size's area,
     the sqrt(min*max) square is larger, min sizes grow with depth), and IoU <= box area / anchor area.
     """
-    smallest = min(fm.min_size for fm in config.feature_maps)
+    smallest = min(anchors_lib.prior_sizes(fm, config.integer_prior_sizes)[0] for fm in config.feature_maps)
     return smallest * math.sqrt(threshold) / config.image_size
 
 

@@ -39,11 +39,16 @@ import numpy as np
 CELL_CENTER_OFFSET = 0.5
 
 
+def prior_sizes(feature_map, integer_sizes):
+    """(min_size, max_size) in pixels as the anchors use them: truncated to int with `integer_sizes`."""
+    if integer_sizes:
+        return int(feature_map.min_size), int(feature_map.max_size)   # C++ float -> int: towards zero
+    return feature_map.min_size, feature_map.max_size
+
+
 def _box_sizes(feature_map, integer_sizes):
     """Per-location (height, width) pairs in pixels, in the Caffe order above: [boxes_per_location, 2]."""
-    min_size, max_size = feature_map.min_size, feature_map.max_size
-    if integer_sizes:
-        min_size, max_size = int(min_size), int(max_size)   # C++ float -> int: towards zero
+    min_size, max_size = prior_sizes(feature_map, integer_sizes)
     square_between = math.sqrt(min_size * max_size)
     sizes = [(min_size, min_size), (square_between, square_between)]
     for ratio in feature_map.aspect_ratios:

@@ -25,14 +25,17 @@ BN_EPSILON = 1e-5            # torch.nn.BatchNorm2d eps
 BN_MOMENTUM = 0.9            # = 1 - torch's momentum 0.1
 # torchvision initialises convs with kaiming_normal_(mode="fan_out", nonlinearity="relu") and BN with
 # weight 1, bias 0 (used only when no pretrained file is loaded).
-_KERNEL_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+def _kernel_init():
+    # One initializer per layer, made when the model is built (after --seed): a shared module-level
+    # instance would fix its seed at import and give every conv of a shape the same initial kernel.
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
 def _conv(x, filters, kernel_size, stride, padding, name):
     if padding:
         x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
     return keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="valid", use_bias=False,
-                               kernel_initializer=_KERNEL_INIT, name=name)(x)
+                               kernel_initializer=_kernel_init(), name=name)(x)
 
 
 def _bn(x, name):

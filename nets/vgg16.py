@@ -36,8 +36,12 @@ _BACKBONE_KERNEL_INIT = "he_normal"
 # plain He init would carry the x58 through every layer into logits in the hundreds and a loss that
 # explodes in the first steps of training from scratch.
 _PIXEL_STD = 58.0
-_FIRST_KERNEL_INIT = keras.initializers.VarianceScaling(2.0 / _PIXEL_STD ** 2, "fan_in",
-                                                        "truncated_normal")
+
+
+def _first_kernel_init():
+    # A new initializer per layer: an instance made at import would take its seed from Python's random
+    # state then, before any --seed, and every layer sharing it would draw the same numbers.
+    return keras.initializers.VarianceScaling(2.0 / _PIXEL_STD ** 2, "fan_in", "truncated_normal")
 
 
 def _conv(filters, kernel_size, name, dilation_rate=1, kernel_initializer=_BACKBONE_KERNEL_INIT):
@@ -56,7 +60,7 @@ def reduced_fc_vgg16(images, config):
     x = images
     for block_index, block in enumerate(VGG16_CONV_BLOCKS):
         for name, filters in block:
-            init = _FIRST_KERNEL_INIT if x is images else _BACKBONE_KERNEL_INIT
+            init = _first_kernel_init() if x is images else _BACKBONE_KERNEL_INIT
             x = _conv(config.channels(filters), 3, name, kernel_initializer=init)(x)
         if name == CONV4_3:
             conv4_3 = x

@@ -201,3 +201,19 @@ def test_model_takes_uint8_or_float_pixels_alike_and_normalizes_first():
     grey = np.broadcast_to(np.array(config.pixel_mean, np.float32), (1, 300, 300, 3))
     normalized = keras.Model(model.input, model.get_layer(ssd.NORMALIZATION_LAYER).output)(grey)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(normalized), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["ssd300_vgg16", "ssd300_resnet34"])
+def test_same_seed_same_weights_and_no_two_kernels_alike(preset):
+    # Initializers are made per layer at build time: an instance shared at module level took its seed at
+    # import (before keras.utils.set_random_seed) and gave every ResNet34 conv of one shape the same
+    # kernel (21 of its 51 before the fix).
+    config = presets.get(preset, 3, width_multiplier=0.125)
+    keras.utils.set_random_seed(5)
+    first = ssd.build(config).get_weights()
+    keras.utils.set_random_seed(5)
+    second = ssd.build(config).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    kernels = [w for w in first if w.ndim == 4]
+    assert not any(np.array_equal(a, b) for i, a in enumerate(kernels) for b in kernels[i + 1:]
+                   if a.shape == b.shape)
