@@ -32,7 +32,6 @@ input are normalized boxes of the original image.
 
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -171,13 +170,7 @@ def export(module, config, class_names, output_dir):
     try:
         tf.saved_model.save(module, temp_dir, signatures=module.signatures())
         checkpoints.write(temp_dir, config, class_names)
-        if os.path.exists(output_dir):
-            old_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.old-")
-            os.replace(output_dir, os.path.join(old_dir, "export"))
-            os.replace(temp_dir, output_dir)
-            shutil.rmtree(old_dir)
-        else:
-            os.replace(temp_dir, output_dir)
+        atomic.replace_folder(temp_dir, output_dir)   # as a whole (dataset/atomic.py)
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise

@@ -34,14 +34,13 @@ tf.Variables themselves, which the converter does freeze.
 import itertools
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from dataset import fields
+from dataset import atomic, fields
 from engine import checkpoints
 from model import box_coder
 from preprocessing import inputs
@@ -170,7 +169,7 @@ def export(model, anchors, config, class_names, output_dir, formats=FORMATS, cal
         raise FileExistsError(f"{output_dir} exists and is not a TFLite export; refusing to replace it")
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    temp_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.tmp-")
+    temp_dir = atomic.make_temp_folder(parent, os.path.basename(output_dir))  # umask's mode, not 0700
     try:
         for fmt in formats:
             start = time.time()
@@ -179,13 +178,7 @@ def export(model, anchors, config, class_names, output_dir, formats=FORMATS, cal
                 f.write(content)
             logging.info("converted %s: %.1f MB in %.1f s", fmt, len(content) / 1e6, time.time() - start)
         checkpoints.write(temp_dir, config, class_names)
-        if os.path.exists(output_dir):
-            old_dir = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output_dir)}.old-")
-            os.replace(output_dir, os.path.join(old_dir, "export"))
-            os.replace(temp_dir, output_dir)
-            shutil.rmtree(old_dir)
-        else:
-            os.replace(temp_dir, output_dir)
+        atomic.replace_folder(temp_dir, output_dir)   # as a whole (dataset/atomic.py)
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
