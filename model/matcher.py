@@ -19,12 +19,18 @@ SSD_PYTORCH: amdegroot/ssd.pytorch `layers/box_utils.py` `match`, kept for compa
 Padding rows (gt_valid False) never match and never claim. Images with zero boxes (G = 0 or all padding)
 are legal: every anchor is NO_MATCH. The matcher only matches: it sees IoUs, never boxes or labels.
 
+Layout: `match_boxes` is the matcher; it takes the batch's real boxes flat ([P, A] IoUs and each box's
+image), so its cost follows the boxes a batch holds, not B x the batch's largest count (encode_targets
+calls it). `match` is the padded form, [B, G, A] with a validity mask, for callers holding that: it
+takes the valid rows out and calls match_boxes.
+
 Cost of step 1 of CAFFE_BIPARTITE: when round r picks box g, at most r - 1 < G anchors are taken, so g's
-best free anchor is among its top-G anchors. The greedy rounds therefore run on a [G, G] candidate set
-per image (tf.math.top_k over [G, A] once), in a `tf.while_loop` of at most G rounds; no Python loop,
-so it runs inside tf.data. When the boxes' best anchors are all distinct (the common case) the result
-equals SSD_PYTORCH's forced claims, boxes that overlap nothing aside; such images are found with a
-[G, G] comparison and skip the candidates and the rounds.
+best free anchor is among its top-G anchors (G: boxes in its image). The greedy rounds therefore run on
+a [G, G] candidate set per image (tf.math.top_k over its boxes' IoU rows once), in a `tf.while_loop` of
+at most G rounds; no Python loop, so it runs inside tf.data. When the boxes' best anchors are all
+distinct (the common case) the result equals SSD_PYTORCH's forced claims, boxes that overlap nothing
+aside; such images are found by sorting the (image, best anchor) keys and skip the candidates and the
+rounds.
 
 Ties, between EXACTLY equal float32 IoUs (what the index rules below decide):
 * bipartite step: the lowest anchor index, then the lowest box index (Caffe's strict `>` scanning
@@ -64,44 +70,38 @@ def _max_and_first_argmax(values, axis):
     return tf.squeeze(maximum, axis), first
 
 
-def _first_argmax(values, axis):
-    """Index of the maximum along `axis`, lowest index on ties."""
-    return _max_and_first_argmax(values, axis)[1]
+def _count(indices):
+    """1 + the largest of int32 indices [N], 0 when N = 0."""
+    return tf.reduce_max(tf.concat([[-1], indices], axis=0)) + 1
 
 
-def _claims_to_anchors(gt_anchor, valid, num_anchors):
-    """[B, A] box index claiming each anchor (highest box index if several), NO_MATCH if none.
+def _first_argmax_rows(values):
+    """values [P, A] -> (max [P], index of its first occurrence [P] int32)."""
+    return _max_and_first_argmax(values, axis=1)
 
-    gt_anchor: int32 [B, G'], the anchor each box claims; rows with valid False or gt_anchor < 0 claim none.
+
+def _greedy_rounds(top_iou, top_anchor, num_anchors):
+    """Caffe's greedy bipartite step, round by round on each box's top-K candidate anchors.
+
+    top_iou float [B', G', K] (padding rows at _PADDING_IOU), top_anchor int32 [B', G', K] (each row's
+    candidates in descending IoU, the lower anchor first among equal values, as tf.math.top_k returns
+    them), num_anchors: scalar. Returns int32 [B', G'], each box's anchor or NO_MATCH.
     """
-    claims = tf.logical_and(
-        tf.equal(gt_anchor[:, :, None], tf.range(num_anchors, dtype=tf.int32)[None, None, :]),
-        valid[:, :, None])                                                        # [B, G', A]
-    gt_index = tf.range(tf.shape(gt_anchor)[1], dtype=tf.int32)[None, :, None]    # [1, G', 1]
-    return tf.reduce_max(tf.where(claims, gt_index, NO_MATCH), axis=1)            # [B, A]
-
-
-def _greedy_rounds(iou):
-    """Caffe's greedy bipartite step, round by round on the top-G candidates: int32 [B, G]."""
-    num_gt = tf.shape(iou)[1]
-    num_anchors = tf.shape(iou)[2]
-    k = tf.minimum(num_gt, num_anchors)
-    # top_k returns the lower index first among equal values: each row's candidates in the tie order.
-    top_iou, top_anchor = tf.math.top_k(iou, k=k, sorted=True)                   # [B, G, K]
+    num_gt = tf.shape(top_iou)[1]
     gt_of = tf.broadcast_to(tf.range(num_gt, dtype=tf.int32)[None, :, None], tf.shape(top_anchor))
-    alive = top_iou > _MIN_BIPARTITE_IOU                                          # [B, G, K]
-    gt_anchor = tf.fill(tf.shape(iou)[:2], NO_MATCH)                              # [B, G]
-    gt_anchor.set_shape(iou.shape[:2])
+    alive = top_iou > _MIN_BIPARTITE_IOU                                          # [B', G', K]
+    gt_anchor = tf.fill(tf.shape(top_iou)[:2], NO_MATCH)                          # [B', G']
+    gt_anchor.set_shape(top_iou.shape[:2])
     gt_anchor_shape, alive_shape = gt_anchor.shape, alive.shape
 
     def one_round(round_index, alive, gt_anchor):
         values = tf.where(alive, top_iou, _PADDING_IOU)
-        best = tf.reduce_max(values, axis=[1, 2], keepdims=True)                  # [B, 1, 1]
+        best = tf.reduce_max(values, axis=[1, 2], keepdims=True)                  # [B', 1, 1]
         is_best = tf.logical_and(alive, tf.equal(values, best))
-        anchor = tf.reduce_min(tf.where(is_best, top_anchor, num_anchors), axis=[1, 2])  # [B]
+        anchor = tf.reduce_min(tf.where(is_best, top_anchor, num_anchors), axis=[1, 2])  # [B']
         is_best = tf.logical_and(is_best, tf.equal(top_anchor, anchor[:, None, None]))
-        gt = tf.reduce_min(tf.where(is_best, gt_of, num_gt), axis=[1, 2])          # [B]
-        found = tf.reduce_any(alive, axis=[1, 2])                                  # [B]
+        gt = tf.reduce_min(tf.where(is_best, gt_of, num_gt), axis=[1, 2])          # [B']
+        found = tf.reduce_any(alive, axis=[1, 2])                                  # [B']
         picked = tf.logical_and(found[:, None], tf.equal(tf.range(num_gt)[None, :], gt[:, None]))
         gt_anchor = tf.where(picked, anchor[:, None], gt_anchor)
         # The matched box and the taken anchor leave the candidate set.
@@ -119,23 +119,94 @@ def _greedy_rounds(iou):
     return gt_anchor
 
 
-def _bipartite_anchor_per_gt(iou):
-    """Caffe's greedy bipartite step: int32 [B, G], each box's anchor, or NO_MATCH.
+def _shared_images(image_index, best_anchor, overlaps, batch_size, num_anchors):
+    """bool [B]: images where two boxes that overlap anything have the same best anchor.
 
-    iou: float [B, G, A] with padding rows already at _PADDING_IOU.
-    In an image where no two boxes that overlap anything share a best anchor, the greedy rounds would
-    give every box its best anchor: that is taken directly, and only the other images (gathered into
-    a smaller batch) go through the top-G candidates and the rounds.
+    One sort of the P keys image x A + anchor instead of a [P, P] comparison; boxes that overlap
+    nothing get distinct negative keys.
     """
-    best_iou, best_anchor = _max_and_first_argmax(iou, axis=2)                    # [B, G]
-    overlaps = best_iou > _MIN_BIPARTITE_IOU                                      # [B, G]
-    both = tf.logical_and(overlaps[:, :, None], overlaps[:, None, :])             # [B, G, G]
-    same = tf.logical_and(tf.equal(best_anchor[:, :, None], best_anchor[:, None, :]), both)
-    shared = tf.reduce_any(tf.linalg.set_diag(same, tf.zeros_like(same[:, :, 0])), axis=[1, 2])  # [B]
-    direct = tf.where(overlaps, best_anchor, NO_MATCH)                            # [B, G]
-    images = tf.where(shared)                                                     # [B', 1] int64
-    rounds = _greedy_rounds(tf.gather_nd(iou, images))                            # [B', G]
-    return tf.tensor_scatter_nd_update(direct, images, rounds)
+    num_boxes = tf.shape(image_index)[0]
+    keys = tf.where(overlaps, tf.cast(image_index, tf.int64) * tf.cast(num_anchors, tf.int64) +
+                    tf.cast(best_anchor, tf.int64), -1 - tf.range(num_boxes, dtype=tf.int64))
+    keys = tf.sort(keys)
+    repeated = tf.equal(keys[1:], keys[:-1])                                      # [P - 1]
+    images = tf.cast(tf.boolean_mask(keys[1:], repeated) // tf.cast(num_anchors, tf.int64), tf.int32)
+    return tf.scatter_nd(images[:, None], tf.ones_like(images), [batch_size]) > 0
+
+
+def _bipartite_anchor_per_box(iou, image_index, batch_size):
+    """Caffe's greedy bipartite step on flat boxes: int32 [P], each box's anchor, or NO_MATCH.
+
+    In an image where no two boxes that overlap anything share a best anchor, the greedy rounds would
+    give every box its best anchor: that is taken directly, and only the other images' boxes (laid out
+    padded, [B', G', K]) go through the top-K candidates and the rounds.
+    """
+    num_anchors = tf.shape(iou)[1]
+    best_iou, best_anchor = _first_argmax_rows(iou)                               # [P]
+    overlaps = best_iou > _MIN_BIPARTITE_IOU
+    direct = tf.where(overlaps, best_anchor, NO_MATCH)                            # [P]
+
+    shared = _shared_images(image_index, best_anchor, overlaps, batch_size, num_anchors)   # [B]
+    rows = tf.where(tf.gather(shared, image_index))[:, 0]                         # [P'] boxes to redo
+    row_image = tf.gather(image_index, rows)                                      # [P'], ascending
+    # Each redone box's place in the padded layout: (which redone image, which box of it).
+    new_image = tf.not_equal(row_image, tf.concat([[-1], row_image[:-1]], axis=0))
+    slot_image = tf.cumsum(tf.cast(new_image, tf.int32)) - 1                      # [P']
+    redone_images = _count(slot_image)
+    first_row = tf.math.unsorted_segment_min(tf.range(tf.shape(rows)[0]), slot_image, redone_images)
+    slot_box = tf.range(tf.shape(rows)[0]) - tf.gather(first_row, slot_image)     # [P']
+    slots = tf.stack([slot_image, slot_box], axis=1)                              # [P', 2]
+    boxes_per_image = _count(slot_box)
+    # Round r only takes among a box's top-G' anchors (module docstring).
+    k = tf.minimum(boxes_per_image, num_anchors)
+    top_iou, top_anchor = tf.math.top_k(tf.gather(iou, rows), k=k, sorted=True)   # [P', K]
+    padded_shape = tf.stack([redone_images, boxes_per_image, k])
+    padded_iou = tf.tensor_scatter_nd_update(tf.fill(padded_shape, _PADDING_IOU), slots, top_iou)
+    padded_anchor = tf.scatter_nd(slots, top_anchor, padded_shape)
+    rounds = _greedy_rounds(padded_iou, padded_anchor, num_anchors)               # [B', G']
+    return tf.tensor_scatter_nd_update(direct, rows[:, None], tf.gather_nd(rounds, slots))
+
+
+def match_boxes(iou, image_index, batch_size, threshold, rule=CAFFE_BIPARTITE):
+    """The matcher on the batch's real boxes, laid out flat: box p of P belongs to image image_index[p].
+
+    The form encode_targets uses: no [B, G, A] of padding rows is ever computed, so the cost follows the
+    boxes the batch holds, not the batch's largest count times the batch size.
+
+    Args:
+      iou: float [P, A], IoU of box p with anchor a.
+      image_index: int32 [P], non-decreasing (each image's boxes together, in their order within it).
+      batch_size: int32 scalar B > every image_index.
+      threshold, rule: as in `match`.
+    Returns:
+      int32 [B, A]: the flat box index p matched to each anchor, or NO_MATCH.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown matching rule {rule!r}; known: {', '.join(RULES)}")
+    iou = tf.convert_to_tensor(iou, tf.float32)
+    image_index = tf.convert_to_tensor(image_index, tf.int32)
+    num_boxes = tf.shape(iou)[0]
+    num_anchors = tf.shape(iou)[1]
+
+    # Step 2: best box per anchor within its image (the lowest p on ties), kept at or above the threshold.
+    # An image without boxes gets the lowest float, below any threshold.
+    best_iou = tf.math.unsorted_segment_max(iou, image_index, batch_size)         # [B, A]
+    is_best = tf.equal(iou, tf.gather(best_iou, image_index))                     # [P, A]
+    box_ids = tf.range(num_boxes, dtype=tf.int32)[:, None]
+    best_box = tf.math.unsorted_segment_min(tf.where(is_best, box_ids, num_boxes), image_index, batch_size)
+    matched = tf.where(best_iou >= threshold, best_box, NO_MATCH)                 # [B, A]
+
+    # Step 1: each box's own anchor; a claim overrides step 2. Several claims on one anchor (possible
+    # under SSD_PYTORCH only): the highest box index wins, as ssd.pytorch's loop overwrites.
+    if rule == CAFFE_BIPARTITE:
+        box_anchor = _bipartite_anchor_per_box(iou, image_index, batch_size)      # [P]
+    else:
+        box_anchor = _first_argmax_rows(iou)[1]                                   # [P]
+    claims = tf.where(box_anchor != NO_MATCH)[:, 0]                               # [P'']
+    claimed = tf.stack([tf.gather(image_index, claims), tf.gather(box_anchor, claims)], axis=1)
+    claimer = tf.tensor_scatter_nd_max(tf.fill([batch_size, num_anchors], NO_MATCH), claimed,
+                                       tf.cast(claims, tf.int32))                 # [B, A]
+    return tf.where(claimer != NO_MATCH, claimer, matched)
 
 
 def match(iou_gt_by_anchor, gt_valid, threshold, rule=CAFFE_BIPARTITE):
@@ -150,26 +221,10 @@ def match(iou_gt_by_anchor, gt_valid, threshold, rule=CAFFE_BIPARTITE):
     Returns:
       int32 [B, A]: the gt index in [0, G) matched to each anchor, or NO_MATCH.
     """
-    if rule not in RULES:
-        raise ValueError(f"unknown matching rule {rule!r}; known: {', '.join(RULES)}")
     iou_gt_by_anchor = tf.convert_to_tensor(iou_gt_by_anchor, tf.float32)
-    gt_valid = tf.convert_to_tensor(gt_valid, tf.bool)
-    batch = tf.shape(iou_gt_by_anchor)[0]
-    num_anchors = tf.shape(iou_gt_by_anchor)[2]
-    # One always-invalid sentinel row at index G keeps every reduction over G non-empty when G = 0.
-    iou = tf.concat([iou_gt_by_anchor, tf.fill([batch, 1, num_anchors], _PADDING_IOU)], axis=1)
-    valid = tf.concat([gt_valid, tf.zeros([batch, 1], tf.bool)], axis=1)          # [B, G+1]
-    iou = tf.where(valid[:, :, None], iou, _PADDING_IOU)                          # [B, G+1, A]
-
-    # Step 2: best gt per anchor, kept only at or above the threshold.
-    best_iou, best_gt = _max_and_first_argmax(iou, axis=1)                        # [B, A]
-    matched = tf.where(best_iou >= threshold, best_gt, NO_MATCH)
-
-    # Step 1: each box's own anchor.
-    if rule == CAFFE_BIPARTITE:
-        gt_anchor = _bipartite_anchor_per_gt(iou)                                 # [B, G+1]
-        valid = tf.logical_and(valid, gt_anchor != NO_MATCH)
-    else:
-        gt_anchor = _first_argmax(iou, axis=2)                                    # [B, G+1]
-    claimer = _claims_to_anchors(gt_anchor, valid, num_anchors)                   # [B, A]
-    return tf.where(claimer != NO_MATCH, claimer, matched)
+    valid_rows = tf.where(tf.convert_to_tensor(gt_valid, tf.bool))                # [P, 2] (b, g)
+    flat = match_boxes(tf.gather_nd(iou_gt_by_anchor, valid_rows), tf.cast(valid_rows[:, 0], tf.int32),
+                       tf.shape(iou_gt_by_anchor)[0], threshold, rule)            # [B, A], p
+    # Box p is row valid_rows[p, 1] of its image; NO_MATCH maps to the appended NO_MATCH.
+    gt_of_box = tf.concat([tf.cast(valid_rows[:, 1], tf.int32), [NO_MATCH]], axis=0)       # [P + 1]
+    return tf.gather(gt_of_box, tf.where(flat != NO_MATCH, flat, tf.shape(valid_rows)[0]))

@@ -35,16 +35,22 @@ CROWD_IOA_THRESHOLD = 0.5
 
 
 def intersection_over_anchor_area(gt_boxes, anchors):
-    """gt_boxes [B, G, 4], anchors [A, 4] (yxyx) -> [B, G, A]: intersection / area of the anchor."""
-    g = gt_boxes[..., :, None, :]                                                   # [B, G, 1, 4]
-    a = anchors[None, None, :, :]                                                   # [1, 1, A, 4]
+    """gt_boxes [..., G, 4], anchors [A, 4] (yxyx) -> [..., G, A]: intersection / area of the anchor."""
+    g = gt_boxes[..., :, None, :]                                                   # [..., G, 1, 4]
+    a = anchors[None, :, :]                                                         # [1, A, 4]
     inter_h = tf.maximum(tf.minimum(g[..., 2], a[..., 2]) - tf.maximum(g[..., 0], a[..., 0]), 0.0)
     inter_w = tf.maximum(tf.minimum(g[..., 3], a[..., 3]) - tf.maximum(g[..., 1], a[..., 1]), 0.0)
-    return tf.math.divide_no_nan(inter_h * inter_w, box_ops.area(anchors)[None, None, :])
+    return tf.math.divide_no_nan(inter_h * inter_w, box_ops.area(anchors))
 
 
 def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=None):
     """Per-anchor targets for a batch.
+
+    The real boxes are taken out of the padded batch first ([P, 4], P = the valid rows), and IoU,
+    matching (matcher.match_boxes) and the crowd test run on those alone, so the [P, A] work follows
+    the boxes the batch holds rather than B x its largest count (a batch's padding is the ratio of its
+    largest count to its mean count, commonly 2-4 in VOC and COCO), and crowd boxes' [Q, A] test costs
+    nothing when there are none. Measured in the training pipeline: the README's speed section.
 
     Args:
       gt_boxes: float [B, G, 4] normalized yxyx; padding rows have any value.
@@ -61,42 +67,46 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
     gt_labels = tf.convert_to_tensor(gt_labels, tf.int32)
     gt_valid = tf.convert_to_tensor(gt_valid, tf.bool)
     anchors = tf.convert_to_tensor(anchors, tf.float32)
+    batch_size = tf.shape(gt_boxes)[0]
 
     crowd = tf.zeros_like(gt_valid)
     if gt_is_crowd is not None:
         crowd = tf.logical_and(gt_valid, tf.convert_to_tensor(gt_is_crowd, tf.bool))  # [B, G]
-    matchable = tf.logical_and(gt_valid, tf.logical_not(crowd))                    # [B, G]
-
-    iou_gt_by_anchor = box_ops.iou(gt_boxes, anchors)                               # [B, G, A]
-    matched = matcher.match(iou_gt_by_anchor, matchable, config.match_threshold, config.matching)  # [B, A]
-    targets = _targets_at_positives(gt_boxes, gt_labels, matched, anchors, config.variances)
+    rows = tf.where(tf.logical_and(gt_valid, tf.logical_not(crowd)))                # [P, 2] (b, g)
+    boxes = tf.gather_nd(gt_boxes, rows)                                            # [P, 4]
+    image_index = tf.cast(rows[:, 0], tf.int32)                                     # [P], ascending
+    matched = matcher.match_boxes(box_ops.iou(boxes, anchors), image_index, batch_size,
+                                  config.match_threshold, config.matching)          # [B, A], p
+    targets = _targets_at_positives(boxes, tf.gather_nd(gt_labels, rows), matched, anchors, config.variances)
     if gt_is_crowd is not None:
-        ioa = intersection_over_anchor_area(gt_boxes, anchors)                      # [B, G, A]
-        in_crowd = tf.reduce_any(tf.logical_and(crowd[:, :, None], ioa >= CROWD_IOA_THRESHOLD), axis=1)
+        crowd_rows = tf.where(crowd)                                                # [Q, 2]
+        inside = intersection_over_anchor_area(tf.gather_nd(gt_boxes, crowd_rows), anchors) >= CROWD_IOA_THRESHOLD
+        # An image without crowd boxes gets the lowest int32 from the segment max: not inside.
+        in_crowd = tf.math.unsorted_segment_max(tf.cast(inside, tf.int32), tf.cast(crowd_rows[:, 0], tf.int32),
+                                                batch_size) > 0                     # [B, A]
         ignored = tf.logical_and(in_crowd, matched == matcher.NO_MATCH)             # [B, A]
         targets[fields.CLS_TARGETS] = tf.where(ignored, fields.IGNORE_CLASS, targets[fields.CLS_TARGETS])
     return targets
 
 
-def _targets_at_positives(gt_boxes, gt_labels, matched, anchors, variances):
+def _targets_at_positives(boxes, labels, matched, anchors, variances):
     """Targets from the matcher's output, computed at the positive anchors only.
 
+    boxes [P, 4] and labels [P] are the flat real boxes that `matched` [B, A] indexes.
     A few dozen of the B x A anchors are positive (about 20 per VOC image of 8,732), so labels and box
-    codes are gathered and encoded there, [P] and [P, 4], and scattered into zeros: background is
+    codes are gathered and encoded there, [N] and [N, 4], and scattered into zeros: background is
     label 0 (fields.BACKGROUND_CLASS) with a zero box target. Gathering a box for every anchor and
     encoding all B x A of them cost 60% of encode_targets at B = 32 (benchmarks/input_pipeline.py
     --boxes_per_image; the README's speed section has the figures).
     """
     positive = matched != matcher.NO_MATCH                                          # [B, A]
-    where = tf.where(positive)                                                      # [P, 2] (b, a)
-    image_index = tf.cast(where[:, 0], tf.int32)                                    # [P]
-    anchor_index = tf.cast(where[:, 1], tf.int32)                                   # [P]
-    gt_index = tf.stack([image_index, tf.gather_nd(matched, where)], axis=1)        # [P, 2] (b, g)
-    codes = box_coder.encode(tf.gather_nd(gt_boxes, gt_index), tf.gather(anchors, anchor_index),
-                             variances)                                             # [P, 4]
+    where = tf.where(positive)                                                      # [N, 2] (b, a)
+    anchor_index = tf.cast(where[:, 1], tf.int32)                                   # [N]
+    box_index = tf.gather_nd(matched, where)                                        # [N]
+    codes = box_coder.encode(tf.gather(boxes, box_index), tf.gather(anchors, anchor_index), variances)  # [N, 4]
     shape = tf.shape(matched, out_type=tf.int64)
     # tf.where lists each (b, a) once, so the scatter has no duplicate index to resolve.
-    cls_targets = tf.scatter_nd(where, tf.gather_nd(gt_labels, gt_index), shape)    # [B, A]
+    cls_targets = tf.scatter_nd(where, tf.gather(labels, box_index), shape)          # [B, A]
     box_targets = tf.scatter_nd(where, codes, tf.concat([shape, [4]], axis=0))      # [B, A, 4]
     return {
         fields.CLS_TARGETS: cls_targets,

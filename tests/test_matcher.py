@@ -162,7 +162,30 @@ def test_caffe_equals_forced_claims_when_best_anchors_distinct():
         iou[0, g, a] = 0.9 - 0.1 * g
     np.testing.assert_array_equal(_caffe(iou), _match(iou))
     # The shortcut taken here (no shared best anchor) equals the greedy rounds themselves.
-    np.testing.assert_array_equal(matcher._greedy_rounds(tf.constant(iou)).numpy()[0], [3, 11, 17, 29])
+    top_iou, top_anchor = tf.math.top_k(tf.constant(iou), k=4)
+    np.testing.assert_array_equal(matcher._greedy_rounds(top_iou, top_anchor, 30).numpy()[0], [3, 11, 17, 29])
+
+
+
+@pytest.mark.parametrize("rule", matcher.RULES)
+def test_flat_boxes_equal_each_image_alone(rule):
+    """match_boxes (what encode_targets calls) on the boxes of four images laid out flat, 3 / 0 / 6 / 1
+    of them, equals each image matched alone; box numbers are flat (image 2's first box is p = 3)."""
+    rng = np.random.default_rng(11)
+    counts, num_anchors = [3, 0, 6, 1], 25
+    iou = rng.choice([0.0, 0.2, 0.5, 0.7, 0.9], size=(sum(counts), num_anchors)).astype(np.float32)
+    iou[3:9, 4] = 0.95                      # image 2's six boxes share their best anchor: greedy rounds
+    image_index = np.repeat(np.arange(4), counts).astype(np.int32)
+    got = matcher.match_boxes(iou, image_index, 4, 0.5, rule).numpy()
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for b, n in enumerate(counts):
+        alone = _match(iou[None, first[b]:first[b] + n], rule=rule)[0]
+        np.testing.assert_array_equal(got[b], np.where(alone == NO, NO, alone + first[b]), err_msg=f"image {b}")
+        if rule == matcher.CAFFE_BIPARTITE and n:
+            np.testing.assert_array_equal(alone, _caffe_match_loop(iou[first[b]:first[b] + n], [True] * n, 0.5))
+    assert (got[1] == NO).all()
+    # Anchor 4, the six-way tie: Caffe gives it to the lowest box, ssd.pytorch's claims to the highest.
+    assert got[2][4] == (3 if rule == matcher.CAFFE_BIPARTITE else 8)
 
 
 @pytest.mark.parametrize("rule", matcher.RULES)
