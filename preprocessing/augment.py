@@ -15,8 +15,9 @@ same augmentation; an exact RGB formula of the HSV shift was 2x slower than the 
 tf.io.decode_and_crop_jpeg was rejected too: its pixels differ from decode-then-slice near the crop
 edges (chroma upsampling; 114 of 200 random windows differ), and a full decode is only ~1 ms.
 
-Mean subtraction comes after this, in the input function; so does resizing to the preset's input
-size, unless `output_size` asks augment to fuse it with the crop (much cheaper after a zoom-out).
+Mean subtraction is the network's first layer (nets/ssd.py). Resizing to the preset's input size comes
+after this, unless `output_size` asks augment to fuse it with the crop and the flip (much cheaper
+after a zoom-out: geometric.resize_window).
 
     image   float32 or uint8 [H, W, 3]  RGB, 0-255, not mean-subtracted (output: float32)
     boxes   float32 [N, 4]     [ymin, xmin, ymax, xmax] normalized to the image
@@ -89,14 +90,14 @@ def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
     part = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
     # Cast after slicing: a uint8 image is converted only where the patch needs it.
     part = photometric.distort_colors(tf.cast(part, tf.float32), photometric_seed, config.photometric)
-    if output_size is None:
-        image = geometric.pad_with_fill(part, paddings, fill_rgb)
-    else:
-        image = geometric.resize_window(part, offset_yx + begin, window, output_size, fill_rgb)
-    labels = tf.gather(labels, keep)
-
     flips = tf.random.stateless_uniform([], flip_seed) < config.flip_prob
-    image, boxes = geometric.flip_left_right(image, boxes, flips)
+    if output_size is None:
+        image, boxes = geometric.flip_left_right(geometric.pad_with_fill(part, paddings, fill_rgb), boxes, flips)
+    else:
+        # The resize mirrors the image itself (free on its zoom-out path); the boxes follow here.
+        image = geometric.resize_window(part, offset_yx + begin, window, output_size, fill_rgb, flip=flips)
+        boxes = geometric.flip_boxes(boxes, flips)
+    labels = tf.gather(labels, keep)
     if extras is None:
         return image, boxes, labels
     return image, boxes, labels, {name: tf.gather(value, keep) for name, value in extras.items()}

@@ -31,6 +31,7 @@ Boxes are float32 [N, 4], [ymin, xmin, ymax, xmax] normalized to their image (DE
 import dataclasses
 from typing import Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from model.box_ops import iou
@@ -215,8 +216,28 @@ def image_part_for_resizing(image_hw, offset_yx, window):
             tf.where(needs_fill, end_with_margin - begin_with_margin, size))
 
 
-def resize_window(part, part_offset_yx, window, output_hw, fill_rgb):
-    """Bilinear resize of a canvas window to output_hw, reading only `part` of the image.
+def _sampled_inside(first, last, part_side, output_side):
+    """Which of output_side evenly spaced samples from `first` to `last` (normalized like
+    crop_and_resize's box) fall inside a part of part_side pixels: float32 [output_side], 1 or 0.
+
+    crop_and_resize itself answers, on a ones image 2 pixels wide across, with the same coordinates
+    along this axis: so its decision, not a float re-computation of it, says where the fill goes.
+    """
+    ones = tf.ones(tf.stack([part_side, 2, 1]))
+    box = tf.stack([first, 0.0, last, 1.0])[None]
+    return tf.image.crop_and_resize(ones[None], box, [0], [output_side, 1], extrapolation_value=0.0)[0, :, 0, 0]
+
+
+def _inside_run(inside):
+    """Start and length of the run of ones in inside [n] (samples are monotonic, so one run): int32."""
+    count = tf.cast(tf.reduce_sum(inside), tf.int32)
+    start = tf.where(count > 0, tf.argmax(inside, output_type=tf.int32), 0)
+    return start, count
+
+
+def resize_window(part, part_offset_yx, window, output_hw, fill_rgb, flip=False):
+    """Bilinear resize of a canvas window to output_hw, reading only `part` of the image; mirrored
+    left-right when `flip`.
 
     A part that is the window itself is resized by tf.image.resize. Otherwise the result equals
     tf.image.resize(crop_image(canvas, window), output_hw) (bilinear, half-pixel centres; tested)
@@ -225,17 +246,28 @@ def resize_window(part, part_offset_yx, window, output_hw, fill_rgb):
     outside the window where tf.image.resize repeats the window's edge pixel. Either way the cost
     follows the output and the part, however large the zoomed-out window is.
 
+    That second path samples the part with crop_and_resize (a sample outside the part gives 0) and
+    lays the sampled rectangle on a constant canvas of the fill (two concatenations): no pass adds or
+    subtracts the fill colour over the image (a per-channel broadcast, the costliest op of this step
+    when measured). A flip there is free: crop_and_resize reads a box with x1 > x2 mirrored.
+
     Args:
       part: float32 [h, w, 3], h, w >= 1, the slice given by image_part_for_resizing.
       part_offset_yx: int32 [2], the part's top-left pixel on the canvas.
       window: int32 [4], [y, x, height, width] on the canvas.
       output_hw: (height, width) of the result, Python ints.
       fill_rgb: colour of canvas pixels outside the image.
+      flip: bool scalar (tensor or Python): mirror the result left-right.
     Returns:
       float32 [output height, output width, 3].
     """
     part_hw = tf.shape(part)[:2]
+    flip = tf.convert_to_tensor(flip, tf.bool)
     is_window = tf.reduce_all(part_offset_yx == window[:2]) & tf.reduce_all(part_hw == window[2:])
+
+    def resize_part():
+        resized = tf.image.resize(part, output_hw)
+        return tf.cond(flip, lambda: tf.reverse(resized, axis=[1]), lambda: resized)
 
     def resize_with_fill():
         output_hw_f = tf.constant(output_hw, tf.float32)
@@ -245,17 +277,20 @@ def resize_window(part, part_offset_yx, window, output_hw, fill_rgb):
         # Half-pixel centres: output pixel i samples window coordinate (i + 0.5) * step - 0.5.
         first = window_start_in_part + 0.5 * step - 0.5
         last = window_start_in_part + (output_hw_f - 0.5) * step - 0.5
-        # crop_and_resize maps a normalized coordinate c to pixel c * (side - 1) and puts
-        # extrapolation_value wherever a sample falls outside the part: 0, i.e. the fill once the
-        # fill has been subtracted.
+        # crop_and_resize maps a normalized coordinate c to pixel c * (side - 1).
         pixels_per_unit = tf.maximum(tf.cast(part_hw, tf.float32) - 1.0, 1.0)
-        box = tf.concat([first / pixels_per_unit, last / pixels_per_unit], axis=0)
-        fill = tf.constant(fill_rgb, tf.float32)
-        resized = tf.image.crop_and_resize((part - fill)[None], box[None], [0], output_hw,
-                                           extrapolation_value=0.0)
-        return resized[0] + fill
+        first, last = first / pixels_per_unit, last / pixels_per_unit
+        x1, x2 = tf.where(flip, last[1], first[1]), tf.where(flip, first[1], last[1])
+        box = tf.stack([first[0], x1, last[0], x2])
+        resized = tf.image.crop_and_resize(part[None], box[None], [0], output_hw)[0]
+        row0, rows = _inside_run(_sampled_inside(first[0], last[0], part_hw[0], output_hw[0]))
+        col0, cols = _inside_run(_sampled_inside(x1, x2, part_hw[1], output_hw[1]))
+        inside = tf.slice(resized, tf.stack([row0, col0, 0]), tf.stack([rows, cols, 3]))
+        fill = tf.constant(np.broadcast_to(np.asarray(fill_rgb, np.float32), tuple(output_hw) + (3,)))
+        middle = tf.concat([fill[:rows, :col0], inside, fill[:rows, col0 + cols:]], axis=1)
+        return tf.concat([fill[:row0], middle, fill[row0 + rows:]], axis=0)
 
-    return tf.cond(is_window, lambda: tf.image.resize(part, output_hw), resize_with_fill)
+    return tf.cond(is_window, resize_part, resize_with_fill)
 
 
 def crop_boxes(boxes_on_canvas, window):
@@ -300,8 +335,12 @@ def draw_zoom_out_and_crop(image_hw, boxes, seed, zoom_out: ZoomOutConfig, crop:
     return canvas_hw, offset_yx, window, cropped_boxes, keep
 
 
+def flip_boxes(boxes, applies):
+    """Mirrors normalized boxes [N, 4] left-right when the scalar bool `applies` is True."""
+    flipped_boxes = tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
+    return tf.where(applies, flipped_boxes, boxes)
+
+
 def flip_left_right(image, boxes, applies):
     """Mirrors image [H, W, C] and normalized boxes [N, 4] when the scalar bool `applies` is True."""
-    flipped_boxes = tf.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=1)
-    return (tf.cond(applies, lambda: tf.reverse(image, axis=[1]), lambda: image),
-            tf.where(applies, flipped_boxes, boxes))
+    return tf.cond(applies, lambda: tf.reverse(image, axis=[1]), lambda: image), flip_boxes(boxes, applies)

@@ -94,6 +94,27 @@ def test_fused_resize_equals_canvas_crop_then_resize_away_from_image_edges():
     assert compared > 0.5 * 40 * output_hw[0] * output_hw[1]
 
 
+
+def test_fused_resize_flipped_is_the_mirror_of_unflipped_on_both_paths():
+    image_hw, output_hw = (17, 23), (12, 14)
+    image = tf.random.stateless_uniform(image_hw + (3,), [3, 3], maxval=255.0)
+    zoom, crop = ZoomOutConfig(prob=0.7, fill_rgb=FILL), CropConfig(min_ious=(0.0,), scale_range=(0.1, 1.0))
+    paths = set()
+    for i in range(30):
+        _, offset_yx, window, _, _ = geometric.draw_zoom_out_and_crop(
+            tf.constant(image_hw), tf.constant([[0.2, 0.2, 0.6, 0.7]]), _seed(i), zoom, crop)
+        begin, size = geometric.image_part_for_resizing(tf.constant(image_hw), offset_yx, window)
+        part = tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+        plain = geometric.resize_window(part, offset_yx + begin, window, output_hw, FILL).numpy()
+        flipped = geometric.resize_window(part, offset_yx + begin, window, output_hw, FILL, flip=True).numpy()
+        # float rounding of the mirrored sample coordinates only
+        np.testing.assert_allclose(flipped, plain[:, ::-1], atol=1e-2)  # of 255
+        paths.add(bool(np.all(offset_yx + begin == window[:2])) and bool(np.all(size == window[2:])))
+        # outside the image the fill is exact, not interpolated towards it
+        fill_pixels = np.all(np.abs(plain - FILL) < 1e-3, axis=-1)
+        np.testing.assert_array_equal(plain[fill_pixels], np.broadcast_to(np.float32(FILL), plain[fill_pixels].shape))
+    assert paths == {True, False}
+
 def test_fused_resize_of_a_window_that_misses_the_image_is_all_fill():
     image_hw, offset_yx, window = tf.constant([4, 4]), tf.constant([0, 0]), tf.constant([8, 8, 8, 8])
     begin, size = geometric.image_part_for_resizing(image_hw, offset_yx, window)
