@@ -15,7 +15,7 @@ shared machine do not disturb. Best-of and median over the rounds are printed; t
 are the figures to compare across machines.
 
 --boxes_per_image 1,10,50,100 adds, per count, a set with exactly that many boxes per image: the full
-pipeline's images per CPU second on one core, and the matcher's share of it (model/matcher.match on
+pipeline's images per CPU second on one core, and the matcher's share of it (model/matcher.match_boxes on
 the IoUs of real batches of that set, timed alone on one core, over the full pipeline's time per image).
 
     python3 -m benchmarks.input_pipeline --images 512 --batch_size 32 --batches 8 --rounds 5
@@ -156,19 +156,22 @@ def box_scaling(root, config, anchors, boxes_per_image):
     # Real batches' boxes (after augmentation: the crop keeps those whose centre it holds), re-made
     # by the same augmentation as train_input_fn, before target encoding.
     examples = inputs._augmented_dataset(data_dir, config, inputs.TrainInputConfig(), "train")
-    _, boxes, labels = next(iter(examples.padded_batch(
-        FLAGS.batch_size, padded_shapes=([config.image_size, config.image_size, 3], [None, 4], [None]))))
+    _, boxes, labels, crowd = next(iter(examples.padded_batch(
+        FLAGS.batch_size, padded_shapes=([config.image_size, config.image_size, 3], [None, 4], [None], [None]))))
     anchors_t = tf.constant(anchors)
 
-    def match(boxes, labels):
-        return matcher.match(box_ops.iou(boxes, anchors_t), labels > 0, config.match_threshold)
+    def match(boxes, labels, crowd):
+        # As targets.encode_targets calls the matcher: the real, non-crowd boxes laid out flat.
+        rows = tf.where(tf.logical_and(labels > 0, tf.logical_not(crowd)))
+        return matcher.match_boxes(box_ops.iou(tf.gather_nd(boxes, rows), anchors_t), tf.cast(rows[:, 0], tf.int32),
+                                   tf.shape(boxes)[0], config.match_threshold, config.matching)
 
-    def encode(boxes, labels):
-        return targets.encode_targets(boxes, labels, labels > 0, anchors_t, config)
+    def encode(boxes, labels, crowd):
+        return targets.encode_targets(boxes, labels, labels > 0, anchors_t, config, gt_is_crowd=crowd)
 
     repeats = max(2, FLAGS.batches)
-    match_s = _cpu_seconds_per_batch(match, (boxes, labels), repeats) / FLAGS.batch_size
-    encode_s = _cpu_seconds_per_batch(encode, (boxes, labels), repeats) / FLAGS.batch_size
+    match_s = _cpu_seconds_per_batch(match, (boxes, labels, crowd), repeats) / FLAGS.batch_size
+    encode_s = _cpu_seconds_per_batch(encode, (boxes, labels, crowd), repeats) / FLAGS.batch_size
     best = max(rates)
     numbers = {"full_images_per_cpu_s": round(best, 1),
                "mean_boxes_after_crop": round(float(tf.reduce_sum(tf.cast(labels > 0, tf.float32))) /
