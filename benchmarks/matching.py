@@ -7,25 +7,28 @@ overlapping boxes per image, COCO-like: many shared best anchors, so the greedy 
 mixes are timed in interleaved rounds in one process, so machine load hits both alike; the ratio
 caffe_bipartite / ssd_pytorch is the figure. The last line is one JSON object.
 
-    python3 benchmarks/matching.py --batch_size 32 --batches 20 --rounds 5
+    python3 -m benchmarks.matching --batch_size 32 --batches 20 --rounds 5
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from model import anchors as anchors_lib  # noqa: E402
 from model import matcher, presets, targets  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 32, "Images per batch.")
+flags.DEFINE_integer("batches", 20, "Timed batches per measurement.")
+flags.DEFINE_integer("rounds", 5, "Interleaved rounds (the median is reported).")
 
 
 def ground_truth(rng, batch_size, low, high, crowd):
@@ -46,12 +49,9 @@ def ground_truth(rng, batch_size, low, high, crowd):
     return boxes, labels, valid
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def main(argv):
+    del argv
+    args = FLAGS
     config = presets.get("ssd300_vgg16", 20)
     anchors = anchors_lib.generate(config)
     rng = np.random.default_rng(0)
@@ -87,4 +87,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
