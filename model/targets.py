@@ -48,9 +48,9 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
 
     The real boxes are taken out of the padded batch first ([P, 4], P = the valid rows), and IoU,
     matching (matcher.match_boxes) and the crowd test run on those alone, so the [P, A] work follows
-    the boxes the batch holds rather than B x its largest count (a batch's padding is the ratio of its
-    largest count to its mean count, commonly 2-4 in VOC and COCO), and crowd boxes' [Q, A] test costs
-    nothing when there are none. Measured in the training pipeline: the README's speed section.
+    the boxes the batch holds rather than B x its largest count (the padded form wastes the ratio of a
+    batch's largest count to its mean count), and crowd boxes' [Q, A] test costs nothing when there
+    are none. Measured in the training pipeline: the README's "Input speed" section.
 
     Args:
       gt_boxes: float [B, G, 4] normalized yxyx; padding rows have any value.
