@@ -8,20 +8,18 @@ preprocessing/geometric.resize_window, while the other modes need the window bui
 "caffe_mix" figure is the mean over the five modes, i.e. the expected cost of drawing one per image.
 Ratios are against bilinear in the same run. The last line is one JSON object.
 
-    python3 benchmarks/resize_modes.py --repeats 30
+    python3 -m benchmarks.resize_modes --repeats 30
 """
 
-import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from preprocessing import geometric  # noqa: E402
 
@@ -29,12 +27,14 @@ OUTPUT = (300, 300)
 # Caffe's five modes and the nearest tf.image.resize method (TF has no Lanczos with a = 4).
 MODES = {"LINEAR": "bilinear", "AREA": "area", "NEAREST": "nearest", "CUBIC": "bicubic", "LANCZOS4": "lanczos5"}
 
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("repeats", 30, "Calls per timing.")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds after a warm-up round (the median is reported).")
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+
+def main(argv):
+    del argv
+    args = FLAGS
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     image = tf.random.uniform([375, 500, 3], 0, 255)
@@ -65,4 +65,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

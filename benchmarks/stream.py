@@ -16,11 +16,8 @@ overlap with it); pipeline / serial is what the threads buy. Random weights (SSD
 
 import json
 import os
-import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402
 import keras  # noqa: E402
