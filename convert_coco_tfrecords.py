@@ -18,7 +18,7 @@ import os
 from absl import app, flags, logging
 from PIL import Image
 
-from dataset import coco, coco_convert, make_sample, voc
+from dataset import coco, make_sample, voc
 from engine import cli
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +51,8 @@ VALIDATION_SPLIT_NAME = "val"
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % argv[1:])
+    # Imported here: it loads TensorFlow (TFRecord writing), which --help does not need.
+    from dataset import coco_convert
     Image.MAX_IMAGE_PIXELS = voc.MAX_IMAGE_PIXELS
     splits, num_shards = {}, {}
     for name, annotations, images, shards in (
