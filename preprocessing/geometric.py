@@ -229,10 +229,13 @@ def _sampled_inside(first, last, part_side, output_side):
 
 
 def _inside_run(inside):
-    """Start and length of the run of ones in inside [n] (samples are monotonic, so one run): int32."""
+    """Start and length of the run of ones in inside [n] (samples are monotonic, so one run): int32.
+
+    The start is the number of leading zeros (no reliance on which index tf.argmax returns on ties).
+    """
     count = tf.cast(tf.reduce_sum(inside), tf.int32)
-    start = tf.where(count > 0, tf.argmax(inside, output_type=tf.int32), 0)
-    return start, count
+    start = tf.reduce_sum(tf.cast(tf.equal(tf.cumsum(inside), 0.0), tf.int32))
+    return tf.where(count > 0, start, 0), count
 
 
 def resize_window(part, part_offset_yx, window, output_hw, fill_rgb, flip=False):
