@@ -28,6 +28,20 @@ def area(boxes):
     return tf.maximum(ymax - ymin, 0) * tf.maximum(xmax - xmin, 0)
 
 
+def intersection(boxes_a, boxes_b):
+    """Pairwise intersection area: boxes_a [..., N, 4], boxes_b [..., M, 4] -> [..., N, M] (0 if disjoint).
+
+    Leading axes broadcast as in `iou`.
+    """
+    boxes_a = tf.convert_to_tensor(boxes_a)
+    boxes_b = tf.convert_to_tensor(boxes_b, dtype=boxes_a.dtype)
+    a = boxes_a[..., :, None, :]                                      # [..., N, 1, 4]
+    b = boxes_b[..., None, :, :]                                      # [..., 1, M, 4]
+    inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0)
+    inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0)
+    return inter_h * inter_w
+
+
 def iou(boxes_a, boxes_b):
     """Pairwise intersection over union: boxes_a [..., N, 4], boxes_b [..., M, 4] -> [..., N, M].
 
@@ -36,10 +50,6 @@ def iou(boxes_a, boxes_b):
     """
     boxes_a = tf.convert_to_tensor(boxes_a)
     boxes_b = tf.convert_to_tensor(boxes_b, dtype=boxes_a.dtype)
-    a = boxes_a[..., :, None, :]                                      # [..., N, 1, 4]
-    b = boxes_b[..., None, :, :]                                      # [..., 1, M, 4]
-    inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0)
-    inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0)
-    intersection = inter_h * inter_w                                  # [..., N, M]
-    union = area(a) + area(b) - intersection
-    return tf.math.divide_no_nan(intersection, union)
+    inter = intersection(boxes_a, boxes_b)                            # [..., N, M]
+    union = area(boxes_a)[..., :, None] + area(boxes_b)[..., None, :] - inter
+    return tf.math.divide_no_nan(inter, union)

@@ -36,11 +36,7 @@ CROWD_IOA_THRESHOLD = 0.5
 
 def intersection_over_anchor_area(gt_boxes, anchors):
     """gt_boxes [..., G, 4], anchors [A, 4] (yxyx) -> [..., G, A]: intersection / area of the anchor."""
-    g = gt_boxes[..., :, None, :]                                                   # [..., G, 1, 4]
-    a = anchors[None, :, :]                                                         # [1, A, 4]
-    inter_h = tf.maximum(tf.minimum(g[..., 2], a[..., 2]) - tf.maximum(g[..., 0], a[..., 0]), 0.0)
-    inter_w = tf.maximum(tf.minimum(g[..., 3], a[..., 3]) - tf.maximum(g[..., 1], a[..., 1]), 0.0)
-    return tf.math.divide_no_nan(inter_h * inter_w, box_ops.area(anchors))
+    return tf.math.divide_no_nan(box_ops.intersection(gt_boxes, anchors), box_ops.area(anchors))
 
 
 def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=None):
