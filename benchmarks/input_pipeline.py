@@ -15,8 +15,8 @@ shared machine do not disturb. Best-of and median over the rounds are printed; t
 are the figures to compare across machines.
 
 --boxes_per_image 1,10,50,100 adds, per count, a set with exactly that many boxes per image: the full
-pipeline's images per CPU second on one core, and the matcher's share of it (model/matcher.match_boxes on
-the IoUs of real batches of that set, timed alone on one core, over the full pipeline's time per image).
+pipeline's images per CPU second on one core, and the matcher's share of it (IoU + matching,
+model/targets.match_real_boxes, on real batches of that set, timed alone on one core, over the full pipeline's time per image).
 
     python3 -m benchmarks.input_pipeline --images 512 --batch_size 32 --batches 8 --rounds 5
     python3 -m benchmarks.input_pipeline --images 128 --rounds 2 --boxes_per_image 1,10,50,100
@@ -38,7 +38,7 @@ from absl import app, flags, logging  # noqa: E402
 from benchmarks import synthetic  # noqa: E402
 from dataset import convert, fields, label_map, reader  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
-from model import box_ops, matcher, presets, targets  # noqa: E402
+from model import presets, targets  # noqa: E402
 from preprocessing import inputs  # noqa: E402
 
 NUM_SHARDS = 8
@@ -161,10 +161,9 @@ def box_scaling(root, config, anchors, boxes_per_image):
     anchors_t = tf.constant(anchors)
 
     def match(boxes, labels, crowd):
-        # As targets.encode_targets calls the matcher: the real, non-crowd boxes laid out flat.
-        rows = tf.where(tf.logical_and(labels > 0, tf.logical_not(crowd)))
-        return matcher.match_boxes(box_ops.iou(tf.gather_nd(boxes, rows), anchors_t), tf.cast(rows[:, 0], tf.int32),
-                                   tf.shape(boxes)[0], config.match_threshold, config.matching)
+        # encode_targets' IoU + matching on the real, non-crowd boxes.
+        return targets.match_real_boxes(boxes, tf.logical_and(labels > 0, tf.logical_not(crowd)), anchors_t,
+                                        config)[2]
 
     def encode(boxes, labels, crowd):
         return targets.encode_targets(boxes, labels, labels > 0, anchors_t, config, gt_is_crowd=crowd)

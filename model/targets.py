@@ -68,11 +68,8 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
     crowd = tf.zeros_like(gt_valid)
     if gt_is_crowd is not None:
         crowd = tf.logical_and(gt_valid, tf.convert_to_tensor(gt_is_crowd, tf.bool))  # [B, G]
-    rows = tf.where(tf.logical_and(gt_valid, tf.logical_not(crowd)))                # [P, 2] (b, g)
-    boxes = tf.gather_nd(gt_boxes, rows)                                            # [P, 4]
-    image_index = tf.cast(rows[:, 0], tf.int32)                                     # [P], ascending
-    matched = matcher.match_boxes(box_ops.iou(boxes, anchors), image_index, batch_size,
-                                  config.match_threshold, config.matching)          # [B, A], p
+    rows, boxes, matched = match_real_boxes(gt_boxes, tf.logical_and(gt_valid, tf.logical_not(crowd)),
+                                            anchors, config)
     targets = _targets_at_positives(boxes, tf.gather_nd(gt_labels, rows), matched, anchors, config.variances)
     if gt_is_crowd is not None:
         crowd_rows = tf.where(crowd)                                                # [Q, 2]
@@ -83,6 +80,21 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
         ignored = tf.logical_and(in_crowd, matched == matcher.NO_MATCH)             # [B, A]
         targets[fields.CLS_TARGETS] = tf.where(ignored, fields.IGNORE_CLASS, targets[fields.CLS_TARGETS])
     return targets
+
+
+def match_real_boxes(gt_boxes, matchable, anchors, config):
+    """IoU and matching on the rows of a padded batch that take part: the first half of encode_targets.
+
+    Args: gt_boxes float [B, G, 4]; matchable bool [B, G]; anchors [A, 4]; config as in encode_targets.
+    Returns rows int64 [P, 2] (b, g) of the matchable rows, their boxes float [P, 4], and matched int32
+    [B, A], each anchor's index p into them or matcher.NO_MATCH.
+    """
+    rows = tf.where(matchable)                                                      # [P, 2] (b, g)
+    boxes = tf.gather_nd(gt_boxes, rows)                                            # [P, 4]
+    image_index = tf.cast(rows[:, 0], tf.int32)                                     # [P], ascending
+    matched = matcher.match_boxes(box_ops.iou(boxes, anchors), image_index, tf.shape(gt_boxes)[0],
+                                  config.match_threshold, config.matching)          # [B, A], p
+    return rows, boxes, matched
 
 
 def _targets_at_positives(boxes, labels, matched, anchors, variances):
