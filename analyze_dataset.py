@@ -191,14 +191,14 @@ def run():
 
     if FLAGS.output_dir:
         from dataset import annotations
-        from engine import dataset_plots
+        from apps.doctor import plots
         shown = lint.for_review(findings, FLAGS.contact_sheet_cells)
         images = annotations.load_images(table, [f.image_index for f in shown])
-        result["plots"] = dataset_plots.write_all(FLAGS.output_dir, table, best, report, config, shown,
+        result["plots"] = plots.write_all(FLAGS.output_dir, table, best, report, config, shown,
                                                   images, fitted, fitted_best, fitted_report, FLAGS.seed,
                                                   f"{FLAGS.anchor_config} anchors" if FLAGS.anchor_config else None)
         if FLAGS.tensorboard_dir:
-            dataset_plots.write_tensorboard(FLAGS.tensorboard_dir, result["plots"])
+            plots.write_tensorboard(FLAGS.tensorboard_dir, result["plots"])
     elif FLAGS.tensorboard_dir:
         raise ValueError("--tensorboard_dir needs --output_dir (the plots are written there first)")
 

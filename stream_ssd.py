@@ -5,12 +5,12 @@
     python3 stream_ssd.py --model exported/ --source rtsp://cam.local/stream --no_display \
         --output annotated.mp4 --jsonl detections.jsonl                         # headless
 
-The window (engine/stream_app.py, PySide6) shows the feed with detections drawn, frames/s and model
+The window (apps/video/window.py, PySide6) shows the feed with detections drawn, frames/s and model
 latency, a score-threshold slider, a class filter, pause and a snapshot button (PNG in --snapshot_dir).
 Headless (--no_display) writes one JSON line per frame (--jsonl; "-" for stdout) and an annotated video
 (--output, .mp4 or .avi), both renamed into place when the run ends (also on Ctrl-C), and prints a
 summary JSON line last. Frames of live sources are dropped when the model is slower than the camera; files
-and folders are processed frame by frame (engine/video_pipeline.py).
+and folders are processed frame by frame (apps/video/streaming.py).
 
 A source or model that cannot be opened: one line naming it, exit status 1. A stream that drops is
 reopened with back-off (--max_reconnects, --reconnect_backoff_s); when that fails the window stays up
@@ -76,28 +76,28 @@ def main(argv):
             _check_display()
     except ValueError as e:
         sys.exit(f"stream_ssd.py: {e}")
-    from engine import video, video_pipeline
+    from apps.video import sources, streaming
 
     try:
-        if FLAGS.output and os.path.splitext(FLAGS.output)[1].lower() not in video.FOURCC_BY_EXTENSION:
+        if FLAGS.output and os.path.splitext(FLAGS.output)[1].lower() not in sources.FOURCC_BY_EXTENSION:
             raise ValueError(f"--output {FLAGS.output}: the file name must end in one of "
-                             f"{', '.join(sorted(video.FOURCC_BY_EXTENSION))}")
-        source = video.open_source(FLAGS.source, max_reconnects=FLAGS.max_reconnects,
+                             f"{', '.join(sorted(sources.FOURCC_BY_EXTENSION))}")
+        source = sources.open_source(FLAGS.source, max_reconnects=FLAGS.max_reconnects,
                                    backoff_s=FLAGS.reconnect_backoff_s, max_backoff_s=FLAGS.max_backoff_s,
                                    timeout_s=FLAGS.stream_timeout_s)
-        detector = video.make_detector(FLAGS.model, FLAGS.model_dir, FLAGS.checkpoint_path)
+        detector = sources.make_detector(FLAGS.model, FLAGS.model_dir, FLAGS.checkpoint_path)
         class_ids = _class_ids(FLAGS.classes, detector.class_names)
-    except (video.SourceError, video.ModelError, ValueError) as e:
+    except (sources.SourceError, sources.ModelError, ValueError) as e:
         sys.exit(f"stream_ssd.py: {e}")
     logging.info("%s with %s (%s)", source.name, detector.name, "live" if source.live else "every frame")
-    pipeline = video_pipeline.Pipeline(source, detector, FLAGS.batch_size, FLAGS.max_frames)
+    pipeline = streaming.Pipeline(source, detector, FLAGS.batch_size, FLAGS.max_frames)
 
     if not FLAGS.no_display:
-        from engine import stream_app
-        sys.exit(stream_app.run(pipeline, detector.class_names, FLAGS.score_threshold, class_ids,
+        from apps.video import window
+        sys.exit(window.run(pipeline, detector.class_names, FLAGS.score_threshold, class_ids,
                                 FLAGS.snapshot_dir, FLAGS.close_at_end))
     try:
-        summary = video_pipeline.run_headless(pipeline, detector.class_names, FLAGS.jsonl, FLAGS.output,
+        summary = streaming.run_headless(pipeline, detector.class_names, FLAGS.jsonl, FLAGS.output,
                                               FLAGS.score_threshold, class_ids, FLAGS.output_fps)
     except (ValueError, OSError) as e:
         sys.exit(f"stream_ssd.py: {e}")

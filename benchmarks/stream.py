@@ -5,9 +5,9 @@
 One synthetic video (the sample images resized to --frame_size, MJPG) is timed, in the same run, by:
   forward      the network alone on the frames already resized and normalized (batch 1, tf.function);
   detector     the model call the pipeline makes: uint8 frames in memory -> detections (resize,
-               network, post-processing in the graph; engine/video.py Detector), batch 1;
+               network, post-processing in the graph; apps/video/sources.py Detector), batch 1;
   serial       one thread: decode a frame, detect, draw, encode into the output video, next frame;
-  pipeline_bN  engine/video_pipeline.py run_headless at batch N: decode, model and draw + encode +
+  pipeline_bN  apps/video/streaming.py run_headless at batch N: decode, model and draw + encode +
                JSON lines in separate threads.
 pipeline / detector near 1 means reading, drawing and writing cost nothing beside the model (they
 overlap with it); pipeline / serial is what the threads buy. Random weights (SSD300, 20 classes) unless
@@ -25,8 +25,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from apps.video import sources, streaming  # noqa: E402
 from dataset import fields  # noqa: E402
-from engine import serving, video, video_pipeline  # noqa: E402
+from engine import serving  # noqa: E402
 from model import anchors as anchors_lib  # noqa: E402
 from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
@@ -91,7 +92,7 @@ def _make_video(path, size):
 def main(argv):
     del argv
     module, config, class_names = _module()
-    detector = video.Detector(lambda images: {k: v.numpy() for k, v in module.serve_images(
+    detector = sources.Detector(lambda images: {k: v.numpy() for k, v in module.serve_images(
         tf.constant(images)).items()}, class_names, "benchmark")
     size = (int(FLAGS.frame_size[0]), int(FLAGS.frame_size[1]))
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
@@ -106,7 +107,7 @@ def main(argv):
         for batch in sorted(set(batch_sizes + [1])):  # tracing and first-call allocation, untimed
             detector.detect_batch(frames[:batch])
             tf.nest.map_structure(lambda t: t.numpy(), forward(normalized[:batch]))
-        drawn = np.mean([len(video.select(d, FLAGS.score_threshold)[fields.DETECTION_SCORES])
+        drawn = np.mean([len(sources.select(d, FLAGS.score_threshold)[fields.DETECTION_SCORES])
                          for d in detector.detect_batch(frames)])
         logging.info("%d frames of %dx%d, SSD300 width %.3f, %.1f detections drawn a frame; timing", count,
                      size[0], size[1], config.width_multiplier, drawn)
@@ -122,19 +123,19 @@ def main(argv):
             return count
 
         def run_serial():
-            source = video.open_source(path)
-            output = video_pipeline.VideoOutput(os.path.join(folder, "serial.avi"), 25.0)
+            source = sources.open_source(path)
+            output = streaming.VideoOutput(os.path.join(folder, "serial.avi"), 25.0)
             done = 0
             while (item := source.read()) is not None:
-                drawn = video.annotate(item[0], detector(item[0]), class_names, FLAGS.score_threshold)
+                drawn = sources.annotate(item[0], detector(item[0]), class_names, FLAGS.score_threshold)
                 output.write(drawn)
                 done += 1
             output.close()
             return done
 
         def run_pipeline(batch):
-            pipeline = video_pipeline.Pipeline(video.open_source(path), detector, batch_size=batch)
-            summary = video_pipeline.run_headless(pipeline, class_names, os.path.join(folder, "out.jsonl"),
+            pipeline = streaming.Pipeline(sources.open_source(path), detector, batch_size=batch)
+            summary = streaming.run_headless(pipeline, class_names, os.path.join(folder, "out.jsonl"),
                                                   os.path.join(folder, "out.avi"), FLAGS.score_threshold)
             assert summary["frames"] == count and summary["error"] is None, summary
             return summary["frames"]

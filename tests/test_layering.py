@@ -12,7 +12,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOORS = {"dataset": 1, "model": 2, "nets": 3, "preprocessing": 3, "metrics": 3, "engine": 4}
-TOP = 5  # top-level scripts, benchmarks/, tools/
+TOP = 5  # apps/, top-level scripts, benchmarks/
 
 
 def _floor(package):
@@ -25,7 +25,7 @@ def _project_modules():
         path = os.path.join(REPO, name)
         if name.endswith(".py"):
             yield name, None
-        elif os.path.isdir(path) and name in set(FLOORS) | {"benchmarks", "tools"}:
+        elif os.path.isdir(path) and name in set(FLOORS) | {"apps", "benchmarks"}:
             for root, dirs, files in os.walk(path):
                 dirs[:] = [d for d in dirs if d not in ("sample", "__pycache__")]
                 for file in sorted(files):

@@ -1,9 +1,9 @@
 """The project against the references' own outputs (tests/fixtures/reference_equivalence.npz).
 
-The fixture is written by tools/reference_equivalence.py, which runs ssd.pytorch's layers/ files, the
+The fixture is written by tests/reference/reference_equivalence.py, which runs ssd.pytorch's layers/ files, the
 py-faster-rcnn voc_eval.py and pycocotools from their public snapshots, and a loop-for-loop port of
 Caffe SSD's PriorBox / MatchBBox / DetectionOutput (module docstring there). Network outputs are not
-stored: `_pseudo_uniform` regenerates them from the formula the tool used, checked by a checksum.
+stored: tests/reference/synthetic.py regenerates them, as the generator did, checked by a checksum.
 Tolerances (issue 18): anchors 1e-6, box codes 1e-5, labels exact, loss 1e-4 relative, AP 1e-6,
 post-processing the same detections.
 """
@@ -17,9 +17,10 @@ import pytest
 from dataset import fields
 from metrics import coco, voc
 from model import anchors, box_ops, losses, matcher, postprocess, presets, targets
+from reference import synthetic
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "reference_equivalence.npz")
-NUM_CLASSES = 20
+NUM_CLASSES = synthetic.NUM_CLASSES
 CONFIG = presets.get("ssd300_vgg16", NUM_CLASSES)
 PYTORCH_CONFIG = dataclasses.replace(CONFIG, matching=matcher.SSD_PYTORCH)
 TO_XYWH_CODES = [1, 0, 3, 2]          # ours [ty, tx, th, tw] <-> ssd.pytorch / Caffe (x, y, w, h)
@@ -36,25 +37,10 @@ def ssd300_anchors():
     return anchors.generate(CONFIG)
 
 
-def _pseudo_uniform(shape, salt):
-    """tools/reference_equivalence.py's pseudo_uniform: frac(sin(12.9898 i + 78.233 salt) * 43758.5453)."""
-    i = np.arange(int(np.prod(shape)), dtype=np.float64)
-    value = np.sin(i * 12.9898 + salt * 78.233) * 43758.5453
-    return (value - np.floor(value)).reshape(shape)
-
-
 def _predictions(num_images, num_anchors, salt, kind, checksum):
-    codes = ((_pseudo_uniform((num_images, num_anchors, 4), salt) - 0.5) * 2.0).astype(np.float32)
-    u = _pseudo_uniform((num_images, num_anchors, NUM_CLASSES + 1), salt + 1)
-    if kind == "loss":
-        logits = (u - 0.5) * 6.0
-    else:
-        cut, scale = {"sparse": (0.985, 400.0), "dense": (0.9, 100.0)}[kind]
-        logits = -3.0 + scale * np.maximum(u - cut, 0.0)      # at most 3 / 7: no score rounds to 1
-        logits[..., 0] = 4.0
-        codes *= 0.25
-    logits = logits.astype(np.float32)
-    np.testing.assert_allclose([codes.sum(dtype=np.float64), logits.sum(dtype=np.float64)], checksum, rtol=1e-9)
+    """The generator's network outputs (tests/reference/synthetic.py), checked against its checksum."""
+    codes, logits = synthetic.predictions(num_images, num_anchors, salt, kind)
+    np.testing.assert_allclose(synthetic.checksum(codes, logits), checksum, rtol=1e-9)
     return codes, logits
 
 

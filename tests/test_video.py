@@ -1,4 +1,4 @@
-"""engine/video.py, engine/video_pipeline.py and stream_ssd.py headless: sources, the model adapter, the
+"""apps/video/sources.py, apps/video/streaming.py and stream_ssd.py headless: sources, the model adapter, the
 threaded pipeline (order, dropping, reconnects, size changes), the outputs and the script's bad input."""
 
 import json
@@ -12,9 +12,10 @@ import keras
 import numpy as np
 import pytest
 
+from apps.video import sources, streaming
 from conftest import REPO_ROOT
 from dataset import fields
-from engine import serving, video, video_pipeline
+from engine import serving
 from model import anchors as anchors_lib
 from model import presets
 from nets import ssd
@@ -30,7 +31,7 @@ BOX_A, BOX_B = [0.2, 0.1, 0.8, 0.45], [0.2, 0.55, 0.8, 0.9]
 def make_video(path, num_frames=VIDEO_FRAMES, size=VIDEO_SIZE, fps=10.0):
     """A video of the first `num_frames` sample images resized to `size`; returns them decoded back
     (uint8 [N, H, W, 3] RGB), i.e. what a reader of the file gets."""
-    codec = video.FOURCC_BY_EXTENSION[os.path.splitext(path)[1]]
+    codec = sources.FOURCC_BY_EXTENSION[os.path.splitext(path)[1]]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
     for i in range(1, num_frames + 1):
         writer.write(cv2.resize(cv2.imread(os.path.join(SAMPLE_IMAGES, f"{i:06d}.jpg")), size))
@@ -68,7 +69,7 @@ def fake_detector(delay_s=0.0):
     def batch_fn(images):
         time.sleep(delay_s)
         return fake_batch_fn(images)
-    return video.Detector(batch_fn, CLASS_NAMES, "fake")
+    return sources.Detector(batch_fn, CLASS_NAMES, "fake")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_headless_script_gives_one_line_per_frame_and_a_playable_video(clip, exp
     loaded, _, _ = serving.load(exported)
     signature = loaded.signatures[serving.SERVING_DEFAULT]
     for index in (0, 5, VIDEO_FRAMES - 1):
-        direct = video.Detector(lambda images: {k: v.numpy() for k, v in signature(
+        direct = sources.Detector(lambda images: {k: v.numpy() for k, v in signature(
             **{serving.IMAGES_INPUT: images}).items()}, CLASS_NAMES, "direct")(frames[index])
         listed = lines[index]["detections"]
         assert len(listed) == len(direct[fields.DETECTION_SCORES]) > 0
@@ -125,22 +126,22 @@ def test_headless_script_gives_one_line_per_frame_and_a_playable_video(clip, exp
 def test_json_record_and_drawing_follow_threshold_and_class_filter(clip):
     _, frames = clip
     detections = fake_detector()(frames[0])
-    result = video_pipeline.FrameResult(0, frames[0], detections, 0.01, None)
-    record = video.json_record(result, CLASS_NAMES, min_score=0.45)
+    result = streaming.FrameResult(0, frames[0], detections, 0.01, None)
+    record = sources.json_record(result, CLASS_NAMES, min_score=0.45)
     assert [d["class_name"] for d in record["detections"]] == ["circle", "square"]   # 0.9, 0.5
     # VOC 1-based pixels of box A on 160 x 120: xmin 0.1 * 160 + 1 = 17, ymax 0.8 * 120 = 96.
     np.testing.assert_allclose(record["detections"][0]["box_pixels"], [17, 25, 72, 96], atol=1e-4)
-    assert [d["class_id"] for d in video.json_record(result, CLASS_NAMES, 0.45, {2})["detections"]] == [2]
-    assert video.json_record(result, CLASS_NAMES, 0.95)["detections"] == []
+    assert [d["class_id"] for d in sources.json_record(result, CLASS_NAMES, 0.45, {2})["detections"]] == [2]
+    assert sources.json_record(result, CLASS_NAMES, 0.95)["detections"] == []
     # Nothing selected: the drawing is the frame; something selected: pixels change.
-    np.testing.assert_array_equal(video.annotate(frames[0], detections, CLASS_NAMES, 0.95), frames[0])
-    assert (video.annotate(frames[0], detections, CLASS_NAMES, 0.45) != frames[0]).any()
+    np.testing.assert_array_equal(sources.annotate(frames[0], detections, CLASS_NAMES, 0.95), frames[0])
+    assert (sources.annotate(frames[0], detections, CLASS_NAMES, 0.45) != frames[0]).any()
 
 
 def test_file_is_processed_in_order_and_a_live_source_drops_stale_frames(clip):
     path, frames = clip
-    pipeline = video_pipeline.Pipeline(video.open_source(path), fake_detector(delay_s=0.02), batch_size=2)
-    summary = video_pipeline.run_headless(pipeline, CLASS_NAMES)
+    pipeline = streaming.Pipeline(sources.open_source(path), fake_detector(delay_s=0.02), batch_size=2)
+    summary = streaming.run_headless(pipeline, CLASS_NAMES)
     assert (summary["frames"], summary["frames_dropped"]) == (VIDEO_FRAMES, 0)
 
     class LiveSource:
@@ -159,11 +160,11 @@ def test_file_is_processed_in_order_and_a_live_source_drops_stale_frames(clip):
         def close(self):
             pass
 
-    pipeline = video_pipeline.Pipeline(LiveSource(), fake_detector(delay_s=0.02)).start()
+    pipeline = streaming.Pipeline(LiveSource(), fake_detector(delay_s=0.02)).start()
     indices = []
     while True:
         result = pipeline.get(timeout=10)
-        if isinstance(result, video_pipeline.Ended):
+        if isinstance(result, streaming.Ended):
             break
         indices.append(result.index)
         # Each result is of the frame it claims to be (third row: 0.4 x its mean pixel / 255).
@@ -197,12 +198,12 @@ def test_a_stream_that_drops_is_reopened_with_back_off_then_given_up():
     captures = iter([FakeCapture([frame] * 3), FakeCapture([], opened=False), FakeCapture([frame] * 2)]
                     + [FakeCapture([], opened=False)] * 3)
     waits = []
-    source = video.CaptureSource("rtsp://cam/stream", "url", max_reconnects=3, backoff_s=0.5,
+    source = sources.CaptureSource("rtsp://cam/stream", "url", max_reconnects=3, backoff_s=0.5,
                                  max_backoff_s=1.5,
                                  open_capture=lambda spec: next(captures), sleep=waits.append)
-    pipeline = video_pipeline.Pipeline(source, fake_detector()).start()
+    pipeline = streaming.Pipeline(source, fake_detector()).start()
     results = []
-    while not isinstance(result := pipeline.get(timeout=10), video_pipeline.Ended):
+    while not isinstance(result := pipeline.get(timeout=10), streaming.Ended):
         results.append(result)
     pipeline.stop()
     # A live source: frames waiting while the model ran were dropped, the newest always reaches it.
@@ -216,7 +217,7 @@ def test_a_stream_that_drops_is_reopened_with_back_off_then_given_up():
 
 def test_rate_meter_counts_the_last_window():
     now = [10.0]
-    meter = video_pipeline.RateMeter(window_s=2.0, clock=lambda: now[0])
+    meter = streaming.RateMeter(window_s=2.0, clock=lambda: now[0])
     meter.start()
     for _ in range(5):            # 5 events in the first second: 5 / 1 s
         now[0] += 0.2
@@ -237,9 +238,9 @@ def test_bad_sources_give_one_clear_error(tmp_path):
              "http://127.0.0.1:9/none.mjpg": "did not open after 0 frames and 1 reconnects failed",
              "9": "camera 9 did not open"}    # no retries for a camera that is not there
     for spec, message in cases.items():
-        with pytest.raises(video.SourceError, match=message):
-            video.open_source(spec, max_reconnects=1, backoff_s=0.01, timeout_s=1.0)
-    assert video.source_kind("0") == "camera" and video.source_kind("RTSP://x") == "url"
+        with pytest.raises(sources.SourceError, match=message):
+            sources.open_source(spec, max_reconnects=1, backoff_s=0.01, timeout_s=1.0)
+    assert sources.source_kind("0") == "camera" and sources.source_kind("RTSP://x") == "url"
 
 
 def test_a_truncated_video_gives_its_frames_and_one_warning(clip, tmp_path, caplog):
@@ -247,7 +248,7 @@ def test_a_truncated_video_gives_its_frames_and_one_warning(clip, tmp_path, capl
     data = open(path, "rb").read()
     truncated = tmp_path / "truncated.avi"
     truncated.write_bytes(data[:len(data) // 2])
-    source = video.open_source(str(truncated))
+    source = sources.open_source(str(truncated))
     read = []
     while (item := source.read()) is not None:
         read.append(item[0])
@@ -267,9 +268,9 @@ def test_folder_with_changing_sizes_and_a_broken_image(tmp_path):
     for name in names:
         shutil.copy(os.path.join(SAMPLE_IMAGES, name), folder / name)
     (folder / "000002b.jpg").write_bytes(b"not a jpeg")
-    source = video.open_source(str(folder))
+    source = sources.open_source(str(folder))
     output = tmp_path / "folder.avi"
-    summary = video_pipeline.run_headless(video_pipeline.Pipeline(source, fake_detector()), CLASS_NAMES,
+    summary = streaming.run_headless(streaming.Pipeline(source, fake_detector()), CLASS_NAMES,
                                           output=str(output))
     assert source.skipped == [str(folder / "000002b.jpg")]
     assert summary["frames"] == 3 and summary["error"] is None

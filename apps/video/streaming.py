@@ -2,7 +2,7 @@
 
     capture thread    source.read() -> size guard -> frame queue (bounded)
     inference thread  frame queue -> batches of up to batch_size -> Detector -> result queue (bounded)
-    consumer          Pipeline.get(): the Qt window (engine/stream_app.py) or run_headless below
+    consumer          Pipeline.get(): the Qt window (apps/video/window.py) or run_headless below
 
 A live source (camera, stream) drops the oldest waiting frame when the frame queue is full, so the
 model always gets the newest frames and the shown latency stays at most a batch behind the camera; a
@@ -28,14 +28,14 @@ import cv2
 import numpy as np
 from absl import logging
 
-from engine import video
+from apps.video import sources
 
 
 @dataclass
 class FrameResult:
     index: int                    # 0-based number in reading order (dropped frames keep theirs)
     frame: np.ndarray             # uint8 [H, W, 3] RGB, as the model saw it
-    detections: dict              # video.Detector's dict for this frame
+    detections: dict              # sources.Detector's dict for this frame
     latency_s: float              # model time of the frame's batch
     position_s: Optional[float]   # time in the video file; None for cameras, streams and folders
 
@@ -178,7 +178,7 @@ class Pipeline:
                     frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
                 self._frames.put((self.frames_read, frame, position), drop_oldest=self.source.live)
                 self.frames_read += 1
-        except video.SourceError as e:
+        except sources.SourceError as e:
             self._error = str(e)
         finally:
             self._frames.finish()
@@ -258,10 +258,10 @@ class VideoOutput:
 
     def __init__(self, path, fps):
         extension = os.path.splitext(path)[1].lower()
-        if extension not in video.FOURCC_BY_EXTENSION:
+        if extension not in sources.FOURCC_BY_EXTENSION:
             raise ValueError(f"--output {path}: the file name must end in one of "
-                             f"{', '.join(sorted(video.FOURCC_BY_EXTENSION))}")
-        self._fourcc = cv2.VideoWriter_fourcc(*video.FOURCC_BY_EXTENSION[extension])
+                             f"{', '.join(sorted(sources.FOURCC_BY_EXTENSION))}")
+        self._fourcc = cv2.VideoWriter_fourcc(*sources.FOURCC_BY_EXTENSION[extension])
         self._file, self._fps, self._writer = _AtomicOutput(path), fps, None
         self.frames = 0
 
@@ -289,7 +289,7 @@ def run_headless(pipeline, class_names, jsonl=None, output=None, min_score=0.3, 
     """Consumes `pipeline` (not yet started): one JSON line per frame into `jsonl` ("-": stdout) and the
     annotated frames into the video `output`. Returns a summary dict; its "error" is the source's
     failure message or None. What was written before a failure is kept."""
-    fps = output_fps or pipeline.source.fps or video.DEFAULT_OUTPUT_FPS
+    fps = output_fps or pipeline.source.fps or sources.DEFAULT_OUTPUT_FPS
     writer = VideoOutput(output, fps) if output else None
     lines_file = None
     if jsonl == "-":
@@ -318,10 +318,10 @@ def run_headless(pipeline, class_names, jsonl=None, output=None, min_score=0.3, 
                 ended = result
                 break
             if stream is not None:
-                stream.write(json.dumps(video.json_record(result, class_names, min_score, class_ids)) + "\n")
+                stream.write(json.dumps(sources.json_record(result, class_names, min_score, class_ids)) + "\n")
                 stream.flush()
             if writer is not None:
-                writer.write(video.annotate(result.frame, result.detections, class_names, min_score,
+                writer.write(sources.annotate(result.frame, result.detections, class_names, min_score,
                                             class_ids))
             now = time.perf_counter()
             if now - last_log > progress_s:

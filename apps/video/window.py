@@ -7,7 +7,7 @@ this project's licence, where PyQt6 is GPL-3.0 or a commercial licence; its whee
 ship the "offscreen" platform plugin, which renders without a display (tests, servers). Only the
 PySide6-Essentials wheel is needed (QtCore, QtGui, QtWidgets), a third of the full PySide6.
 
-The window polls the pipeline (engine/video_pipeline.py) from a Qt timer on the GUI thread, so no Qt
+The window polls the pipeline (apps/video/streaming.py) from a Qt timer on the GUI thread, so no Qt
 object is touched from the capture or inference threads. It keeps the last frame and its detections:
 moving the slider or the class filter redraws that frame at once, paused or not.
 """
@@ -21,7 +21,7 @@ from absl import logging
 from PIL import Image
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from engine import video, video_pipeline
+from apps.video import sources, streaming
 
 SLIDER_STEPS = 100          # the slider moves the threshold in steps of 0.01
 POLL_MS = 5
@@ -155,7 +155,7 @@ class StreamWindow(QtWidgets.QMainWindow):
             result = self.pipeline.get(timeout=0)
             if result is None:
                 break
-            if isinstance(result, video_pipeline.Ended):
+            if isinstance(result, streaming.Ended):
                 self._ended(result.error)
                 break
             newest = result
@@ -176,7 +176,7 @@ class StreamWindow(QtWidgets.QMainWindow):
     def redraw(self):
         if self.last_result is None:
             return
-        self.annotated = video.annotate(self.last_result.frame, self.last_result.detections,
+        self.annotated = sources.annotate(self.last_result.frame, self.last_result.detections,
                                         self.class_names, self.min_score, self.class_ids())
         self.view.set_image(self.annotated)
 

@@ -1,0 +1,1 @@
+"""Applications over the run-time (DESIGN.md floor 5): the video app and the dataset doctor."""

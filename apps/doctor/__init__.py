@@ -1,0 +1,1 @@
+"""The dataset doctor of analyze_dataset.py: its plots (matplotlib) and report."""
