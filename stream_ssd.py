@@ -5,7 +5,7 @@
     python3 stream_ssd.py --model exported/ --source rtsp://cam.local/stream --no_display \
         --output annotated.mp4 --jsonl detections.jsonl                         # headless
 
-The window (apps/video/window.py, PySide6) shows the feed with detections drawn, frames/s and model
+The window (apps/video/viewer.py, PySide6) shows the feed with detections drawn, frames/s and model
 latency, a score-threshold slider, a class filter, pause and a snapshot button (PNG in --snapshot_dir).
 Headless (--no_display) writes one JSON line per frame (--jsonl; "-" for stdout) and an annotated video
 (--output, .mp4 or .avi), both renamed into place when the run ends (also on Ctrl-C), and prints a
@@ -93,8 +93,8 @@ def main(argv):
     pipeline = streaming.Pipeline(source, detector, FLAGS.batch_size, FLAGS.max_frames)
 
     if not FLAGS.no_display:
-        from apps.video import window
-        sys.exit(window.run(pipeline, detector.class_names, FLAGS.score_threshold, class_ids,
+        from apps.video import viewer
+        sys.exit(viewer.run(pipeline, detector.class_names, FLAGS.score_threshold, class_ids,
                                 FLAGS.snapshot_dir, FLAGS.close_at_end))
     try:
         summary = streaming.run_headless(pipeline, detector.class_names, FLAGS.jsonl, FLAGS.output,

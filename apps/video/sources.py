@@ -8,7 +8,7 @@ Sources (`open_source`), told apart by the text of --source:
   anything else                 a video file                    every frame, as fast as the model goes
 
 Every frame leaves a source as uint8 [H, W, 3] RGB (OpenCV's BGR is converted once, at the edge).
-apps/video/streaming.py runs sources and models in threads; apps/video/window.py is the window.
+apps/video/streaming.py runs sources and models in threads; apps/video/viewer.py is the window.
 
 The model adapter (`make_detector`) turns an exported SavedModel (engine/serving.py `load`) or a
 model_dir checkpoint (`from_checkpoint`) into `Detector`, whose call takes uint8 frames and returns

@@ -2,7 +2,7 @@
 
     capture thread    source.read() -> size guard -> frame queue (bounded)
     inference thread  frame queue -> batches of up to batch_size -> Detector -> result queue (bounded)
-    consumer          Pipeline.get(): the Qt window (apps/video/window.py) or run_headless below
+    consumer          Pipeline.get(): the Qt window (apps/video/viewer.py) or run_headless below
 
 A live source (camera, stream) drops the oldest waiting frame when the frame queue is full, so the
 model always gets the newest frames and the shown latency stays at most a batch behind the camera; a
