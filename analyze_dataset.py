@@ -80,56 +80,10 @@ def _load(path, split):
                      f"VOC layout (Annotations/)")
 
 
-def _fmt(value, digits=3):
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _summary_lines(table, stats, findings, counts, report, config, forced, fit=None):
-    lines = [f"Dataset: {table.source}: {stats['images']} images, {stats['boxes']} boxes "
-             f"({stats['difficult']} difficult, {stats['crowd']} crowd), {len(table.class_names)} classes, "
-             f"{stats['images_without_boxes']} images without boxes"]
-    if table.skipped or table.notes:
-        lines.append(f"  {len(table.skipped)} unreadable files skipped, {len(table.notes)} boxes repaired "
-                     f"or dropped as the converter would")
-        lines += [f"    {where}: {why}" for where, why in table.skipped[:FLAGS.max_listed]]
-    bpi = stats["boxes_per_image"]
-    lines.append(f"Boxes per image: mean {_fmt(bpi['mean'], 2)}, max {bpi['max']}")
-    lines.append(f"  {'class':<16}{'images':>8}{'boxes':>8}{'diff.':>7}{'crowd':>7}"
-                 f"{'median w x h px':>18}{'median h/w':>12}")
-    for name, c in stats["classes"].items():
-        w, h, a = c["width_px"], c["height_px"], c["aspect_h_over_w"]
-        size = f"{w['p50']:.0f} x {h['p50']:.0f}" if w else "-"
-        lines.append(f"  {name:<16}{c['images']:>8}{c['boxes']:>8}{c['difficult']:>7}{c['crowd']:>7}"
-                     f"{size:>18}{_fmt(a['p50'] if a else None, 2):>12}")
-    lines.append("Suspicious: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    shown = {}
-    for f in findings:
-        shown[f.kind] = shown.get(f.kind, 0) + 1
-        if shown[f.kind] <= FLAGS.max_listed:
-            lines.append(f"  {f.kind:<15} {f.image_id}  boxes {list(f.boxes)}  {f.detail}")
-    lines.append(f"Anchor coverage ({config.name}, {config.num_anchors} anchors, best IoU >= "
-                 f"{report['threshold']:g}): {_fmt(report['coverage'])} ({report['covered']}/{report['boxes']}), "
-                 f"mean best IoU {_fmt(report['mean_best_iou'])}")
-    lines.append("  by sqrt(area), net px: " + ", ".join(
-        f"{n} {_fmt(v['coverage'], 2)} ({v['boxes']})" for n, v in report["by_size"].items()))
-    lines.append("  by class: " + ", ".join(
-        f"{n} {_fmt(v['coverage'], 2)}" for n, v in report["by_class"].items()))
-    lines.append(f"  forced match only: {report['forced_only']} boxes; lowest best IoU first:")
-    lines += [f"    {b['image_id']} box {b['box']} {b['class']} best IoU {b['best_iou']:.3f}" for b in forced]
-    if fit:
-        lines.append(f"Fitted anchors -> {fit['file']}: coverage {_fmt(fit['coverage_before'])} -> "
-                     f"{_fmt(fit['coverage_after'])}, mean best IoU {_fmt(fit['mean_best_iou_before'])} -> "
-                     f"{_fmt(fit['mean_best_iou_after'])} (all {report['boxes']} boxes)")
-        for before, after in zip(config.feature_maps, fit["feature_maps"]):
-            lines.append(f"  {before.source:<13} min {before.min_size:g} -> {after['min_size']:g}, max "
-                         f"{before.max_size:g} -> {after['max_size']:g}, ratios "
-                         f"{list(before.aspect_ratios)} -> {after['aspect_ratios']}")
-    return lines
-
-
 def run():
     import numpy as np
 
+    from apps.doctor import report as report_lines
     from dataset import lint
     from engine import anchor_file
     from model import anchor_stats
@@ -190,19 +144,20 @@ def run():
         result["fit"] = {**fit, "coverage_report": fitted_report, "forced_only": forced_list(fitted_best)}
 
     if FLAGS.output_dir:
-        from dataset import annotations
         from apps.doctor import plots
+        from dataset import annotations
         shown = lint.for_review(findings, FLAGS.contact_sheet_cells)
         images = annotations.load_images(table, [f.image_index for f in shown])
         result["plots"] = plots.write_all(FLAGS.output_dir, table, best, report, config, shown,
-                                                  images, fitted, fitted_best, fitted_report, FLAGS.seed,
-                                                  f"{FLAGS.anchor_config} anchors" if FLAGS.anchor_config else None)
+                                          images, fitted, fitted_best, fitted_report, FLAGS.seed,
+                                          f"{FLAGS.anchor_config} anchors" if FLAGS.anchor_config else None)
         if FLAGS.tensorboard_dir:
             plots.write_tensorboard(FLAGS.tensorboard_dir, result["plots"])
     elif FLAGS.tensorboard_dir:
         raise ValueError("--tensorboard_dir needs --output_dir (the plots are written there first)")
 
-    lines = _summary_lines(table, stats, findings, counts, report, config, result["forced_only"], fit)
+    lines = report_lines.summary_lines(table, stats, findings, counts, report, config, result["forced_only"], fit,
+                                       FLAGS.max_listed)
     if "plots" in result:
         lines.append("Plots: " + ", ".join(result["plots"].values()))
     print("\n".join(lines))

@@ -1,1 +1,1 @@
-"""The dataset doctor of analyze_dataset.py: its plots (matplotlib) and report."""
+"""The dataset doctor of analyze_dataset.py: its text report and its plots (matplotlib)."""
