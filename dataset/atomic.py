@@ -10,13 +10,21 @@ output is chmod-ed to what a plain create would have given.
 RENAME_EXCHANGE (atomic: a reader sees the old folder or the new one, never neither, never a mix);
 elsewhere with two renames, where a kill between them leaves the old folder beside the output under a
 `.old-` name that `recover_folder` puts back on the next run.
+
+`staged_folder` is the one way an output folder is written (the VOC and COCO converters, the SavedModel
+and TFLite exports): recover the leftovers of a killed earlier run, refuse to replace a path that is not
+this writer's output, fill a staging folder, swap it in whole; an exception removes the staging folder
+and leaves the old output as it was.
 """
 
+import contextlib
 import ctypes
 import os
 import shutil
 import tempfile
 import threading
+
+from absl import logging
 
 _UMASK_LOCK = threading.Lock()
 TEMP_MARKER = ".tmp-"
@@ -97,6 +105,7 @@ def recover_folder(path):
     if not os.path.exists(path) and olds:
         os.replace(olds[-1], path)
         leftovers.remove(olds[-1])
+        logging.info("put %s back as %s, left by a run killed while swapping", olds[-1], path)
     for leftover in leftovers:
         shutil.rmtree(leftover, ignore_errors=True)
     return leftovers
@@ -117,3 +126,52 @@ def replace_folder(new_folder, path):
     os.replace(path, old)
     os.replace(new_folder, path)
     shutil.rmtree(old)
+
+
+def must_hold_one_of(names, what):
+    """A `why_not_replaceable` for `staged_folder`: a folder holding one of the file `names` is `what`
+    (e.g. a SavedModel export, marked by saved_model.pb) and may be replaced; any other is refused."""
+    names = list(names)
+
+    def why_not(folder):
+        if any(os.path.exists(os.path.join(folder, name)) for name in names):
+            return None
+        return f"is not {what} (it holds none of {', '.join(names)})"
+    return why_not
+
+
+class NotReplaceableError(FileExistsError):
+    """The output path exists and is not an output of the writer that would replace it as a whole."""
+
+
+@contextlib.contextmanager
+def staged_folder(path, why_not_replaceable=None):
+    """Write a folder as a whole: `with staged_folder(path, ...) as stage:` fill `stage`, a new empty
+    folder beside `path`; on a normal exit `stage` replaces `path` (`replace_folder`).
+
+    First the `.tmp-` / `.old-` leftovers of a killed earlier write of `path` are recovered
+    (`recover_folder`: a missing `path` gets its `.old-` copy back), then an existing `path` is checked:
+    a file is never replaced, and a folder only when `why_not_replaceable(path)` returns None (a reason,
+    e.g. "holds files the converter did not write (notes.txt)", refuses it with NotReplaceableError
+    before anything is written; `must_hold_one_of` makes one). Without it any existing folder is replaced.
+
+    On an exception in the body (KeyboardInterrupt included) `stage` is removed and `path` is left as it
+    was. Yields the staging folder's path.
+    """
+    path = os.path.abspath(path)
+    for leftover in recover_folder(path):
+        logging.info("removed %s, left by an interrupted run", leftover)
+    if os.path.exists(path):
+        reason = "is a file, not a folder" if not os.path.isdir(path) else (
+            why_not_replaceable(path) if why_not_replaceable else None)
+        if reason:
+            raise NotReplaceableError(f"{path} {reason}; it would be replaced as a whole, so it is left "
+                                      "alone: choose another output path")
+    parent, name = os.path.split(path)
+    stage = make_temp_folder(parent, name)   # the umask's mode, not 0700
+    try:
+        yield stage
+        replace_folder(stage, path)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise

@@ -27,7 +27,7 @@ treat as COCO does.
 Deterministic: each split's images are ordered by COCO id, shuffled with a fixed seed and cut into
 contiguous shards, so the bytes do not depend on the number of threads. Atomic as a whole: every
 shard of every split, the label map and the category map are written into a temporary folder beside
-the output folder, which then replaces the output folder whole (dataset/atomic.replace_folder, as the
+the output folder, which then replaces the output folder whole (dataset/atomic.staged_folder, as the
 VOC converter does); a failure or a kill leaves the previous output as it was (a rerun removes the
 leftovers). The output folder must hold converter output only.
 """
@@ -37,13 +37,12 @@ import concurrent.futures
 import dataclasses
 import os
 import random
-import shutil
 
 import numpy as np
 from absl import logging
 
 from dataset import atomic, coco, label_map, tfrecord, voc
-from dataset.convert import SHUFFLE_SEED, Progress, check_output_folder  # shared with the VOC converter
+from dataset.convert import SHUFFLE_SEED, Progress, why_not_converter_output  # shared with the VOC converter
 
 # Kinds of skipped entries and repairs, as the summary counts them.
 MALFORMED = "malformed entry"
@@ -307,22 +306,13 @@ def convert(splits, output_dir, num_shards, num_threads=4, skip_unknown=False, k
                                  skip_unknown, keep_empty)
         del instances
     # The output set is replaced as a whole, as the VOC converter does (dataset/convert.py).
-    check_output_folder(output_dir)
-    for leftover in atomic.recover_folder(output_dir):
-        logging.info("removed %s, left by an interrupted run", leftover)
-    parent, folder_name = os.path.split(os.path.abspath(output_dir))
-    staging = atomic.make_temp_folder(parent, folder_name)
-    try:
+    with atomic.staged_folder(output_dir, why_not_converter_output) as staging:
         label_map.write_label_map(os.path.join(staging, label_map.LABEL_MAP_FILENAME),
                                   category_map.names)
         coco.write_category_map(staging, category_map)
         staged = {name: write_split(name, plans[name], splits[name].images_dir, staging,
                                     num_shards[name], category_map.names, num_threads, results[name])
                   for name in splits}
-        atomic.replace_folder(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for name, paths in staged.items():
         results[name].shards = [os.path.join(output_dir, os.path.basename(p)) for p in paths]
     return results, category_map

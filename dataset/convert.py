@@ -7,7 +7,7 @@ loaded and validated (dataset/voc.py), boxes are clipped or dropped, records are
 shard is written atomically (dataset/tfrecord.py).
 
 The whole output set (every shard of every split and label_map.pbtxt) is written into a temporary folder
-beside the output folder and swapped in as a whole at the end (dataset/atomic.replace_folder): a run
+beside the output folder and swapped in as a whole at the end (dataset/atomic.staged_folder): a run
 killed at any moment leaves the previous set exactly as it was, never new shards beside old ones under
 the old label map. The output folder must hold converter output only (it is replaced whole).
 
@@ -20,7 +20,6 @@ import concurrent.futures
 import dataclasses
 import os
 import random
-import shutil
 import threading
 import time
 
@@ -260,36 +259,24 @@ def convert(dataset_dir, output_dir, splits, num_shards, num_threads=4, label_ma
     else:
         class_names = tuple(seen)
     label_text = label_map.format_label_map(class_names)  # a name it cannot write fails before any shard
-    check_output_folder(output_dir)
-    for leftover in atomic.recover_folder(output_dir):
-        logging.info("removed %s, left by an interrupted run", leftover)
-    parent, folder_name = os.path.split(os.path.abspath(output_dir))
-    staging = atomic.make_temp_folder(parent, folder_name)
-    try:
+    with atomic.staged_folder(output_dir, why_not_converter_output) as staging:
         for name, items in annotated.items():
             convert_split(name, items, staging, num_shards[name], class_names, skip_unknown,
                           num_threads, results[name])
         atomic.write_atomically(os.path.join(staging, label_map.LABEL_MAP_FILENAME), label_text)
-        atomic.replace_folder(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for result in results.values():
         result.shards = [os.path.join(output_dir, os.path.basename(p)) for p in result.shards]
     return results, class_names
 
 
-def check_output_folder(output_dir):
-    """Refuses an output folder holding anything the converter did not write: it is replaced whole."""
-    if not os.path.exists(output_dir):
-        return
-    if not os.path.isdir(output_dir):
-        raise ValueError("--output_directory %s is a file, not a folder" % output_dir)
+def why_not_converter_output(output_dir):
+    """None when the existing folder `output_dir` holds only what a converter writes (VOC or COCO), else
+    why a converter may not replace it (atomic.staged_folder refuses it then)."""
     foreign = sorted(n for n in os.listdir(output_dir) if not tfrecord.is_converter_output(n))
     if foreign:
-        raise ValueError("%s holds files the converter did not write (%s); it replaces the output folder "
-                         "as a whole, so use a new or empty --output_directory"
-                         % (output_dir, ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")))
+        return "holds files the converter did not write (%s)" % (
+            ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else ""))
+    return None
 
 
 def format_summary(results, class_names):

@@ -31,7 +31,6 @@ input are normalized boxes of the original image.
 """
 
 import os
-import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -162,18 +161,11 @@ def export(module, config, class_names, output_dir):
     when it is itself an export (holds saved_model.pb); any other existing path is refused.
     """
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not os.path.exists(os.path.join(output_dir, SAVED_MODEL_FILENAME)):
-        raise FileExistsError(f"{output_dir} exists and is not a SavedModel export; refusing to replace it")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    temp_dir = atomic.make_temp_folder(parent, os.path.basename(output_dir))  # umask's mode, not 0700
-    try:
+    # Leftovers of a killed export recovered first, swapped in as a whole (dataset/atomic.py).
+    replaceable = atomic.must_hold_one_of([SAVED_MODEL_FILENAME], "a SavedModel export")
+    with atomic.staged_folder(output_dir, replaceable) as temp_dir:
         tf.saved_model.save(module, temp_dir, signatures=module.signatures())
         checkpoints.write(temp_dir, config, class_names)
-        atomic.replace_folder(temp_dir, output_dir)   # as a whole (dataset/atomic.py)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
     return output_dir
 
 

@@ -33,7 +33,6 @@ tf.Variables themselves, which the converter does freeze.
 
 import itertools
 import os
-import shutil
 import time
 
 import numpy as np
@@ -164,13 +163,9 @@ def export(model, anchors, config, class_names, output_dir, formats=FORMATS, cal
     `output_dir` is replaced only when it is itself a TFLite export (holds a model_*.tflite).
     """
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not any(
-            os.path.exists(os.path.join(output_dir, tflite_filename(f))) for f in FORMATS):
-        raise FileExistsError(f"{output_dir} exists and is not a TFLite export; refusing to replace it")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    temp_dir = atomic.make_temp_folder(parent, os.path.basename(output_dir))  # umask's mode, not 0700
-    try:
+    # Leftovers of a killed export recovered first, swapped in as a whole (dataset/atomic.py).
+    replaceable = atomic.must_hold_one_of([tflite_filename(f) for f in FORMATS], "a TFLite export")
+    with atomic.staged_folder(output_dir, replaceable) as temp_dir:
         for fmt in formats:
             start = time.time()
             content = convert(model, anchors, config, fmt, calibration)
@@ -178,10 +173,6 @@ def export(model, anchors, config, class_names, output_dir, formats=FORMATS, cal
                 f.write(content)
             logging.info("converted %s: %.1f MB in %.1f s", fmt, len(content) / 1e6, time.time() - start)
         checkpoints.write(temp_dir, config, class_names)
-        atomic.replace_folder(temp_dir, output_dir)   # as a whole (dataset/atomic.py)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
     return {fmt: os.path.join(output_dir, tflite_filename(fmt)) for fmt in formats}
 
 

@@ -1,65 +1,46 @@
-"""Loads pretrained VGG16 weights into the backbone of a built SSD model (nets.ssd.build).
+"""Loads pretrained weights into the backbone of a built SSD model (nets.ssd.build): `load_backbone`.
 
-Two file kinds, detected by `load_backbone`:
+`load_backbone(model, path)` takes a file, a TF checkpoint prefix, or a folder holding exactly one of
+them (model/pretrained/ by default), and loads by the file's kind (suffixes in nets.weight_table):
 
 * A TF checkpoint of the reduced-fc VGG16 with TF-slim names (`vgg_16/conv1/conv1_1/weights`, …,
-  `vgg_16/fc6/weights` [3,3,512,1024], `vgg_16/fc7/weights` [1,1,1024,1024]), copied as is.
+  `vgg_16/fc6/weights` [3,3,512,1024], `vgg_16/fc7/weights` [1,1,1024,1024]), copied as is: VGG16.
 * A Keras-applications VGG16 HDF5 weights file with the classifier
   (`vgg16_weights_tf_dim_ordering_tf_kernels.h5`: block1_conv1 … block5_conv3, fc1 [25088,4096],
   fc2 [4096,4096]), whose fc layers are converted to the reduced fc6/fc7 the way SSD's Caffe model was
   made (paper §3, from DeepLab-LargeFOV): fc1 viewed as a 7x7x512 conv is subsampled to every third
   row/column (0, 3, 6) and every fourth filter -> [3,3,512,1024], then run with dilation 6 to keep the
-  receptive field; fc2 keeps every fourth input and output -> [1,1,1024,1024]; biases likewise.
+  receptive field; fc2 keeps every fourth input and output -> [1,1,1024,1024]; biases likewise: VGG16.
+* PyTorch `.pth` / `.pt` and `.safetensors` files: handed to `nets.torch_weights.load`, which reads
+  torchvision's ResNet34 (`resnet34-333f7ec4.pth`, for ssd300_resnet34) and ssd.pytorch's VGG16
+  (`vgg16_reducedfc.pth`, or the `vgg.*` part of a whole ssd.pytorch checkpoint).
 
-Both kinds were trained on BGR input (Caffe-derived weights; Keras's 'caffe' preprocessing), while our
-pipeline feeds RGB (DESIGN.md), so conv1_1's input-channel axis is reversed at load (`bgr_checkpoint`).
+Both VGG16 files here were trained on BGR input (Caffe-derived weights; Keras's 'caffe' preprocessing),
+while our pipeline feeds RGB (DESIGN.md), so conv1_1's input-channel axis is reversed at load
+(`bgr_checkpoint`). The two TF-side tables target VGG16 layers only: no loader here fills a ResNet34
+backbone from a TF file.
 
-PyTorch `.pth` / `.pt` and `.safetensors` files go to `nets.torch_weights` (torchvision's ResNet34,
-ssd.pytorch's `vgg16_reducedfc.pth`).
-
-Every table entry must be found with a compatible shape, or a ValueError lists every one that is not.
+Rows, converters and the all-or-nothing assignment are nets.weight_table's: every table entry must be
+found with a compatible shape, or a ValueError lists every one that is not.
 """
 
-import dataclasses
 import glob
 import os
-from typing import Callable, Dict
+from typing import Dict
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from nets import vgg16
+from nets import torch_weights, vgg16
+from nets.weight_table import (BIAS, H5_SUFFIXES, KERNEL, TF_CHECKPOINT_INDEX_SUFFIX, TORCH_WEIGHTS_SUFFIXES,
+                               WEIGHTS_FILE_SUFFIXES, Entry, assign, identity, reverse_input_channels)
 
 DEFAULT_CHECKPOINT_DIR = "model/pretrained"
-
-KERNEL, BIAS = "kernel", "bias"
-_H5_SUFFIXES = (".h5", ".hdf5")
-_TORCH_SUFFIXES = (".pth", ".pt", ".safetensors")   # nets.torch_weights (ResNet34 and ssd.pytorch VGG16)
 
 # fc1 -> fc6 subsampling (DeepLab-LargeFOV / SSD): 7x7 window, every 3rd tap, every 4th filter.
 FC1_WINDOW = 7
 FC6_TAP_STRIDE = 3
 FC_FILTER_STRIDE = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    """One file variable -> one weight of one model layer, with the conversion between layouts."""
-
-    source: str                                 # name in the file
-    layer: str                                  # model layer name (nets.vgg16 / DESIGN.md)
-    kind: str                                   # KERNEL or BIAS
-    convert: Callable[[np.ndarray], np.ndarray]
-
-
-def _identity(value):
-    return value
-
-
-def _reverse_input_channels(kernel):
-    """[kh, kw, 3, filters] BGR-input kernel -> the same kernel for RGB input."""
-    return kernel[:, :, ::-1, :]
 
 
 def _fc1_to_fc6_kernel(kernel):
@@ -90,11 +71,11 @@ def slim_checkpoint_table(bgr_checkpoint=True):
     for block, index, layer in _vgg_conv_names():
         scope = f"vgg_16/conv{block}/conv{block}_{index}"
         first = bgr_checkpoint and layer == "conv1_1"
-        entries.append(_Entry(f"{scope}/weights", layer, KERNEL, _reverse_input_channels if first else _identity))
-        entries.append(_Entry(f"{scope}/biases", layer, BIAS, _identity))
+        entries.append(Entry(f"{scope}/weights", layer, KERNEL, reverse_input_channels if first else identity))
+        entries.append(Entry(f"{scope}/biases", layer, BIAS, identity))
     for layer in (vgg16.FC6, vgg16.FC7):
-        entries.append(_Entry(f"vgg_16/{layer}/weights", layer, KERNEL, _identity))
-        entries.append(_Entry(f"vgg_16/{layer}/biases", layer, BIAS, _identity))
+        entries.append(Entry(f"vgg_16/{layer}/weights", layer, KERNEL, identity))
+        entries.append(Entry(f"vgg_16/{layer}/biases", layer, BIAS, identity))
     return entries
 
 
@@ -104,13 +85,13 @@ def keras_h5_table(bgr_checkpoint=True):
     for block, index, layer in _vgg_conv_names():
         source = f"block{block}_conv{index}"
         first = bgr_checkpoint and layer == "conv1_1"
-        entries.append(_Entry(f"{source}/{KERNEL}", layer, KERNEL, _reverse_input_channels if first else _identity))
-        entries.append(_Entry(f"{source}/{BIAS}", layer, BIAS, _identity))
+        entries.append(Entry(f"{source}/{KERNEL}", layer, KERNEL, reverse_input_channels if first else identity))
+        entries.append(Entry(f"{source}/{BIAS}", layer, BIAS, identity))
     entries += [
-        _Entry(f"fc1/{KERNEL}", vgg16.FC6, KERNEL, _fc1_to_fc6_kernel),
-        _Entry(f"fc1/{BIAS}", vgg16.FC6, BIAS, _every_fourth),
-        _Entry(f"fc2/{KERNEL}", vgg16.FC7, KERNEL, _fc2_to_fc7_kernel),
-        _Entry(f"fc2/{BIAS}", vgg16.FC7, BIAS, _every_fourth),
+        Entry(f"fc1/{KERNEL}", vgg16.FC6, KERNEL, _fc1_to_fc6_kernel),
+        Entry(f"fc1/{BIAS}", vgg16.FC6, BIAS, _every_fourth),
+        Entry(f"fc2/{KERNEL}", vgg16.FC7, KERNEL, _fc2_to_fc7_kernel),
+        Entry(f"fc2/{BIAS}", vgg16.FC7, BIAS, _every_fourth),
     ]
     return entries
 
@@ -148,49 +129,16 @@ def read_tf_checkpoint(path, names) -> Dict[str, np.ndarray]:
     return {name: reader.get_tensor(name) for name in names if reader.has_tensor(name)}
 
 
-def assign_backbone(model, variables, table, source_description):
-    """Assigns every table entry from `variables` into `model`; returns how many were assigned.
-
-    Raises ValueError listing every entry that is missing from `variables`, cannot be converted, or
-    does not match its layer's weight shape (e.g. a width_multiplier != 1 model); nothing is assigned
-    then.
-    """
-    problems, assignments = [], []
-    for entry in table:
-        target = getattr(model.get_layer(entry.layer), entry.kind)
-        if entry.source not in variables:
-            problems.append(f"{entry.source}: not in the file (for {entry.layer} {entry.kind} {tuple(target.shape)})")
-            continue
-        value = variables[entry.source]
-        try:
-            converted = entry.convert(value)
-        except (ValueError, IndexError) as error:   # reshape or slicing of a wrong-rank/size array
-            problems.append(f"{entry.source}: file shape {value.shape} cannot be converted ({error})")
-            continue
-        if tuple(converted.shape) != tuple(target.shape):
-            problems.append(f"{entry.source}: file shape {value.shape} gives {converted.shape}, "
-                            f"but {entry.layer} {entry.kind} is {tuple(target.shape)}")
-            continue
-        assignments.append((target, converted))
-    if problems:
-        raise ValueError(f"cannot load the backbone from {source_description}: {len(problems)} of {len(table)} "
-                         "variables missing or mismatched:\n  " + "\n  ".join(problems))
-    for target, value in assignments:
-        target.assign(value.astype(np.float32))
-    logging.info("loaded %d of %d backbone variables from %s", len(assignments), len(table), source_description)
-    return len(assignments)
-
-
 def _resolve(path):
-    """A directory -> its latest checkpoint, or its single checkpoint prefix or h5 file."""
+    """A directory -> its latest checkpoint, or its single checkpoint prefix or weights file."""
     if not os.path.isdir(path):
         return path
     latest = tf.train.latest_checkpoint(path)
     if latest:
         return latest
-    candidates = [p[: -len(".index")] for p in glob.glob(os.path.join(path, "*.index"))]
-    candidates += [p for suffix in _H5_SUFFIXES + _TORCH_SUFFIXES
-                   for p in glob.glob(os.path.join(path, "*" + suffix))]
+    index = TF_CHECKPOINT_INDEX_SUFFIX
+    candidates = [p[: -len(index)] for p in glob.glob(os.path.join(path, "*" + index))]
+    candidates += [p for suffix in WEIGHTS_FILE_SUFFIXES for p in glob.glob(os.path.join(path, "*" + suffix))]
     if len(candidates) != 1:
         raise ValueError(f"{path}: expected one checkpoint (*.index) or weights file (*.h5, *.pth, *.safetensors), "
                          f"found {sorted(candidates) or 'none'}")
@@ -198,17 +146,17 @@ def _resolve(path):
 
 
 def load_backbone(model, path=DEFAULT_CHECKPOINT_DIR, bgr_checkpoint=True) -> int:
-    """Loads VGG16 weights from `path` into `model` (built by nets.ssd.build); returns the count loaded.
+    """Loads backbone weights from `path` into `model` (built by nets.ssd.build); returns the count loaded.
 
-    `path`: a TF checkpoint prefix, a directory holding one checkpoint or one .h5, or a Keras .h5 file.
+    `path`: a TF checkpoint prefix, a Keras .h5, a .pth/.pt/.safetensors file (module docstring), or a
+    directory holding exactly one of them.
     `bgr_checkpoint`: the weights expect BGR input, so conv1_1's input channels are reversed.
     Raises ValueError listing every variable that is missing or of the wrong shape.
     """
     resolved = _resolve(path)
-    if resolved.endswith(_TORCH_SUFFIXES):   # PyTorch / safetensors files: nets.torch_weights
-        from nets import torch_weights
+    if resolved.endswith(TORCH_WEIGHTS_SUFFIXES):
         return torch_weights.load(model, resolved, bgr_checkpoint)
-    if resolved.endswith(_H5_SUFFIXES):
-        return assign_backbone(model, read_keras_h5(resolved), keras_h5_table(bgr_checkpoint), resolved)
+    if resolved.endswith(H5_SUFFIXES):
+        return assign(model, read_keras_h5(resolved), keras_h5_table(bgr_checkpoint), resolved)
     table = slim_checkpoint_table(bgr_checkpoint)
-    return assign_backbone(model, read_tf_checkpoint(resolved, [e.source for e in table]), table, resolved)
+    return assign(model, read_tf_checkpoint(resolved, [e.source for e in table]), table, resolved)

@@ -1,4 +1,13 @@
-"""PyTorch and safetensors weight files -> numpy, without torch and without running pickled code.
+"""PyTorch and safetensors weight files -> numpy, without torch and without running pickled code, and
+the tables that load them into our backbones (`load`, reached through nets.backbone_loader.load_backbone):
+
+* torchvision's ResNet34 (`resnet34-333f7ec4.pth`: conv1, bn1, layer1..layer3; layer4 and fc are not
+  used) -> nets.resnet34, for the ssd300_resnet34 preset (`resnet34_table`);
+* ssd.pytorch's VGG16 (`vgg16_reducedfc.pth`: "0.weight" ... "33.bias", or the "vgg.*" part of a whole
+  ssd.pytorch checkpoint, whose extras, L2Norm and heads are not loaded) -> nets.vgg16 conv1_1 ... fc7
+  (`vgg16_reducedfc_table`).
+
+The model picks the table (a ResNet34 backbone has layer3_0_conv1; anything else is taken for VGG16).
 
 Formats read (`read_weights(path)` -> {name: np.ndarray}):
 
@@ -22,8 +31,8 @@ names (to dtype markers); any other global (`os.system`, `builtins.eval`, a torc
 raises `UnsafePickleError` before anything is called. Tensor views are bounds-checked against their
 storage, so a crafted offset or stride cannot read outside it.
 
-Tables (`resnet34_table`, `vgg16_reducedfc_table`) map file names onto our layer weights for
-`backbone_loader.assign_backbone`: torch conv weights [O, I, H, W] become Keras kernels [H, W, I, O].
+Tables are lists of nets.weight_table rows applied by `weight_table.assign`: torch conv weights
+[O, I, H, W] become Keras kernels [H, W, I, O] (`weight_table.oihw_to_hwio`).
 """
 
 import collections
@@ -36,9 +45,8 @@ from typing import Dict, NamedTuple
 import numpy as np
 
 from nets import resnet34, vgg16
-
-TORCH_SUFFIXES = (".pth", ".pt")
-SAFETENSORS_SUFFIX = ".safetensors"
+from nets.weight_table import (BIAS, KERNEL, SAFETENSORS_SUFFIXES, Entry, assign, identity, oihw_to_hwio,
+                               oihw_to_hwio_bgr)
 
 # torch/serialization.py: the legacy format's first two pickles.
 LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
@@ -252,38 +260,16 @@ def _read_safetensors(path):
 def read_weights(path) -> Dict[str, np.ndarray]:
     """{name: array} of a .pth/.pt (zip or legacy) or .safetensors file; ValueError on a malformed
     file, UnsafePickleError on a pickle naming anything but tensors and ordered dicts."""
-    if str(path).endswith(SAFETENSORS_SUFFIX):
+    if str(path).endswith(SAFETENSORS_SUFFIXES):
         return _read_safetensors(path)
     if zipfile.is_zipfile(path):
         return _read_zip(path)
     return _read_legacy(path)
 
 
-class Entry(NamedTuple):
-    """One file tensor -> one weight of one layer (the fields backbone_loader.assign_backbone reads)."""
-
-    source: str
-    layer: str
-    kind: str
-    convert: object
-
-
-def oihw_to_hwio(kernel):
-    """torch conv weight [out, in, kh, kw] -> Keras kernel [kh, kw, in, out]."""
-    return np.transpose(kernel, (2, 3, 1, 0))
-
-
-def _bgr_first_conv(kernel):
-    return oihw_to_hwio(kernel)[:, :, ::-1, :]
-
-
-def _same(value):
-    return value
-
-
 def resnet34_table():
     """torchvision resnet34 names (conv1.weight, bn1.*, layer1.0.conv1.weight, ..., layer3.*) -> nets.resnet34."""
-    return [Entry(t, layer, kind, oihw_to_hwio if kind == "kernel" else _same)
+    return [Entry(t, layer, kind, oihw_to_hwio if kind == KERNEL else identity)
             for t, layer, kind in resnet34.torchvision_names()]
 
 
@@ -302,8 +288,8 @@ def vgg16_reducedfc_table(bgr_checkpoint=True, prefix=""):
     entries = []
     for index, layer in zip(SSD_PYTORCH_VGG_INDICES, layers):
         first = bgr_checkpoint and layer == "conv1_1"
-        entries.append(Entry(f"{prefix}{index}.weight", layer, "kernel", _bgr_first_conv if first else oihw_to_hwio))
-        entries.append(Entry(f"{prefix}{index}.bias", layer, "bias", _same))
+        entries.append(Entry(f"{prefix}{index}.weight", layer, KERNEL, oihw_to_hwio_bgr if first else oihw_to_hwio))
+        entries.append(Entry(f"{prefix}{index}.bias", layer, BIAS, identity))
     return entries
 
 
@@ -336,10 +322,9 @@ def load(model, path, bgr_checkpoint=True):
     Raises ValueError listing every model weight the file lacks (or holds in the wrong shape) and every
     backbone-looking file name that matches no layer.
     """
-    from nets import backbone_loader
     weights = read_weights(path)
     table, unmatched = table_for(model, weights, bgr_checkpoint)
     if unmatched:
         raise ValueError(f"cannot load the backbone from {path}: {len(unmatched)} file tensors match no "
                          "layer:\n  " + "\n  ".join(unmatched))
-    return backbone_loader.assign_backbone(model, weights, table, path)
+    return assign(model, weights, table, path)
