@@ -19,7 +19,8 @@ from test_video import BOX_A, BOX_B, CLASS_NAMES, SAMPLE_IMAGES, VIDEO_SIZE  # n
 from test_video import _run_script, exported, fake_detector, make_video  # noqa: E402,F401
 
 from dataset import fields, voc, voc_boxes  # noqa: E402
-from apps.video import sources, streaming, window  # noqa: E402
+from apps.video import sources, streaming  # noqa: E402
+from apps.video import window as window_app  # noqa: E402
 
 # A drawn edge changes a pixel by far more than this; scaling the view blurs a raw frame by less.
 EDGE_DIFFERENCE = 60
@@ -43,9 +44,9 @@ def _process_until(app, condition, timeout_s=20.0):
 def _edge_changed(window, box, side):
     """Whether the view shows a drawn line on the left (or right) edge of `box`, halfway down:
     the grabbed widget against the same view showing the raw frame (same scaling)."""
-    drawn = window.to_array(window.view.grab())
+    drawn = window_app.to_array(window.view.grab())
     window.view.set_image(window.last_result.frame)
-    raw = window.to_array(window.view.grab())
+    raw = window_app.to_array(window.view.grab())
     window.view.set_image(window.annotated)
     rect = window.view.image_rect()
     ymin, xmin, ymax, xmax = box
@@ -61,10 +62,10 @@ def _edge_changed(window, box, side):
 
 def test_window_draws_boxes_and_its_controls_change_them(clip, tmp_path):
     path, _ = clip
-    app = window.application()
+    app = window_app.application()
     pipeline = streaming.Pipeline(sources.open_source(path), fake_detector())
-    window = window.StreamWindow(pipeline, CLASS_NAMES, min_score=0.3,
-                                     snapshot_dir=str(tmp_path / "snaps"))
+    window = window_app.StreamWindow(pipeline, CLASS_NAMES, min_score=0.3,
+                                         snapshot_dir=str(tmp_path / "snaps"))
     window.resize(900, 420)
     window.show()
     window.start()
@@ -84,7 +85,7 @@ def test_window_draws_boxes_and_its_controls_change_them(clip, tmp_path):
     assert _edge_changed(window, BOX_A, "left") and not _edge_changed(window, BOX_B, "right")
     # Back to 0.3, class 1 (circle, box A) unchecked: only B.
     window.slider.setValue(30)
-    window.classes.item(0).setCheckState(window.QtCore.Qt.CheckState.Unchecked)
+    window.classes.item(0).setCheckState(window_app.QtCore.Qt.CheckState.Unchecked)
     assert window.class_ids() == {2, 3}
     assert not _edge_changed(window, BOX_A, "left") and _edge_changed(window, BOX_B, "right")
 
@@ -122,10 +123,10 @@ def test_window_on_a_folder_of_sample_images_with_their_annotations_as_detection
                 fields.DETECTION_CLASSES: np.asarray(classes, np.float32)[None],
                 fields.NUM_DETECTIONS: np.asarray([count], np.float32)}
 
-    app = window.application()
+    app = window_app.application()
     detector = sources.Detector(annotations, SAMPLE_CLASSES, "annotations")
     pipeline = streaming.Pipeline(sources.open_source(str(folder)), detector)
-    window = window.StreamWindow(pipeline, SAMPLE_CLASSES, snapshot_dir=str(tmp_path / "snaps"))
+    window = window_app.StreamWindow(pipeline, SAMPLE_CLASSES, snapshot_dir=str(tmp_path / "snaps"))
     window.resize(760, 480)
     window.show()
     window.start()
@@ -136,7 +137,7 @@ def test_window_on_a_folder_of_sample_images_with_their_annotations_as_detection
         assert _edge_changed(window, box, "left") or _edge_changed(window, box, "right")
     if os.environ.get("STREAM_SSD_SCREENSHOT"):
         # 256 colours keep the README's PNG small (the textured backgrounds compress poorly).
-        screenshot = Image.fromarray(window.to_array(window.grab())).quantize(256)
+        screenshot = Image.fromarray(window_app.to_array(window.grab())).quantize(256)
         screenshot.save(os.environ["STREAM_SSD_SCREENSHOT"])
     window.close()
 
@@ -160,8 +161,8 @@ def test_a_failing_source_keeps_the_window_up_with_the_message(clip):
         def close(self):
             pass
 
-    app = window.application()
-    window = window.StreamWindow(streaming.Pipeline(DroppingStream(), fake_detector()), CLASS_NAMES)
+    app = window_app.application()
+    window = window_app.StreamWindow(streaming.Pipeline(DroppingStream(), fake_detector()), CLASS_NAMES)
     window.show()
     window.start()
     _process_until(app, lambda: window.ended)
