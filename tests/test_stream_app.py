@@ -21,6 +21,7 @@ from test_video import _run_script, exported, fake_detector, make_video  # noqa:
 from dataset import fields, voc, voc_boxes  # noqa: E402
 from apps.video import sources, streaming  # noqa: E402
 from apps.video import window as window_app  # noqa: E402
+from engine import serving  # noqa: E402
 
 # A drawn edge changes a pixel by far more than this; scaling the view blurs a raw frame by less.
 EDGE_DIFFERENCE = 60
@@ -124,7 +125,7 @@ def test_window_on_a_folder_of_sample_images_with_their_annotations_as_detection
                 fields.NUM_DETECTIONS: np.asarray([count], np.float32)}
 
     app = window_app.application()
-    detector = sources.Detector(annotations, SAMPLE_CLASSES, "annotations")
+    detector = serving.Detector("fake", "annotations", None, SAMPLE_CLASSES, annotations)
     pipeline = streaming.Pipeline(sources.open_source(str(folder)), detector)
     window = window_app.StreamWindow(pipeline, SAMPLE_CLASSES, snapshot_dir=str(tmp_path / "snaps"))
     window.resize(760, 480)
