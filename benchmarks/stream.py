@@ -3,7 +3,8 @@
     python3 -m benchmarks.stream [--width_multiplier 1.0 --num_frames 120 --batch_sizes 1,8 --model_dir logs/]
 
 One synthetic video (the sample images resized to --frame_size, MJPG) is timed, in the same run, by:
-  forward      the network alone on the frames already resized and normalized (batch 1, tf.function);
+  forward      the network alone on the frames already resized (batch 1, tf.function; the network's
+               first layer normalizes, as in every path);
   detector     the model call the pipeline makes: uint8 frames in memory -> detections (resize,
                network, post-processing in the graph) through the detector door
                (engine.serving.load_detector on a model_dir, as stream_ssd.py opens it), batch 1;
@@ -101,19 +102,19 @@ def main(argv):
         frames = _make_video(path, size)
         count = len(frames)
         side = config.image_size
-        normalized = inputs.normalize(inputs.resize(tf.constant(frames), config), config).numpy()
+        resized = inputs.resize(tf.constant(frames), config).numpy()   # float 0-255 [N, S, S, 3]
         forward = tf.function(lambda x: model(x, training=False),
                               input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
         for batch in sorted(set(batch_sizes + [1])):  # tracing and first-call allocation, untimed
             detector(frames[:batch])
-            tf.nest.map_structure(lambda t: t.numpy(), forward(normalized[:batch]))
+            tf.nest.map_structure(lambda t: t.numpy(), forward(resized[:batch]))
         drawn = np.mean([len(found.select(FLAGS.score_threshold)) for found in detector(frames)])
         logging.info("%d frames of %dx%d, SSD300 width %.3f, %.1f detections drawn a frame; timing", count,
                      size[0], size[1], config.width_multiplier, drawn)
 
         def run_forward():
             for i in range(count):
-                tf.nest.map_structure(lambda t: t.numpy(), forward(normalized[i:i + 1]))
+                tf.nest.map_structure(lambda t: t.numpy(), forward(resized[i:i + 1]))
             return count
 
         def run_detector():
