@@ -11,7 +11,8 @@ Any image size: every model kind warps each image to S x S inside (engine/servin
 engine/tflite_export.py), so a checkpoint, its SavedModel and its float32 TFLite file give the same
 detections. Writes `<stem>_detections.<png|jpg>` per image (at most the top 20 detections at or above
 --score_threshold drawn, in their class colours; with --data_dir the ground truth in white beneath) and
-detections.json, which lists every detection at or above the threshold:
+detections.json, which lists every detection at or above the threshold (the per-image record is
+engine.serving.detections_record's, with "file" and, for a split, "ground_truth" added):
 
     [{"file": path or record filename, "width": W, "height": H,
       "detections": [{"class_id": 1..C, "class_name": str, "score": float,
@@ -30,7 +31,6 @@ import os
 import sys
 import time
 
-import numpy as np
 from absl import flags, logging
 
 from engine import cli
@@ -80,22 +80,6 @@ def expand_inputs(items):
     return paths
 
 
-def detection_records(detections, class_names, width, height, score_threshold):
-    """One image's detections (numpy, batch row already taken) -> json-ready dicts scoring >= threshold."""
-    from dataset import fields
-    from dataset.voc_boxes import normalized_to_voc_pixels
-
-    count = int(detections[fields.NUM_DETECTIONS])
-    scores = detections[fields.DETECTION_SCORES][:count]
-    keep = scores >= score_threshold
-    boxes = detections[fields.DETECTION_BOXES][:count][keep]
-    classes = detections[fields.DETECTION_CLASSES][:count][keep].astype(np.int64)
-    pixels = normalized_to_voc_pixels(boxes, width, height)
-    return [{"class_id": int(c), "class_name": class_names[c - 1], "score": float(s),
-             "box": [float(v) for v in box], "box_pixels": [float(v) for v in pixel_box]}
-            for c, s, box, pixel_box in zip(classes, scores[keep], boxes, pixels)]
-
-
 def _output_path(output_dir, path, extension, used):
     stem = os.path.splitext(os.path.basename(path))[0] + "_detections"
     name, n = stem, 1
@@ -123,12 +107,13 @@ class _Writer:
         import tensorflow as tf
         from PIL import Image
 
-        from engine import drawing
+        from engine import drawing, serving
 
-        height, width = image.shape[:2]
         class_names = self.detector.class_names
-        found = detection_records(self.detector(image), class_names, width, height, self.score_threshold)
-        record = {"file": name, "width": int(width), "height": int(height), "detections": found}
+        height, width = image.shape[:2]
+        record = {"file": name, **serving.detections_record(self.detector(image), class_names, height, width,
+                                                            min_score=self.score_threshold)}
+        found = record["detections"]
         drawn = image
         if ground_truth is not None:
             boxes, labels, difficult = ground_truth
@@ -222,14 +207,6 @@ def detect_split(data_dir, split, detector, output_dir, score_threshold, output_
     return writer.records
 
 
-def make_file_detector(saved_model_dir=None, tflite_path=None, model_dir=None, checkpoint_path=None):
-    """The engine.serving.Detector named by the flags: a SavedModel, a .tflite file, --checkpoint_path
-    or the latest checkpoint of --model_dir (in that order of preference)."""
-    from engine import serving
-
-    return serving.load_detector(saved_model_dir or tflite_path or checkpoint_path or model_dir)
-
-
 def main(argv):
     del argv
     if bool(FLAGS.input) == bool(FLAGS.data_dir):
@@ -237,8 +214,11 @@ def main(argv):
     if FLAGS.saved_model_dir and FLAGS.tflite_path:
         raise ValueError("give at most one of --saved_model_dir and --tflite_path")
     paths = expand_inputs(FLAGS.input) if FLAGS.input else None  # before loading the model: a typo fails at once
-    detector = make_file_detector(FLAGS.saved_model_dir, FLAGS.tflite_path, FLAGS.model_dir,
-                                  FLAGS.checkpoint_path)
+    from engine import serving
+
+    # One door for every kind; the most specific flag wins (the model_dir has a default).
+    detector = serving.load_detector(FLAGS.saved_model_dir or FLAGS.tflite_path or FLAGS.checkpoint_path or
+                                     FLAGS.model_dir)
     skipped = 0
     if FLAGS.data_dir:
         logging.info("detecting in the %s split of %s with %s", FLAGS.split, FLAGS.data_dir, detector)

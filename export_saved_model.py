@@ -12,8 +12,9 @@ model was trained with. It is called as TF Object Detection API exports are:
     detect_fn.signatures["serving_encoded"](encoded_images=tf.constant([jpeg_bytes]))
 
 and returns the OD API's names and float32 dtypes (detection_boxes, detection_scores,
-detection_classes, num_detections). For TFLite files see export_tflite.py; for one Python callable
-over any of them, engine.serving.load_detector.
+detection_classes, num_detections), padded to config.max_detections rows. For TFLite files see
+export_tflite.py; in Python, engine.serving.load_detector(path) opens any of them (and a checkpoint)
+behind one contract with the padding trimmed.
 """
 
 from absl import flags, logging

@@ -9,8 +9,9 @@ Writes model_float32.tflite, model_float16.tflite, model_int8.tflite and, beside
 label_map.pbtxt and config.json the model was trained with. int8 is calibrated on the first
 --num_calibration_records images of --calibration_split in --data_dir. Each file takes input_tensor
 uint8 [1, H, W, 3] and returns the SavedModel's outputs (detection_boxes, detection_scores,
-detection_classes, num_detections); load one with engine.serving.load_detector(path).
---evaluate_split also reports the VOC mAP of the checkpoint and of every file on that split.
+detection_classes, num_detections); in Python, engine.serving.load_detector(path) opens one behind the
+detector contract every kind shares. --evaluate_split also reports the VOC mAP of the checkpoint and of
+every file on that split, each opened through that door.
 """
 
 
@@ -43,8 +44,7 @@ def main(argv):
         calibration = tflite_export.calibration_images(FLAGS.data_dir, FLAGS.calibration_split,
                                                        FLAGS.num_calibration_records)
     module, config, class_names, checkpoint = serving.from_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)
-    paths = tflite_export.export(module.model, module._anchors.numpy(), config, class_names, FLAGS.output_dir,
-                                 FLAGS.formats, calibration)
+    paths = tflite_export.export(module, config, class_names, FLAGS.output_dir, FLAGS.formats, calibration)
     logging.info("exported %s (%s, %d classes) to %s", checkpoint, config.name, config.num_classes,
                  ", ".join(paths.values()))
     if FLAGS.evaluate_split:

@@ -85,11 +85,11 @@ def main(argv):
         source = sources.open_source(FLAGS.source, max_reconnects=FLAGS.max_reconnects,
                                    backoff_s=FLAGS.reconnect_backoff_s, max_backoff_s=FLAGS.max_backoff_s,
                                    timeout_s=FLAGS.stream_timeout_s)
-        detector = sources.make_detector(FLAGS.model, FLAGS.model_dir, FLAGS.checkpoint_path)
+        detector = sources.open_model(FLAGS.model or FLAGS.checkpoint_path or FLAGS.model_dir)
         class_ids = _class_ids(FLAGS.classes, detector.class_names)
     except (sources.SourceError, sources.ModelError, ValueError) as e:
         sys.exit(f"stream_ssd.py: {e}")
-    logging.info("%s with %s (%s)", source.name, detector.name, "live" if source.live else "every frame")
+    logging.info("%s with %s (%s)", source.name, detector, "live" if source.live else "every frame")
     pipeline = streaming.Pipeline(source, detector, FLAGS.batch_size, FLAGS.max_frames)
 
     if not FLAGS.no_display:

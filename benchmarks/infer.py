@@ -5,17 +5,19 @@
 Three callables per Keras dtype policy, all timed in the same run so their ratios are meaningful on a
 shared, noisy machine:
   forward      the network (its normalization layer included) on S x S float 0-255 input (tf.function);
-  checkpoint   engine/serving.DetectionModule in process (tf.function): uint8 in, resize + normalize +
-               network + post-processing in the graph;
-  saved_model  the same module exported (engine/serving.export), loaded, its serving_default called.
+  checkpoint   the model_dir opened through the detector door (engine.serving.load_detector under the
+               policy): numpy uint8 in, resize + normalize + network + post-processing in the graph,
+               trimmed numpy rows out, as detect_ssd.py and stream_ssd.py call it;
+  saved_model  its module exported (engine/serving.export) and opened through the same door.
 Latency: median seconds of one call at batch 1. Throughput: images/s at --throughput_batch (median call).
 
 TFLite rows (float32 policy, --tflite): the same module converted by engine/tflite_export.py to
-float32, float16 and int8 (calibrated on --calibration_images random images), each run by the LiteRT
-interpreter with --tflite_threads threads on a uint8 S x S image; batch-1 latency and its ratio to the
-SavedModel's batch-1 latency measured in the same run (tflite_latency_over_saved_model).
+float32, float16 and int8 (calibrated on --calibration_images random images), each opened through the
+door (the LiteRT interpreter, --tflite_threads threads) on a uint8 S x S image; batch-1 latency and its
+ratio to the SavedModel's batch-1 latency measured in the same run (tflite_latency_over_saved_model).
 
-SSD300 with random weights unless --model_dir names a trained model_dir (its preset and width then win).
+SSD300 with random weights (written as a model_dir in a temporary folder) unless --model_dir names a
+trained model_dir (its preset and width then win).
 Random heads score nearly every anchor ~1/(C+1) > 0.01, so post-processing runs at its worst case
 (config.max_detections_per_class candidates per class). The bfloat16 variant builds the network under
 Keras' mixed_bfloat16 policy; its outputs are float32 like the float32 model's. Defaults keep a CPU run
@@ -34,9 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from dataset import fields  # noqa: E402
-from model import anchors as anchors_lib  # noqa: E402
-from engine import serving, tflite_export  # noqa: E402
+from engine import checkpoints, serving, tflite_export  # noqa: E402
 from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 
@@ -57,27 +57,33 @@ flags.DEFINE_integer("calibration_images", 4, "Random images the int8 file is ca
 PATHS = ("forward", "checkpoint", "saved_model")
 
 
+def _numpy(result):
+    """Waits for a call's result: tensors to numpy (the door's detectors already return numpy)."""
+    return tf.nest.map_structure(lambda t: t.numpy() if tf.is_tensor(t) else t, result)
+
+
 def _median_seconds(fn, argument, warmup, iterations):
     for _ in range(warmup):
-        tf.nest.map_structure(lambda t: t.numpy(), fn(argument))
+        _numpy(fn(argument))
     seconds = []
     for _ in range(iterations):
         start = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), fn(argument))   # .numpy() waits for the result
+        _numpy(fn(argument))
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)
 
 
-def _module(policy):
-    """(DetectionModule, config, class names) under `policy`: from --model_dir or random weights."""
+def _model_dir(root):
+    """--model_dir, or a model_dir of a random SSD300 (float32 weights, --seed) written under `root` once."""
     if FLAGS.model_dir:
-        module, config, class_names, _ = serving.from_checkpoint(FLAGS.model_dir, dtype_policy=policy)
-        return module, config, class_names
-    config = presets.get("ssd300_vgg16", FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
-    keras.utils.set_random_seed(FLAGS.seed)
-    model = ssd.build(config, policy)
-    class_names = tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1))
-    return serving.DetectionModule(model, anchors_lib.generate(config), config), config, class_names
+        return FLAGS.model_dir
+    model_dir = os.path.join(root, "random_model_dir")
+    if not os.path.isdir(model_dir):
+        config = presets.get("ssd300_vgg16", FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
+        keras.utils.set_random_seed(FLAGS.seed)
+        tf.train.CheckpointManager(tf.train.Checkpoint(model=ssd.build(config)), model_dir, max_to_keep=1).save()
+        checkpoints.write(model_dir, config, tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1)))
+    return model_dir
 
 
 def _tflite_rows(module, config, class_names, export_root, rng, latencies):
@@ -86,19 +92,19 @@ def _tflite_rows(module, config, class_names, export_root, rng, latencies):
     calibration = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
                    for _ in range(FLAGS.calibration_images)]
     start = time.perf_counter()
-    paths = tflite_export.export(module.model, module._anchors.numpy(), config, class_names,
-                                 os.path.join(export_root, "tflite"), calibration=calibration)
+    paths = tflite_export.export(module, config, class_names, os.path.join(export_root, "tflite"),
+                                 calibration=calibration)
     rows = {"tflite_export_s": time.perf_counter() - start, "tflite_batch1_latency_s": {},
             "tflite_latency_over_saved_model": {}, "tflite_file_mb": {}}
     image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     for fmt, path in paths.items():
-        runner = tflite_export.TFLiteRunner(path, FLAGS.tflite_threads)
+        detector = serving.load_detector(path, num_threads=FLAGS.tflite_threads)
         for _ in range(FLAGS.warmup):
-            runner(image)
+            detector(image)
         seconds = []
         for _ in range(FLAGS.latency_iterations):
             begin = time.perf_counter()
-            runner(image)                       # returns numpy: the call has finished
+            detector(image)                     # returns numpy: the call has finished
             seconds.append(time.perf_counter() - begin)
         rows["tflite_batch1_latency_s"][fmt] = statistics.median(seconds)
         rows["tflite_latency_over_saved_model"][fmt] = statistics.median(seconds) / latencies["saved_model"]
@@ -109,30 +115,26 @@ def _tflite_rows(module, config, class_names, export_root, rng, latencies):
 
 def benchmark(policy, export_root):
     """Latency, throughput and their ratios to the forward for one dtype policy: a dict of numbers."""
-    module, config, class_names = _module(policy)
+    checkpoint = serving.load_detector(_model_dir(export_root), dtype_policy=policy)
+    module, config, class_names = checkpoint.runtime, checkpoint.config, checkpoint.class_names
     size = config.image_size
     export_start = time.perf_counter()
     export_dir = serving.export(module, config, class_names, os.path.join(export_root, policy))
     export_s = time.perf_counter() - export_start
-    loaded, _, _ = serving.load(export_dir)
-    signature = loaded.signatures[serving.SERVING_DEFAULT]
+    saved_model = serving.load_detector(export_dir)
 
     model = module.model
     forward = tf.function(lambda x: model(x, training=False),
                           input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-    callables = {
-        "forward": forward,
-        "checkpoint": module.serve_images,
-        "saved_model": lambda images: signature(**{serving.IMAGES_INPUT: images}),
-    }
+    callables = {"forward": forward, "checkpoint": checkpoint, "saved_model": saved_model}
     rng = np.random.default_rng(FLAGS.seed)
     result = {"export_s": export_s, "batch1_latency_s": {}, "throughput_images_per_s": {}}
     for batch, iterations, key in ((1, FLAGS.latency_iterations, "batch1_latency_s"),
                                    (FLAGS.throughput_batch, FLAGS.throughput_iterations,
                                     "throughput_images_per_s")):
-        images = tf.constant(rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8))
+        images = rng.integers(0, 256, size=(batch, size, size, 3), dtype=np.uint8)
         # The forward is fed S x S float 0-255 pixels (it normalizes them itself): cast once here.
-        floats = tf.cast(images, tf.float32)
+        floats = tf.constant(images, tf.float32)
         for path in PATHS:
             argument = floats if path == "forward" else images
             seconds = _median_seconds(callables[path], argument, FLAGS.warmup, iterations)
@@ -140,8 +142,7 @@ def benchmark(policy, export_root):
             logging.info("%s batch %d %s: %.3f s per call", policy, batch, path, seconds)
     if FLAGS.tflite and policy == "float32":
         result.update(_tflite_rows(module, config, class_names, export_root, rng, result["batch1_latency_s"]))
-    detections = signature(**{serving.IMAGES_INPUT: images})
-    result["mean_detections_per_image"] = float(tf.reduce_mean(detections[fields.NUM_DETECTIONS]))
+    result["mean_detections_per_image"] = float(np.mean([len(found) for found in saved_model(images)]))
     result["latency_over_forward"] = {p: result["batch1_latency_s"][p] / result["batch1_latency_s"]["forward"]
                                       for p in PATHS[1:]}
     result["throughput_over_forward"] = {

@@ -3,15 +3,17 @@
     python3 -m benchmarks.stream [--width_multiplier 1.0 --num_frames 120 --batch_sizes 1,8 --model_dir logs/]
 
 One synthetic video (the sample images resized to --frame_size, MJPG) is timed, in the same run, by:
-  forward      the network alone on the frames already resized and normalized (batch 1, tf.function);
+  forward      the network alone on the frames already resized (batch 1, tf.function; the network's
+               first layer normalizes, as in every path);
   detector     the model call the pipeline makes: uint8 frames in memory -> detections (resize,
-               network, post-processing in the graph; apps/video/sources.py Detector), batch 1;
+               network, post-processing in the graph) through the detector door
+               (engine.serving.load_detector on a model_dir, as stream_ssd.py opens it), batch 1;
   serial       one thread: decode a frame, detect, draw, encode into the output video, next frame;
   pipeline_bN  apps/video/streaming.py run_headless at batch N: decode, model and draw + encode +
                JSON lines in separate threads.
 pipeline / detector near 1 means reading, drawing and writing cost nothing beside the model (they
-overlap with it); pipeline / serial is what the threads buy. Random weights (SSD300, 20 classes) unless
---model_dir. Each figure is the best of --repeats rounds. The last stdout line is one JSON object.
+overlap with it); pipeline / serial is what the threads buy. Random weights (SSD300, 20 classes, written
+as a model_dir in the temporary folder) unless --model_dir. Each figure is the best of --repeats rounds. The last stdout line is one JSON object.
 """
 
 import json
@@ -26,9 +28,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from apps.video import sources, streaming  # noqa: E402
-from dataset import fields  # noqa: E402
-from engine import serving  # noqa: E402
-from model import anchors as anchors_lib  # noqa: E402
+from engine import checkpoints, serving  # noqa: E402
 from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 from preprocessing import inputs  # noqa: E402
@@ -65,16 +65,18 @@ def _calibrate_heads(model, image_size, num_classes):
             layer.set_weights([kernel / spread, bias / spread])
 
 
-def _module():
+def _model_dir(folder):
+    """--model_dir, or a model_dir of a random SSD300 with calibrated heads written into `folder`."""
     if FLAGS.model_dir:
-        module, config, class_names, _ = serving.from_checkpoint(FLAGS.model_dir)
-        return module, config, class_names
+        return FLAGS.model_dir
     config = presets.get("ssd300_vgg16", FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
     keras.utils.set_random_seed(0)
     model = ssd.build(config)
     _calibrate_heads(model, config.image_size, FLAGS.num_classes)
-    module = serving.DetectionModule(model, anchors_lib.generate(config), config)
-    return module, config, tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1))
+    model_dir = os.path.join(folder, "model_dir")
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model), model_dir, max_to_keep=1).save()
+    checkpoints.write(model_dir, config, tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1)))
+    return model_dir
 
 
 def _make_video(path, size):
@@ -91,30 +93,28 @@ def _make_video(path, size):
 
 def main(argv):
     del argv
-    module, config, class_names = _module()
-    detector = sources.Detector(lambda images: {k: v.numpy() for k, v in module.serve_images(
-        tf.constant(images)).items()}, class_names, "benchmark")
     size = (int(FLAGS.frame_size[0]), int(FLAGS.frame_size[1]))
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     with tempfile.TemporaryDirectory(prefix="ssd_stream_bench_") as folder:
+        detector = serving.load_detector(_model_dir(folder))
+        config, class_names, model = detector.config, detector.class_names, detector.runtime.model
         path = os.path.join(folder, "clip.avi")
         frames = _make_video(path, size)
         count = len(frames)
         side = config.image_size
-        normalized = inputs.normalize(inputs.resize(tf.constant(frames), config), config).numpy()
-        forward = tf.function(lambda x: module.model(x, training=False),
+        resized = inputs.resize(tf.constant(frames), config).numpy()   # float 0-255 [N, S, S, 3]
+        forward = tf.function(lambda x: model(x, training=False),
                               input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
         for batch in sorted(set(batch_sizes + [1])):  # tracing and first-call allocation, untimed
-            detector.detect_batch(frames[:batch])
-            tf.nest.map_structure(lambda t: t.numpy(), forward(normalized[:batch]))
-        drawn = np.mean([len(sources.select(d, FLAGS.score_threshold)[fields.DETECTION_SCORES])
-                         for d in detector.detect_batch(frames)])
+            detector(frames[:batch])
+            tf.nest.map_structure(lambda t: t.numpy(), forward(resized[:batch]))
+        drawn = np.mean([len(found.select(FLAGS.score_threshold)) for found in detector(frames)])
         logging.info("%d frames of %dx%d, SSD300 width %.3f, %.1f detections drawn a frame; timing", count,
                      size[0], size[1], config.width_multiplier, drawn)
 
         def run_forward():
             for i in range(count):
-                tf.nest.map_structure(lambda t: t.numpy(), forward(normalized[i:i + 1]))
+                tf.nest.map_structure(lambda t: t.numpy(), forward(resized[i:i + 1]))
             return count
 
         def run_detector():

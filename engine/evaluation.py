@@ -14,25 +14,18 @@ import tensorflow as tf
 from absl import logging
 
 from dataset import coco, fields, reader
-from engine import drawing, summaries
+from engine import drawing, inference, summaries
 from metrics.evaluator import METRIC_NAMES, DetectionEvaluator
-from model import postprocess
 from preprocessing import inputs
 
 NUM_SUMMARY_IMAGES = 4
 
 
 def make_detect_fn(model, anchors, config):
-    """tf.function: net input [B, S, S, 3] (RGB 0-255, uint8 or float) -> post-processed detection dict
-    (model/postprocess.py); the model normalizes its input itself (nets/ssd.py)."""
+    """engine/inference.detect as one tf.function (traced once, reused across checkpoints): net input
+    [B, S, S, 3] (RGB 0-255, uint8 or float) -> the padded post-processed detection dict."""
     anchors = tf.constant(anchors)
-
-    @tf.function
-    def detect(features):
-        outputs = model(features, training=False)
-        return postprocess.postprocess(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES], anchors,
-                                       config)
-    return detect
+    return tf.function(lambda features: inference.detect(model, features, anchors, config))
 
 
 def add_batch(evaluator, labels, detections):

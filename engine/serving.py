@@ -1,11 +1,41 @@
-"""Serving: a tf.Module whose signatures take raw images and return post-processed detections, and
-`load_detector`, one Python callable for a SavedModel, a .tflite file or a training checkpoint.
+"""Serving: the one detector door (`load_detector` -> `Detector`) for every model kind, the SavedModel's
+tf.Module (`DetectionModule`) and its export, and the one builder of a JSON detections record.
 
-Everything between the raw image and the detections runs in the graph, with the eval path's functions
-(preprocessing/inputs.py resize, the model's own normalization layer, model/postprocess.py), so a
-SavedModel's detections equal the checkpoint's through engine/evaluation.make_detect_fn on resize(image).
+The door. `load_detector(path)` opens, by what `path` is (the dispatch in `load_detector`; one more
+kind, e.g. an ONNX file, is one more opener there):
 
-A SavedModel is called as TF Object Detection API clients call theirs (its TF2 inference tutorial):
+  a training model_dir     its latest checkpoint                kind "checkpoint"
+  a checkpoint prefix      ckpt-N                               kind "checkpoint"
+  a SavedModel folder      export_saved_model.py's              kind "saved_model"
+  a .tflite file           export_tflite.py's (config.json and  kind "tflite"
+                           label_map.pbtxt lie beside it)
+
+and every kind answers the same Python contract, with TRIMMED rows:
+
+  detector(image)    uint8 numpy [H, W, 3] RGB, any H, W > 0 -> one `Detections`
+  detector(images)   uint8 numpy [B, H, W, 3]                 -> a list of B `Detections`
+                     (one model call for the batch where the kind takes batches: checkpoint and
+                     SavedModel; a TFLite file is batch 1 and runs the images one by one)
+
+  Detections (frozen; N = the valid detections of that image: scores above config.score_threshold,
+  N <= config.max_detections; filter further with .select(min_score, class_ids)):
+    boxes    float32 [N, 4]  normalized [ymin, xmin, ymax, xmax] of the original image
+    scores   float32 [N]     descending
+    classes  int32   [N]     label-map ids 1..C
+
+  detector.class_names (C names), detector.class_name(id), detector.config, detector.kind,
+  detector.path (for a checkpoint: its ckpt-N prefix). A wrong input raises ValueError. Every kind
+  gives the same detections (checkpoint and SavedModel within 1e-5; float32 TFLite within 1e-4;
+  float16 and int8 TFLite approximately). Not thread-safe: one detector per thread.
+
+`detections_record` turns one image's Detections into the JSON dict that detect_ssd.py's
+detections.json and stream_ssd.py's JSON lines hold.
+
+The SavedModel (export) keeps the TF Object Detection API's PADDED contract, for TF Serving and OD API
+clients. Everything between the raw image and the detections runs in its graph, with the eval path's
+functions (preprocessing/inputs.py resize, the model's own normalization layer, engine/inference.py
+forward + post-processing), so its detections equal evaluation's on resize(image). It is called as
+the OD API's TF2 inference tutorial calls theirs:
 
   detect_fn = tf.saved_model.load(path)
   detect_fn(images)                                          # the object is callable
@@ -18,8 +48,8 @@ Signatures (input names are the keyword names a loaded signature takes):
   serving_encoded(encoded_images: string [B])        JPEG, PNG, GIF (first frame) or BMP bytes;
                                                      images of one batch may differ in size
 
-Both (and the call) return the TF Object Detection API's output names and dtypes, so tools written
-for its exported detectors read ours unchanged:
+Both (and the call) return the OD API's output names and dtypes, so tools written for its exported
+detectors read ours unchanged:
 
   detection_boxes    float32 [B, K, 4]  normalized [ymin, xmin, ymax, xmax] of the original image
   detection_scores   float32 [B, K]     descending, 0 in padding
@@ -30,6 +60,7 @@ K = config.max_detections. Resizing warps to S x S (no letterbox), so normalized
 input are normalized boxes of the original image.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -37,8 +68,8 @@ import tensorflow as tf
 
 from dataset import atomic, fields
 from dataset.voc import MAX_IMAGE_PIXELS
-from engine import checkpoints
-from model import postprocess
+from dataset.voc_boxes import normalized_to_voc_pixels
+from engine import checkpoints, inference
 from preprocessing import inputs
 
 SERVING_DEFAULT = "serving_default"
@@ -92,14 +123,12 @@ class DetectionModule(tf.Module):
     def __init__(self, model, anchors, config):
         super().__init__(name="ssd_detector")
         self.model = model
-        self._anchors = tf.constant(anchors, tf.float32)      # [A, 4]
-        self._config = config
+        self.anchors = tf.constant(anchors, tf.float32)       # [A, 4]
+        self.config = config
 
     def _detect(self, resized):
         """float32 [B, S, S, 3] 0-255 RGB -> the output dict of the module docstring."""
-        outputs = self.model(resized, training=False)   # the model normalizes (nets/ssd.py)
-        detections = postprocess.postprocess(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
-                                             self._anchors, self._config)
+        detections = inference.detect(self.model, resized, self.anchors, self.config)
         return {
             fields.DETECTION_BOXES: detections[fields.DETECTION_BOXES],
             fields.DETECTION_SCORES: detections[fields.DETECTION_SCORES],
@@ -113,7 +142,7 @@ class DetectionModule(tf.Module):
     def serve_images(self, input_tensor):
         """uint8 [B, H, W, 3] -> detections."""
         with tf.control_dependencies(_check_images(input_tensor)):
-            resized = inputs.resize(input_tensor, self._config)         # [B, S, S, 3] float32
+            resized = inputs.resize(input_tensor, self.config)         # [B, S, S, 3] float32
         return self._detect(resized)
 
     # Saved with the module, so the loaded object is callable: tf.saved_model.load(path)(images).
@@ -125,7 +154,7 @@ class DetectionModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=ENCODED_INPUT)])
     def serve_encoded(self, encoded_images):
         """string [B] of encoded images (sizes may differ) -> detections."""
-        size = self._config.image_size
+        size = self.config.image_size
         check = tf.debugging.assert_positive(tf.size(encoded_images),
                                              message="encoded_images: empty batch (batch size 0)")
 
@@ -141,7 +170,7 @@ class DetectionModule(tf.Module):
                     message=f"encoded image over the {MAX_IMAGE_PIXELS}-pixel cap")]):
                 image = tf.identity(image)
             with tf.control_dependencies(_check_images(image[None])):
-                return inputs.resize(image, self._config)                 # [S, S, 3] float32
+                return inputs.resize(image, self.config)                 # [S, S, 3] float32
 
         with tf.control_dependencies([check]):
             resized = tf.map_fn(decode_and_resize, encoded_images,
@@ -153,13 +182,23 @@ class DetectionModule(tf.Module):
                 SERVING_ENCODED: self.serve_encoded.get_concrete_function()}
 
 
+def check_export_arguments(module, config):
+    """Both exports take (module, config, class_names, output_dir, ...): ValueError unless `config`,
+    written beside the export, is the one `module` was built with."""
+    if module.config != config:
+        raise ValueError(f"export: the config ({config.name}) is not the module's ({module.config.name}); "
+                         "pass the config the module was built with")
+
+
 def export(module, config, class_names, output_dir):
-    """Writes `module` as a SavedModel plus config.json and label_map.pbtxt into `output_dir`.
+    """Writes `module` (a DetectionModule) as a SavedModel plus config.json and label_map.pbtxt into
+    `output_dir` (engine/tflite_export.export takes the same arguments).
 
     Written into a temporary folder beside `output_dir` and renamed into place, so an interrupted
     export never leaves a complete-looking half SavedModel. An existing `output_dir` is replaced only
     when it is itself an export (holds saved_model.pb); any other existing path is refused.
     """
+    check_export_arguments(module, config)
     output_dir = os.path.abspath(output_dir)
     # Leftovers of a killed export recovered first, swapped in as a whole (dataset/atomic.py).
     replaceable = atomic.must_hold_one_of([SAVED_MODEL_FILENAME], "a SavedModel export")
@@ -191,77 +230,137 @@ def load(saved_model_dir):
     return tf.saved_model.load(saved_model_dir), config, class_names
 
 
-class Detector:
-    """A loaded detector as a plain Python callable (made by `load_detector`; see there)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Detections:
+    """One image's valid detections (the door's contract, module docstring): boxes float32 [N, 4]
+    normalized yxyx of the original image, scores float32 [N] descending, classes int32 [N] ids 1..C."""
 
-    def __init__(self, kind, path, config, class_names, detect_one):
-        self.kind = kind                      # "saved_model", "tflite" or "checkpoint"
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    @classmethod
+    def from_padded(cls, outputs, index):
+        """Row `index` of padded outputs (numpy dict with the SavedModel's keys and a batch axis),
+        trimmed to its num_detections rows."""
+        n = int(outputs[fields.NUM_DETECTIONS][index])
+        return cls(boxes=np.asarray(outputs[fields.DETECTION_BOXES][index, :n], np.float32),
+                   scores=np.asarray(outputs[fields.DETECTION_SCORES][index, :n], np.float32),
+                   classes=np.asarray(outputs[fields.DETECTION_CLASSES][index, :n]).astype(np.int32))
+
+    def __len__(self):
+        return len(self.scores)
+
+    def select(self, min_score=0.0, class_ids=None):
+        """The rows scoring >= min_score whose class is in `class_ids` (all classes when None), in order."""
+        keep = self.scores >= min_score
+        if class_ids is not None:
+            keep &= np.isin(self.classes, list(class_ids))
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep])
+
+
+class Detector:
+    """A loaded detector of any kind behind the one contract of the module docstring.
+
+    Opened by `load_detector`. `run_batch` maps uint8 numpy [B, H, W, 3] to the padded outputs (numpy,
+    the SavedModel's keys, batch axis B); `runtime` is the object it runs (a DetectionModule, a loaded
+    SavedModel, a TFLiteRunner), kept for inspection (e.g. a TFLite file's ops).
+    """
+
+    def __init__(self, kind, path, config, class_names, run_batch, runtime=None):
+        self.kind = kind                      # "checkpoint", "saved_model" or "tflite"
         self.path = path                      # what was loaded (for a checkpoint: its ckpt-N prefix)
         self.config = config
         self.class_names = tuple(class_names)
-        self._detect_one = detect_one         # uint8 [H, W, 3] -> dict of [K, ...] numpy arrays
+        self.runtime = runtime
+        self._run_batch = run_batch
 
     def class_name(self, class_id):
         """The label-map name of class id 1..C."""
         return self.class_names[int(class_id) - 1]
 
     def __call__(self, images):
+        """uint8 [H, W, 3] -> Detections; uint8 [B, H, W, 3] -> a list of B Detections."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim not in (3, 4) or images.shape[-1] != RGB_CHANNELS or (
                 0 in images.shape):
             raise ValueError(f"detector input must be uint8 [H, W, 3] or [B, H, W, 3] RGB with no empty "
                              f"axis, got {images.dtype} {list(images.shape)}")
-        if images.ndim == 3:
-            return self._detect_one(images)
-        rows = [self._detect_one(image) for image in images]
-        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+        batch = images if images.ndim == 4 else images[None]
+        outputs = self._run_batch(batch)
+        found = [Detections.from_padded(outputs, i) for i in range(len(batch))]
+        return found if images.ndim == 4 else found[0]
 
     def __repr__(self):
-        return f"Detector({self.kind}, {self.path}, {self.config.name}, {len(self.class_names)} classes)"
+        name = getattr(self.config, "name", None)
+        return f"Detector({self.kind}, {self.path}, {name}, {len(self.class_names)} classes)"
 
 
-def load_detector(path, num_threads=None):
-    """A detector from `path`: a SavedModel folder (export_saved_model.py), a .tflite file
-    (export_tflite.py; its label_map.pbtxt and config.json lie beside it), a training model_dir (its
-    latest checkpoint) or a checkpoint prefix ckpt-N.
-
-    Contract of the returned Detector `d`:
-      d(image)   image uint8 numpy [H, W, 3] RGB, any H, W > 0 ->
-                 {"detection_boxes":   float32 [K, 4] normalized [ymin, xmin, ymax, xmax] of the image,
-                  "detection_scores":  float32 [K]    descending, 0 in padding,
-                  "detection_classes": float32 [K]    label-map ids 1..C, 0 in padding,
-                  "num_detections":    float32 []     the first num_detections rows are valid}
-      d(images)  uint8 [B, H, W, 3] -> the same keys with a leading batch axis B
-      d.class_names  C names, d.class_name(i) the name of id i (1..C); d.config, d.kind, d.path.
-    K = config.max_detections (200 in every preset); scores go down to config.score_threshold
-    (0.01), so filter by score for display. Every kind gives the same detections (float32 TFLite within
-    1e-4; float16/int8 TFLite approximately). Not thread-safe: use one detector per thread.
-    A wrong input raises ValueError; `num_threads` applies to TFLite interpreters only.
-    """
+def _open_tflite(path, num_threads):
     from engine import tflite_export
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such .tflite file")
+    config, class_names = checkpoints.read(os.path.dirname(os.path.abspath(path)))
+    runner = tflite_export.TFLiteRunner(path, num_threads)
+
+    def run_batch(images):   # the file takes batch 1
+        rows = [runner(image) for image in images]
+        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    return Detector("tflite", path, config, class_names, run_batch, runner)
+
+
+def _open_saved_model(path):
+    loaded, config, class_names = load(path)
+
+    def run_batch(images):
+        # Looked up through `loaded` at each call: the signature holds its variables only weakly.
+        outputs = loaded.signatures[SERVING_DEFAULT](**{IMAGES_INPUT: tf.constant(images)})
+        return {key: value.numpy() for key, value in outputs.items()}
+    return Detector("saved_model", path, config, class_names, run_batch, loaded)
+
+
+def _open_checkpoint(path, dtype_policy):
+    is_prefix = not os.path.isdir(path)
+    module, config, class_names, checkpoint = from_checkpoint(
+        model_dir=None if is_prefix else path, checkpoint_path=path if is_prefix else None,
+        dtype_policy=dtype_policy)
+
+    def run_batch(images):   # the closure holds the module, which its tf.function method holds weakly
+        return {key: value.numpy() for key, value in module.serve_images(tf.constant(images)).items()}
+    return Detector("checkpoint", checkpoint, config, class_names, run_batch, module)
+
+
+def load_detector(path, num_threads=None, dtype_policy="float32"):
+    """The Detector of `path` (module docstring: the kinds and the contract). `num_threads` applies to
+    TFLite interpreters only, `dtype_policy` (a Keras policy, e.g. "mixed_bfloat16") to checkpoints
+    only. Raises FileNotFoundError when `path` is none of the kinds.
+    """
     path = os.fspath(path)
+    # The dispatch: one opener per kind, told apart by the file name or the folder's content.
     if path.endswith(".tflite"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such .tflite file")
-        config, class_names = checkpoints.read(os.path.dirname(os.path.abspath(path)))
-        runner = tflite_export.TFLiteRunner(path, num_threads)
-        return Detector("tflite", path, config, class_names, runner)
+        return _open_tflite(path, num_threads)
     if os.path.isfile(os.path.join(path, SAVED_MODEL_FILENAME)):
-        loaded, config, class_names = load(path)
-
-        def detect_saved(image):
-            # `loaded` is captured too: the signature holds its variables only weakly.
-            outputs = loaded.signatures[SERVING_DEFAULT](**{IMAGES_INPUT: tf.constant(image[None])})
-            return {key: value.numpy()[0] for key, value in outputs.items()}
-        return Detector("saved_model", path, config, class_names, detect_saved)
+        return _open_saved_model(path)
     if os.path.isdir(path) or tf.io.gfile.exists(path + ".index"):
-        is_prefix = not os.path.isdir(path)
-        module, config, class_names, checkpoint = from_checkpoint(
-            model_dir=None if is_prefix else path, checkpoint_path=path if is_prefix else None)
-
-        def detect_checkpoint(image):
-            # The closure holds the module strongly (a tf.function method holds it weakly).
-            return {key: value.numpy()[0] for key, value in module.serve_images(tf.constant(image[None])).items()}
-        return Detector("checkpoint", checkpoint, config, class_names, detect_checkpoint)
+        return _open_checkpoint(path, dtype_policy)
     raise FileNotFoundError(f"{path}: not a .tflite file, a SavedModel folder, a model_dir or a checkpoint prefix")
+
+
+def detections_record(detections, class_names, height, width, min_score=0.0, class_ids=None):
+    """One image's JSON-ready dict, the form of detect_ssd.py's detections.json and stream_ssd.py's lines:
+
+      {"width": W, "height": H,
+       "detections": [{"class_id": 1..C, "class_name": str, "score": float,
+                       "box": [ymin, xmin, ymax, xmax] normalized,
+                       "box_pixels": [xmin, ymin, xmax, ymax] VOC 1-based inclusive pixels}, ...]}
+
+    listing the rows of `detections` (Detections) scoring >= min_score whose class is in `class_ids`
+    (all when None), by descending score. Callers add their own keys (file, frame, ...).
+    """
+    shown = detections.select(min_score, class_ids)
+    pixels = normalized_to_voc_pixels(shown.boxes, width, height)
+    return {"width": int(width), "height": int(height),
+            "detections": [{"class_id": int(c), "class_name": class_names[int(c) - 1], "score": float(s),
+                            "box": [float(v) for v in box], "box_pixels": [float(v) for v in pixel_box]}
+                           for c, s, box, pixel_box in zip(shown.classes, shown.scores, shown.boxes, pixels)]}

@@ -4,8 +4,9 @@ import numpy as np
 import tensorflow as tf
 
 from dataset import fields
+from engine import inference
 from engine.drawing import GROUND_TRUTH_RGB, MIN_DRAWN_SCORE, draw_boxes, draw_detections
-from model import box_coder, postprocess
+from model import box_coder
 
 
 def net_input_to_uint8(features):
@@ -54,9 +55,7 @@ class Writer:
         if self._writer is None:
             return
         features, labels = batch
-        outputs = model(features, training=False)
-        detections = postprocess.postprocess(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
-                                             anchors, config)
+        detections = inference.detect(model, features, anchors, config)
         drawn = []
         for i, (image, (gt_boxes, gt_classes)) in enumerate(zip(net_input_to_uint8(features),
                                                                  _ground_truth(labels, anchors, config))):

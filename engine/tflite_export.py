@@ -17,14 +17,18 @@ Graph contract (every format):
           detection_scores   float32 [1, K]        descending, 0 in padding
           detection_classes  float32 [1, K]        label-map ids 1..C, 0 in padding
           num_detections     float32 [1]
-with the SavedModel's names, dtypes and K (engine/serving.py), read by signature name.
+with the SavedModel's names, dtypes and K (engine/serving.py), read by signature name. In Python,
+engine.serving.load_detector(path) opens a file behind the one detector contract (trimmed rows).
 
 Post-processing is model/postprocess.py's algorithm written with TFLite built-ins only, batch 1:
 softmax, per class the top config.max_detections_per_class anchors (TOPK_V2), NON_MAX_SUPPRESSION_V5
 per class (strictly-greater score threshold and IoU suppression, as tf.image.combined_non_max_suppression),
-then the config.max_detections best survivors over all classes. The OD API's TFLite_Detection_PostProcess
-custom op was not used: it has no per-class pre-selection before NMS (Caffe `top_k: 400`), so its
-detections differ from the SavedModel's wherever NMS would reach past the 400th candidate of a class.
+then the config.max_detections best survivors over all classes. It is the one graph that does not call
+engine/inference.detect: model/postprocess.py's combined_non_max_suppression has no TFLite built-in
+kernel (it would need the Flex delegate), so the same steps are written here with ops that have one.
+The OD API's TFLite_Detection_PostProcess custom op was not used either: it has no per-class
+pre-selection before NMS (Caffe `top_k: 400`), so its detections differ from the SavedModel's wherever
+NMS would reach past the 400th candidate of a class.
 
 Keras 3 variables are not frozen into constants by the converter (they stay READ_VARIABLE ops, which
 the interpreter cannot initialise: every output is NaN); the module therefore tracks the underlying
@@ -155,20 +159,24 @@ def calibration_images(data_dir, split, num_records):
     return images
 
 
-def export(model, anchors, config, class_names, output_dir, formats=FORMATS, calibration=None):
-    """Writes model_<format>.tflite for each format plus config.json and label_map.pbtxt into
-    `output_dir`; returns {format: path}.
+def export(module, config, class_names, output_dir, formats=FORMATS, calibration=None):
+    """Writes model_<format>.tflite of `module` (an engine.serving.DetectionModule, as
+    engine.serving.export takes) for each format plus config.json and label_map.pbtxt into
+    `output_dir`; returns {format: path}. `calibration`: convert's calibration_images (int8).
 
     Written into a temporary folder beside `output_dir` and renamed into place; an existing
     `output_dir` is replaced only when it is itself a TFLite export (holds a model_*.tflite).
     """
+    from engine import serving
+
+    serving.check_export_arguments(module, config)
     output_dir = os.path.abspath(output_dir)
     # Leftovers of a killed export recovered first, swapped in as a whole (dataset/atomic.py).
     replaceable = atomic.must_hold_one_of([tflite_filename(f) for f in FORMATS], "a TFLite export")
     with atomic.staged_folder(output_dir, replaceable) as temp_dir:
         for fmt in formats:
             start = time.time()
-            content = convert(model, anchors, config, fmt, calibration)
+            content = convert(module.model, module.anchors, config, fmt, calibration)
             with open(os.path.join(temp_dir, tflite_filename(fmt)), "wb") as f:
                 f.write(content)
             logging.info("converted %s: %.1f MB in %.1f s", fmt, len(content) / 1e6, time.time() - start)
@@ -206,8 +214,8 @@ class TFLiteRunner:
 
 
 def evaluate_detector(detector, data_dir, split, metrics=("voc07", "voc12")):
-    """Metrics (metrics/evaluator.py's result dict) of a serving.Detector on every image of `split`,
-    fed the decoded uint8 records as a deployed model would see them."""
+    """Metrics (metrics/evaluator.py's result dict) of an engine.serving.Detector of any kind on every
+    image of `split`, fed the decoded uint8 records as a deployed model would see them."""
     from dataset import reader
     from metrics.evaluator import DetectionEvaluator
 
@@ -215,12 +223,10 @@ def evaluate_detector(detector, data_dir, split, metrics=("voc07", "voc12")):
     start = time.time()
     for count, example in enumerate(reader.read_split(data_dir, split), 1):
         image = example[fields.IMAGE].numpy()
-        out = detector(image)
-        n = int(out[fields.NUM_DETECTIONS])
+        found = detector(image)
         evaluator.add(example[fields.IMAGE_ID].numpy().decode(), image.shape[0], image.shape[1],
                       example[fields.BOXES].numpy(), example[fields.LABELS].numpy(),
-                      example[fields.DIFFICULT].numpy(), out[fields.DETECTION_BOXES][:n],
-                      out[fields.DETECTION_SCORES][:n], out[fields.DETECTION_CLASSES][:n].astype(np.int64))
+                      example[fields.DIFFICULT].numpy(), found.boxes, found.scores, found.classes)
         logging.log_every_n_seconds(logging.INFO, "%s: %d images (%.1f images/s)", 10, detector.kind, count,
                                     count / max(time.time() - start, 1e-9))
     return evaluator.evaluate(list(metrics))

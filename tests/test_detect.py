@@ -15,7 +15,7 @@ from PIL import Image
 
 import detect_ssd
 from conftest import REPO_ROOT
-from dataset import fields, label_map
+from dataset import label_map
 from engine import serving, tflite_export
 from test_export import CLASS_NAMES, write_random_model_dir
 
@@ -28,8 +28,8 @@ def model_and_export(tmp_path_factory):
     config = write_random_model_dir(model_dir, seed=1)
     module, _, _, _ = serving.from_checkpoint(str(model_dir))
     export_dir = serving.export(module, config, CLASS_NAMES, str(tmp_path_factory.mktemp("detect_export") / "ssd"))
-    tflite = tflite_export.export(module.model, module._anchors.numpy(), config, CLASS_NAMES,
-                                  str(tmp_path_factory.mktemp("detect_tflite") / "tflite"), ["float32"])
+    tflite = tflite_export.export(module, config, CLASS_NAMES, str(tmp_path_factory.mktemp("detect_tflite") / "tflite"),
+                                  ["float32"])
     return str(model_dir), export_dir, tflite["float32"]
 
 
@@ -54,31 +54,34 @@ def test_expand_inputs_directories_globs_and_plain_paths(image_dir):
         detect_ssd.expand_inputs([os.path.join(folder, "*.gif")])
 
 
-def test_detection_records_threshold_names_and_pixel_boxes():
-    detections = {
-        fields.NUM_DETECTIONS: np.float32(3),
-        fields.DETECTION_SCORES: np.array([0.9, 0.5, 0.2, 0.0], np.float32),
-        fields.DETECTION_CLASSES: np.array([2, 3, 1, 0], np.float32),
-        fields.DETECTION_BOXES: np.array([[0.1, 0.2, 0.5, 1.0], [0, 0, 1, 1], [0, 0, 0.5, 0.5], [0, 0, 0, 0]],
-                                         np.float32),
-    }
-    records = detect_ssd.detection_records(detections, CLASS_NAMES, width=200, height=100, score_threshold=0.3)
+def test_detections_record_threshold_names_and_pixel_boxes():
+    """serving.detections_record: the one builder of detections.json's (and the video JSON lines') record."""
+    detections = serving.Detections(
+        boxes=np.array([[0.1, 0.2, 0.5, 1.0], [0, 0, 1, 1], [0, 0, 0.5, 0.5]], np.float32),
+        scores=np.array([0.9, 0.5, 0.2], np.float32), classes=np.array([2, 3, 1], np.int32))
+    record = serving.detections_record(detections, CLASS_NAMES, height=100, width=200, min_score=0.3)
+    assert sorted(record) == ["detections", "height", "width"] and (record["width"], record["height"]) == (200, 100)
+    records = record["detections"]
     assert [(r["class_id"], r["class_name"]) for r in records] == [(2, "dog"), (3, "person")]
+    assert sorted(records[0]) == ["box", "box_pixels", "class_id", "class_name", "score"]
     assert records[0]["score"] == pytest.approx(0.9)
     assert records[0]["box"] == pytest.approx([0.1, 0.2, 0.5, 1.0])
     # VOC 1-based inclusive: xmin = 0.2 * 200 + 1, ymin = 0.1 * 100 + 1, xmax = 1.0 * 200, ymax = 0.5 * 100.
     assert records[0]["box_pixels"] == pytest.approx([41, 11, 200, 50])
     assert records[1]["box_pixels"] == pytest.approx([1, 1, 200, 100])
+    only_person = serving.detections_record(detections, CLASS_NAMES, 100, 200, min_score=0.3, class_ids={3})
+    assert [r["class_name"] for r in only_person["detections"]] == ["person"]
+    assert json.loads(json.dumps(record)) == record      # plain Python numbers: JSON as they are
 
 
 def test_checkpoint_saved_model_and_tflite_give_the_same_files(model_and_export, image_dir, tmp_path):
     model_dir, export_dir, tflite_path = model_and_export
     paths = detect_ssd.expand_inputs([str(image_dir)]) + [str(tmp_path / "missing.jpg")]
     results = {}
-    for source, kwargs in (("checkpoint", {"model_dir": model_dir}), ("saved", {"saved_model_dir": export_dir}),
-                           ("tflite", {"tflite_path": tflite_path})):
-        detector = detect_ssd.make_file_detector(**kwargs)
-        assert detector.class_names == CLASS_NAMES and detector.kind in ("checkpoint", "saved_model", "tflite")
+    for source, path, kind in (("checkpoint", model_dir, "checkpoint"), ("saved", export_dir, "saved_model"),
+                               ("tflite", tflite_path, "tflite")):
+        detector = serving.load_detector(path)
+        assert detector.class_names == CLASS_NAMES and detector.kind == kind
         output_dir = tmp_path / source
         records, skipped = detect_ssd.detect_files(paths, detector, str(output_dir), 0.05)
         assert skipped == 2   # c.jpg (corrupt) and missing.jpg
@@ -131,8 +134,7 @@ def test_record_split_with_ground_truth_into_tensorboard(model_and_export, sampl
     sample_classes = label_map.read_label_map(os.path.join(sample_records, label_map.LABEL_MAP_FILENAME))
     config = write_random_model_dir(tmp_path / "model_dir", seed=3, class_names=sample_classes)
     module, _, _, _ = serving.from_checkpoint(str(tmp_path / "model_dir"))
-    tflite_path = tflite_export.export(module.model, module._anchors.numpy(), config, sample_classes,
-                                       str(tmp_path / "tflite"), ["float32"])["float32"]
+    tflite_path = tflite_export.export(module, config, sample_classes, str(tmp_path / "tflite"), ["float32"])["float32"]
     output_dir, board = tmp_path / "split", tmp_path / "board"
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "detect_ssd.py"), "--tflite_path", tflite_path,

@@ -1,6 +1,8 @@
 """SavedModel export (engine/serving.py, export_saved_model.py): layout, parity with the eval path,
-the encoded-bytes signature, bad inputs, atomic writes, the bfloat16 variant."""
+the checkpoint and its export equal through the detector door, the encoded-bytes signature, bad inputs,
+atomic writes, the export arguments, the bfloat16 variant."""
 
+import dataclasses
 import io
 import json
 import os
@@ -200,6 +202,32 @@ def test_bad_input_is_rejected_with_a_clear_message(exported, signature, value, 
         loaded.signatures[signature](**{name: value})
 
 
+def test_checkpoint_and_its_saved_model_are_equal_through_the_door(trained_dir, exported):
+    """serving.load_detector on the model_dir and on its export: the same trimmed rows, one record per
+    image of a batch, each as many rows as the signature's (padded) num_detections says."""
+    path, config = trained_dir
+    export_dir, loaded = exported
+    checkpoint, saved = serving.load_detector(path), serving.load_detector(export_dir)
+    assert (checkpoint.kind, saved.kind, saved.path) == ("checkpoint", "saved_model", export_dir)
+    assert checkpoint.config == saved.config == config and checkpoint.class_names == saved.class_names == CLASS_NAMES
+    assert saved.class_name(3) == "person"
+    images = _images(2, 97, 211, seed=5)
+    padded = _numpy(loaded.signatures[serving.SERVING_DEFAULT](input_tensor=tf.constant(images)))
+    ours, theirs = checkpoint(images), saved(images)
+    assert isinstance(ours, list) and len(ours) == len(theirs) == 2
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        n = int(padded[fields.NUM_DETECTIONS][i])
+        assert len(a) == len(b) == n > 0
+        assert b.classes.dtype == np.int32 and b.scores.dtype == b.boxes.dtype == np.float32
+        np.testing.assert_array_equal(a.classes, b.classes)
+        np.testing.assert_allclose(a.scores, b.scores, atol=TOLERANCE)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=TOLERANCE)
+        np.testing.assert_array_equal(b.boxes, padded[fields.DETECTION_BOXES][i, :n])
+    one = saved(images[1])                              # one image: one record, the batch's row
+    assert isinstance(one, serving.Detections)
+    np.testing.assert_allclose(one.scores, theirs[1].scores, atol=TOLERANCE)
+
+
 def test_export_replaces_only_an_export_and_leaves_nothing_when_interrupted(trained_dir, tmp_path,
                                                                             monkeypatch):
     path, config = trained_dir
@@ -210,6 +238,10 @@ def test_export_replaces_only_an_export_and_leaves_nothing_when_interrupted(trai
     with pytest.raises(FileExistsError, match="not a SavedModel export"):
         serving.export(module, config, CLASS_NAMES, str(not_an_export))
     assert (not_an_export / "notes.txt").read_text() == "keep me"
+    # A config that is not the module's would be written beside it: refused before anything is written.
+    with pytest.raises(ValueError, match="is not the module's"):
+        serving.export(module, dataclasses.replace(config, score_threshold=0.5), CLASS_NAMES, str(tmp_path / "ssd"))
+    assert sorted(os.listdir(tmp_path)) == ["precious"]
 
     def killed(*args):
         raise KeyboardInterrupt("export killed")

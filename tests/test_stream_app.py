@@ -1,4 +1,4 @@
-"""engine/viewer.py: the Qt window rendered offscreen (no display, no camera) on a synthetic video of
+"""apps/video/viewer.py: the Qt window rendered offscreen (no display, no camera) on a synthetic video of
 the sample images: boxes drawn in the grabbed widget, the slider and the class filter change what is
 drawn, pause holds the frame, snapshot saves it, a failing source keeps the window up; and
 stream_ssd.py with a window, offscreen, on a video file.
@@ -20,6 +20,7 @@ from test_video import _run_script, exported, fake_detector, make_video  # noqa:
 
 from dataset import fields, voc, voc_boxes  # noqa: E402
 from apps.video import sources, streaming, viewer  # noqa: E402
+from engine import serving  # noqa: E402
 
 # A drawn edge changes a pixel by far more than this; scaling the view blurs a raw frame by less.
 EDGE_DIFFERENCE = 60
@@ -64,7 +65,7 @@ def test_window_draws_boxes_and_its_controls_change_them(clip, tmp_path):
     app = viewer.application()
     pipeline = streaming.Pipeline(sources.open_source(path), fake_detector())
     window = viewer.StreamWindow(pipeline, CLASS_NAMES, min_score=0.3,
-                                     snapshot_dir=str(tmp_path / "snaps"))
+                                         snapshot_dir=str(tmp_path / "snaps"))
     window.resize(900, 420)
     window.show()
     window.start()
@@ -123,7 +124,7 @@ def test_window_on_a_folder_of_sample_images_with_their_annotations_as_detection
                 fields.NUM_DETECTIONS: np.asarray([count], np.float32)}
 
     app = viewer.application()
-    detector = sources.Detector(annotations, SAMPLE_CLASSES, "annotations")
+    detector = serving.Detector("fake", "annotations", None, SAMPLE_CLASSES, annotations)
     pipeline = streaming.Pipeline(sources.open_source(str(folder)), detector)
     window = viewer.StreamWindow(pipeline, SAMPLE_CLASSES, snapshot_dir=str(tmp_path / "snaps"))
     window.resize(760, 480)

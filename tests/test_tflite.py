@@ -1,6 +1,7 @@
-"""TFLite export (engine/tflite_export.py, export_tflite.py) and serving.load_detector: built-in ops
-only, the SavedModel's signature names, float32 parity with the SavedModel on the sample's val images,
-float16 close to it, int8 quantized and measured against float, the three detector kinds agreeing."""
+"""TFLite export (engine/tflite_export.py, export_tflite.py) and the detector door serving.load_detector:
+built-in ops only, the SavedModel's signature names, float32 parity with the SavedModel on the sample's
+val images, float16 close to it, int8 quantized and measured against float, the three detector kinds
+agreeing and each trimming its padded outputs to the same contract."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import REPO_ROOT
 from dataset import fields, label_map, reader
@@ -30,8 +32,7 @@ def exports(tmp_path_factory, sample_records):
     module, _, _, _ = serving.from_checkpoint(str(model_dir))
     saved_dir = serving.export(module, config, CLASS_NAMES, str(root / "saved"))
     calibration = tflite_export.calibration_images(sample_records, "train", NUM_CALIBRATION_RECORDS)
-    paths = tflite_export.export(module.model, module._anchors.numpy(), config, CLASS_NAMES,
-                                 str(root / "tflite"), calibration=calibration)
+    paths = tflite_export.export(module, config, CLASS_NAMES, str(root / "tflite"), calibration=calibration)
     return {"model_dir": str(model_dir), "saved_model": saved_dir, "tflite": paths, "config": config}
 
 
@@ -49,7 +50,7 @@ def detectors(exports):
 
 
 def _op_names(detector):
-    return {op["op_name"] for op in detector._detect_one.interpreter._get_ops_details()}
+    return {op["op_name"] for op in detector.runtime.interpreter._get_ops_details()}
 
 
 def test_files_signature_and_builtin_ops_only(exports, detectors):
@@ -61,7 +62,7 @@ def test_files_signature_and_builtin_ops_only(exports, detectors):
     for fmt in tflite_export.FORMATS:
         detector = detectors[fmt]
         assert detector.kind == "tflite" and detector.class_names == CLASS_NAMES
-        signature = detector._detect_one.interpreter.get_signature_list()
+        signature = detector.runtime.interpreter.get_signature_list()
         assert signature == {"serving_default": {
             "inputs": ["input_tensor"], "outputs": sorted(tflite_export.OUTPUT_KEYS)}}
         ops = _op_names(detector)
@@ -74,26 +75,32 @@ def test_files_signature_and_builtin_ops_only(exports, detectors):
 
 
 def assert_same_detections(ours, reference, tolerance):
-    """Every valid row of `reference` has its own row in `ours` with the same class and box and score
-    within `tolerance`, and the counts are equal. Rows are matched rather than compared by position:
-    two detections whose scores differ by less than float32 rounding (< 1e-6; the random test model
-    has many) may come out in either order. Returns the number of rows equal by position too."""
-    n = int(reference[fields.NUM_DETECTIONS])
-    assert int(ours[fields.NUM_DETECTIONS]) == n
-    same = ((ours[fields.DETECTION_CLASSES][:n, None] == reference[fields.DETECTION_CLASSES][None, :n]) &
-            (np.abs(ours[fields.DETECTION_SCORES][:n, None] - reference[fields.DETECTION_SCORES][None, :n])
-             <= tolerance) &
-            (np.abs(ours[fields.DETECTION_BOXES][:n, None] - reference[fields.DETECTION_BOXES][None, :n]).max(-1)
-             <= tolerance))                                                          # [n ours, n reference]
+    """Every row of `reference` (serving.Detections) has its own row in `ours` with the same class and
+    box and score within `tolerance`, and the counts are equal. Rows are matched rather than compared
+    by position: two detections whose scores differ by less than float32 rounding (< 1e-6; the random
+    test model has many) may come out in either order. Returns the number of rows equal by position too."""
+    n = len(reference)
+    assert len(ours) == n
+    same = ((ours.classes[:, None] == reference.classes[None, :]) &
+            (np.abs(ours.scores[:, None] - reference.scores[None, :]) <= tolerance) &
+            (np.abs(ours.boxes[:, None] - reference.boxes[None, :]).max(-1) <= tolerance))  # [n ours, n ref]
     used = np.zeros(n, bool)
     for j in range(n):
         candidates = np.nonzero(same[:, j] & ~used)[0]
-        assert candidates.size, f"reference row {j} ({reference[fields.DETECTION_SCORES][j]:.6f}) unmatched"
+        assert candidates.size, f"reference row {j} ({reference.scores[j]:.6f}) unmatched"
         used[candidates[0]] = True
-    # Padding rows are zeros in both.
-    for key in (fields.DETECTION_BOXES, fields.DETECTION_SCORES, fields.DETECTION_CLASSES):
-        assert not ours[key][n:].any() and not reference[key][n:].any(), key
     return int(np.diagonal(same).sum())
+
+
+def _padded(detector, image):
+    """The padded outputs (one image, numpy) of the runtime behind `detector`, before the door trims."""
+    if detector.kind == "tflite":
+        return detector.runtime(image)
+    if detector.kind == "saved_model":
+        outputs = detector.runtime.signatures[serving.SERVING_DEFAULT](input_tensor=tf.constant(image[None]))
+    else:
+        outputs = detector.runtime.serve_images(tf.constant(image[None]))
+    return {key: value.numpy()[0] for key, value in outputs.items()}
 
 
 def test_float32_equals_the_saved_model_on_the_sample_val_images(detectors, val_images):
@@ -101,7 +108,7 @@ def test_float32_equals_the_saved_model_on_the_sample_val_images(detectors, val_
     for image_id, image in val_images:
         reference = detectors["saved_model"](image)
         in_place += assert_same_detections(detectors["float32"](image), reference, PARITY_TOLERANCE)
-        compared += int(reference[fields.NUM_DETECTIONS])
+        compared += len(reference)
     assert compared > 100 * len(val_images)   # many detections per image were compared, not padding
     assert in_place >= 0.98 * compared        # swaps of near-equal scores are rare
 
@@ -116,8 +123,8 @@ def test_float16_is_close_to_float32(detectors, val_images):
     # up to 0.025 away, so the tail is left to the agreement mAP below.
     for image_id, image in val_images[:4]:
         half, full = detectors["float16"](image), detectors["float32"](image)
-        np.testing.assert_allclose(half[fields.DETECTION_SCORES][:TOP_SCORES],
-                                   full[fields.DETECTION_SCORES][:TOP_SCORES], atol=1e-2, err_msg=image_id)
+        assert min(len(half), len(full)) >= TOP_SCORES, image_id
+        np.testing.assert_allclose(half.scores[:TOP_SCORES], full.scores[:TOP_SCORES], atol=1e-2, err_msg=image_id)
     assert _agreement_map(detectors["float16"], detectors["float32"], val_images, 0.3) > 0.85
 
 
@@ -126,18 +133,14 @@ def _agreement_map(test, reference, images, min_reference_score):
     taken as ground truth (a float model scored against itself this way gets 1.0)."""
     evaluator = DetectionEvaluator(CLASS_NAMES)
     for image_id, image in images:
-        ref, out = reference(image), test(image)
-        keep = ref[fields.DETECTION_SCORES] >= min_reference_score
-        n = int(out[fields.NUM_DETECTIONS])
-        evaluator.add(image_id, image.shape[0], image.shape[1], ref[fields.DETECTION_BOXES][keep],
-                      ref[fields.DETECTION_CLASSES][keep].astype(np.int64), np.zeros(keep.sum(), bool),
-                      out[fields.DETECTION_BOXES][:n], out[fields.DETECTION_SCORES][:n],
-                      out[fields.DETECTION_CLASSES][:n].astype(np.int64))
+        ref, out = reference(image).select(min_reference_score), test(image)
+        evaluator.add(image_id, image.shape[0], image.shape[1], ref.boxes, ref.classes.astype(np.int64),
+                      np.zeros(len(ref), bool), out.boxes, out.scores, out.classes.astype(np.int64))
     return evaluator.evaluate(["voc07"])["voc07"]["mAP"]
 
 
 def test_int8_is_quantized_and_agrees_with_float(detectors, val_images):
-    interpreter = detectors["int8"]._detect_one.interpreter
+    interpreter = detectors["int8"].runtime.interpreter
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
     assert convs and all(tensors[op["inputs"][1]]["dtype"] == np.int8 for op in convs)   # int8 kernels
@@ -154,20 +157,49 @@ def test_load_detector_kinds_agree_and_reject_bad_input(exports, detectors, val_
     _, image = val_images[0]
     checkpoint = serving.load_detector(exports["model_dir"])
     assert checkpoint.kind == "checkpoint" and checkpoint.path.endswith("ckpt-1")
+    prefix = serving.load_detector(checkpoint.path)       # a ckpt-N prefix opens the same checkpoint
+    assert (prefix.kind, prefix.path) == ("checkpoint", checkpoint.path)
     reference = detectors["saved_model"](image)
-    assert reference[fields.DETECTION_BOXES].shape == (exports["config"].max_detections, 4)
-    for other in (checkpoint, detectors["float32"]):
+    assert isinstance(reference, serving.Detections) and len(reference) > 0
+    for other in (checkpoint, prefix, detectors["float32"]):
         assert_same_detections(other(image), reference, PARITY_TOLERANCE)
-    batch = detectors["float32"](np.stack([image, image[:, ::-1]]))
-    assert batch[fields.DETECTION_SCORES].shape == (2, exports["config"].max_detections)
-    assert_same_detections({k: v[0] for k, v in batch.items()}, reference, PARITY_TOLERANCE)
+    for detector in (checkpoint, detectors["saved_model"], detectors["float32"]):
+        batch = detector(np.stack([image, image[:, ::-1]]))       # one record per image, in order
+        assert isinstance(batch, list) and len(batch) == 2
+        assert_same_detections(batch[0], reference, PARITY_TOLERANCE)
+        assert_same_detections(batch[1], detector(np.ascontiguousarray(image[:, ::-1])), PARITY_TOLERANCE)
     assert detectors["float32"].class_name(2) == "dog"
     with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
         detectors["float32"](image.astype(np.float32))
     with pytest.raises(ValueError, match="got uint8 \\[4, 4\\]"):
         detectors["saved_model"](np.zeros([4, 4], np.uint8))
+    with pytest.raises(ValueError, match="got uint8 \\[1, 0, 8, 3\\]"):
+        checkpoint(np.zeros([1, 0, 8, 3], np.uint8))
     with pytest.raises(FileNotFoundError, match="not a .tflite file, a SavedModel folder"):
         serving.load_detector(os.path.join(exports["model_dir"], "nothing_here"))
+
+
+def test_every_kind_trims_its_padded_outputs_to_the_contract(exports, detectors, val_images):
+    """The door's rows are the first num_detections rows of the kind's own padded outputs, unchanged,
+    with int32 classes; the padding beyond them is zeros; scores descend and pass the threshold."""
+    config = exports["config"]
+    kinds = {"checkpoint": serving.load_detector(exports["model_dir"]), "saved_model": detectors["saved_model"],
+             "tflite": detectors["float32"]}
+    for _, image in val_images[:2]:
+        for kind, detector in kinds.items():
+            padded, trimmed = _padded(detector, image), detector(image)
+            n = int(padded[fields.NUM_DETECTIONS])
+            assert 0 < n == len(trimmed) <= config.max_detections, kind
+            assert (trimmed.boxes.dtype, trimmed.scores.dtype, trimmed.classes.dtype) == (
+                np.float32, np.float32, np.int32), kind
+            assert trimmed.boxes.shape == (n, 4) and trimmed.scores.shape == trimmed.classes.shape == (n,)
+            np.testing.assert_array_equal(trimmed.boxes, padded[fields.DETECTION_BOXES][:n])
+            np.testing.assert_array_equal(trimmed.scores, padded[fields.DETECTION_SCORES][:n])
+            np.testing.assert_array_equal(trimmed.classes, padded[fields.DETECTION_CLASSES][:n])
+            for key in (fields.DETECTION_BOXES, fields.DETECTION_SCORES, fields.DETECTION_CLASSES):
+                assert not padded[key][n:].any(), (kind, key)
+            assert (np.diff(trimmed.scores) <= 0).all() and (trimmed.scores > config.score_threshold).all()
+            assert set(trimmed.classes) <= {1, 2, 3}, kind
 
 
 def test_export_tflite_script(exports, sample_records, tmp_path):

@@ -1,5 +1,6 @@
-"""apps/video/sources.py, apps/video/streaming.py and stream_ssd.py headless: sources, the model adapter, the
-threaded pipeline (order, dropping, reconnects, size changes), the outputs and the script's bad input."""
+"""apps/video/sources.py, apps/video/streaming.py and stream_ssd.py headless: sources, the model through the
+detector door, the threaded pipeline (order, dropping, reconnects, size changes), the outputs and the
+script's bad input."""
 
 import json
 import os
@@ -64,12 +65,13 @@ def fake_batch_fn(images):
 
 
 def fake_detector(delay_s=0.0):
+    """A serving.Detector around fake_batch_fn (padded outputs in, trimmed Detections out, as every kind)."""
     import time
 
     def batch_fn(images):
         time.sleep(delay_s)
         return fake_batch_fn(images)
-    return sources.Detector(batch_fn, CLASS_NAMES, "fake")
+    return serving.Detector("fake", "fake", None, CLASS_NAMES, batch_fn)
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +112,18 @@ def test_headless_script_gives_one_line_per_frame_and_a_playable_video(clip, exp
     assert written.shape == (VIDEO_FRAMES, VIDEO_SIZE[1], VIDEO_SIZE[0], 3)
     assert sorted(os.listdir(output.parent)) == ["annotated.mp4", "detections.jsonl"]  # no partial files
 
-    # Every line holds the model's detections of that very frame (the order survived the threads).
+    # Every line holds the model's detections of that very frame (the order survived the threads), all
+    # of them at --score_threshold 0: as many as the SavedModel's padded num_detections.
     loaded, _, _ = serving.load(exported)
     signature = loaded.signatures[serving.SERVING_DEFAULT]
     for index in (0, 5, VIDEO_FRAMES - 1):
-        direct = sources.Detector(lambda images: {k: v.numpy() for k, v in signature(
-            **{serving.IMAGES_INPUT: images}).items()}, CLASS_NAMES, "direct")(frames[index])
+        padded = {k: v.numpy()[0] for k, v in signature(**{serving.IMAGES_INPUT: frames[index][None]}).items()}
+        n = int(padded[fields.NUM_DETECTIONS])
         listed = lines[index]["detections"]
-        assert len(listed) == len(direct[fields.DETECTION_SCORES]) > 0
-        np.testing.assert_allclose([d["score"] for d in listed], direct[fields.DETECTION_SCORES], atol=1e-6)
-        np.testing.assert_allclose([d["box"] for d in listed], direct[fields.DETECTION_BOXES], atol=1e-6)
-        assert [d["class_id"] for d in listed] == direct[fields.DETECTION_CLASSES].tolist()
+        assert len(listed) == n > 0
+        np.testing.assert_allclose([d["score"] for d in listed], padded[fields.DETECTION_SCORES][:n], atol=1e-6)
+        np.testing.assert_allclose([d["box"] for d in listed], padded[fields.DETECTION_BOXES][:n], atol=1e-6)
+        assert [d["class_id"] for d in listed] == padded[fields.DETECTION_CLASSES][:n].astype(int).tolist()
 
 
 def test_json_record_and_drawing_follow_threshold_and_class_filter(clip):
@@ -168,7 +171,7 @@ def test_file_is_processed_in_order_and_a_live_source_drops_stale_frames(clip):
             break
         indices.append(result.index)
         # Each result is of the frame it claims to be (third row: 0.4 x its mean pixel / 255).
-        np.testing.assert_allclose(result.detections[fields.DETECTION_SCORES][2],
+        np.testing.assert_allclose(result.detections.scores[2],
                                    0.4 * frames[(result.index + 1) % VIDEO_FRAMES].mean() / 255, atol=1e-5)
     pipeline.stop()
     assert pipeline.frames_read == 60 and pipeline.frames_dropped > 0
@@ -281,7 +284,7 @@ def test_folder_with_changing_sizes_and_a_broken_image(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--source", "missing.mp4"], "stream_ssd.py: missing.mp4: no such video file"),
     (["--source", "dataset/sample/JPEGImages", "--model", "ssd.tflite"],
-     "stream_ssd.py: ssd.tflite: cannot load the TFLite model (ssd.tflite: no such .tflite file)"),
+     "stream_ssd.py: ssd.tflite: cannot load the model (ssd.tflite: no such .tflite file)"),
     (["--source", "dataset/sample/JPEGImages", "--output", "out.gif"],
      "stream_ssd.py: --output out.gif: the file name must end in one of .avi"),
 ], ids=["missing_file", "tflite", "output_format"])

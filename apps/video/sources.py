@@ -1,4 +1,5 @@
-"""Video in, detections out: frame sources (OpenCV), the model adapter, what is drawn and listed per frame.
+"""Video in, detections out: frame sources (OpenCV), the model opened through the detector door, what
+is drawn and listed per frame.
 
 Sources (`open_source`), told apart by the text of --source:
 
@@ -10,16 +11,14 @@ Sources (`open_source`), told apart by the text of --source:
 Every frame leaves a source as uint8 [H, W, 3] RGB (OpenCV's BGR is converted once, at the edge).
 apps/video/streaming.py runs sources and models in threads; apps/video/viewer.py is the window.
 
-The model adapter (`make_detector`) turns an exported SavedModel (engine/serving.py `load`) or a
-model_dir checkpoint (`from_checkpoint`) into `Detector`, whose call takes uint8 frames and returns
-numpy detections trimmed to the valid rows; `.tflite` files come through serving.load_detector
-(`_tflite_batch_fn`).
+The model is an engine.serving.Detector (`open_model`: the door, engine.serving.load_detector, with a
+failure told as ModelError): a model_dir, a checkpoint, a SavedModel or a .tflite file, called on a
+batch of uint8 frames [B, H, W, 3], returning one serving.Detections (trimmed rows) per frame.
 """
 
 import os
 import time
 
-import numpy as np
 from absl import logging
 
 # FFmpeg's own lines ("moov atom not found", "Connection refused") would come before ours, which name
@@ -27,9 +26,6 @@ from absl import logging
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")   # AV_LOG_QUIET
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import cv2  # noqa: E402
-
-from dataset import fields  # noqa: E402
-from dataset.voc_boxes import normalized_to_voc_pixels  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -206,111 +202,36 @@ def open_source(spec, **capture_options):
     return CaptureSource(str(spec).strip(), kind, **capture_options)
 
 
-# --- Model adapter -------------------------------------------------------------------------------------
+# --- Model ---------------------------------------------------------------------------------------------
 
-class Detector:
-    """`batch_fn(uint8 [B, H, W, 3]) -> serving outputs` (engine/serving.py names) wrapped for numpy.
+def open_model(path):
+    """engine.serving.load_detector(path) (the one door; any model kind); a model that cannot be
+    loaded raises ModelError naming `path` and the problem (stream_ssd.py's one-line message)."""
+    from engine import serving  # imports TensorFlow: not needed to tell a bad --source in a second
 
-    detect_batch(frames [B, H, W, 3]) -> B dicts; __call__(frame [H, W, 3]) -> one dict. Each dict:
-      detection_boxes   float32 [N, 4] normalized [ymin, xmin, ymax, xmax]
-      detection_scores  float32 [N]    descending
-      detection_classes int64   [N]    1..C
-    with N = that frame's num_detections (padding removed).
-    """
-
-    def __init__(self, batch_fn, class_names, name):
-        self._batch_fn, self.class_names, self.name = batch_fn, tuple(class_names), name
-
-    def detect_batch(self, frames):
-        outputs = {k: np.asarray(v) for k, v in self._batch_fn(np.asarray(frames, np.uint8)).items()}
-        results = []
-        for row in range(outputs[fields.DETECTION_SCORES].shape[0]):
-            count = int(outputs[fields.NUM_DETECTIONS][row])
-            results.append({
-                fields.DETECTION_BOXES: outputs[fields.DETECTION_BOXES][row, :count].astype(np.float32),
-                fields.DETECTION_SCORES: outputs[fields.DETECTION_SCORES][row, :count].astype(np.float32),
-                fields.DETECTION_CLASSES: outputs[fields.DETECTION_CLASSES][row, :count].astype(np.int64),
-            })
-        return results
-
-    def __call__(self, frame):
-        return self.detect_batch(np.asarray(frame)[None])[0]
-
-
-def _tflite_batch_fn(path):
-    """The one place .tflite models plug in: (batch_fn, class_names) from engine/serving.py's
-    load_detector (export_tflite.py's files: batch 1, any frame size; a batch is run frame by frame)."""
-    from engine import serving
     try:
-        detector = serving.load_detector(path)
+        return serving.load_detector(path)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: cannot load the TFLite model ({e})") from None
-    return detector, detector.class_names
-
-
-def make_detector(model=None, model_dir=None, checkpoint_path=None):
-    """Detector for --model (a SavedModel folder or a .tflite file) or a --model_dir/--checkpoint_path."""
-    if model and model.lower().endswith(".tflite"):
-        batch_fn, class_names = _tflite_batch_fn(model)
-        return Detector(batch_fn, class_names, model)
-    import tensorflow as tf
-
-    from engine import serving
-
-    if model:
-        if not os.path.isfile(os.path.join(model, serving.SAVED_MODEL_FILENAME)):
-            raise ModelError(f"{model}: not a SavedModel export (no {serving.SAVED_MODEL_FILENAME}); "
-                             "pass a checkpoint with --model_dir")
-        try:
-            loaded, _, class_names = serving.load(model)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{model}: cannot load the export ({e})") from None
-
-        def batch_fn(images):  # Looking the signature up through `loaded` keeps its variables alive.
-            signature = loaded.signatures[serving.SERVING_DEFAULT]
-            return {k: v.numpy() for k, v in signature(**{serving.IMAGES_INPUT: tf.constant(images)}).items()}
-        return Detector(batch_fn, class_names, model)
-    try:
-        module, _, class_names, checkpoint = serving.from_checkpoint(model_dir, checkpoint_path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load a checkpoint from {checkpoint_path or model_dir}: {e}") from None
-
-    def batch_fn(images):  # The closure holds the module that the tf.function method holds weakly.
-        return {k: v.numpy() for k, v in module.serve_images(tf.constant(images)).items()}
-    return Detector(batch_fn, class_names, checkpoint)
+        raise ModelError(f"{path}: cannot load the model ({e})") from None
 
 
 # --- What is drawn and written -------------------------------------------------------------------------
 
-def select(detections, min_score, class_ids=None):
-    """The rows of `detections` (Detector's dict) scoring >= min_score whose class is in `class_ids`
-    (all classes when None)."""
-    keep = detections[fields.DETECTION_SCORES] >= min_score
-    if class_ids is not None:
-        keep &= np.isin(detections[fields.DETECTION_CLASSES], list(class_ids))
-    return {k: v[keep] for k, v in detections.items()}
-
-
 def annotate(frame, detections, class_names, min_score, class_ids=None):
-    """uint8 [H, W, 3] copy of `frame` with the selected detections drawn (engine/drawing.py)."""
+    """uint8 [H, W, 3] copy of `frame` with the detections (serving.Detections) scoring >= min_score
+    whose class is in `class_ids` (all when None) drawn (engine/drawing.py)."""
     from engine import drawing  # imports TensorFlow: not needed to tell a bad --source in a second
 
-    shown = select(detections, min_score, class_ids)
-    return drawing.draw_detections(frame, shown[fields.DETECTION_BOXES], shown[fields.DETECTION_SCORES],
-                                   shown[fields.DETECTION_CLASSES], class_names, min_score=min_score)
+    shown = detections.select(min_score, class_ids)
+    return drawing.draw_detections(frame, shown.boxes, shown.scores, shown.classes, class_names,
+                                   min_score=min_score)
 
 
 def json_record(result, class_names, min_score, class_ids=None):
-    """One JSON-ready dict per frame: its number, size, model latency and the selected detections, in
-    detect_ssd.py's detections.json form (normalized box and VOC 1-based pixel box)."""
-    height, width = result.frame.shape[:2]
-    shown = select(result.detections, min_score, class_ids)
-    pixels = normalized_to_voc_pixels(shown[fields.DETECTION_BOXES], width, height)
-    return {"frame": result.index, "position_s": result.position_s, "width": int(width),
-            "height": int(height), "latency_s": round(result.latency_s, 6),
-            "detections": [{"class_id": int(c), "class_name": class_names[int(c) - 1], "score": float(s),
-                            "box": [float(v) for v in box], "box_pixels": [float(v) for v in pixel_box]}
-                           for c, s, box, pixel_box in zip(shown[fields.DETECTION_CLASSES],
-                                                           shown[fields.DETECTION_SCORES],
-                                                           shown[fields.DETECTION_BOXES], pixels)]}
+    """One JSON-ready dict per frame (a streaming.FrameResult): its number, position and model latency,
+    and engine.serving.detections_record's size and selected detections (detect_ssd.py's form)."""
+    from engine import serving
 
+    height, width = result.frame.shape[:2]
+    return {"frame": result.index, "position_s": result.position_s, "latency_s": round(result.latency_s, 6),
+            **serving.detections_record(result.detections, class_names, height, width, min_score, class_ids)}

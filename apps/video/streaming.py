@@ -1,7 +1,7 @@
 """The threaded video pipeline (capture -> inference -> consumer) and the headless runner.
 
     capture thread    source.read() -> size guard -> frame queue (bounded)
-    inference thread  frame queue -> batches of up to batch_size -> Detector -> result queue (bounded)
+    inference thread  frame queue -> batches of up to batch_size -> serving.Detector -> result queue (bounded)
     consumer          Pipeline.get(): the Qt window (apps/video/viewer.py) or run_headless below
 
 A live source (camera, stream) drops the oldest waiting frame when the frame queue is full, so the
@@ -35,7 +35,7 @@ from apps.video import sources
 class FrameResult:
     index: int                    # 0-based number in reading order (dropped frames keep theirs)
     frame: np.ndarray             # uint8 [H, W, 3] RGB, as the model saw it
-    detections: dict              # sources.Detector's dict for this frame
+    detections: object            # engine.serving.Detections of this frame (trimmed rows)
     latency_s: float              # model time of the frame's batch
     position_s: Optional[float]   # time in the video file; None for cameras, streams and folders
 
@@ -119,7 +119,8 @@ class _Queue:
 
 
 class Pipeline:
-    """Capture and inference threads over `source` and `detector` (module docstring).
+    """Capture and inference threads over `source` and `detector` (an engine.serving.Detector, or
+    anything with its call and `path`; module docstring).
 
     get(timeout) -> FrameResult, then one Ended after the last frame; None when nothing came in time.
     `paused` stops inference (a live capture keeps dropping, so resuming shows the present).
@@ -191,14 +192,14 @@ class Pipeline:
                 if not batch:
                     break
                 start = time.perf_counter()
-                detections = self.detector.detect_batch(np.stack([frame for _, frame, _ in batch]))
+                detections = self.detector(np.stack([frame for _, frame, _ in batch]))   # one call a batch
                 seconds = time.perf_counter() - start
                 self.model_seconds += seconds
                 for (index, frame, position), found in zip(batch, detections):
                     self.latencies.append(seconds)
                     self._results.put(FrameResult(index, frame, found, seconds, position), drop_oldest=False)
         except Exception as e:  # noqa: BLE001  (a model failure ends the stream with its message)
-            self._error = f"{self.detector.name}: inference failed: {e}"
+            self._error = f"{self.detector.path}: inference failed: {e}"
             logging.exception("inference failed")
             self._frames.close()
         finally:
@@ -342,7 +343,7 @@ def run_headless(pipeline, class_names, jsonl=None, output=None, min_score=0.3, 
     wall_s = time.perf_counter() - start
     # frames_per_s: the whole pipeline; model_frames_per_s: the frames over the time spent in the model.
     return {
-        "source": pipeline.source.name, "model": pipeline.detector.name,
+        "source": pipeline.source.name, "model": pipeline.detector.path,
         "frames": pipeline.frames_done, "frames_read": pipeline.frames_read,
         "frames_dropped": pipeline.frames_dropped, "frames_resized": pipeline.frames_resized,
         "wall_s": wall_s, "frames_per_s": pipeline.frames_done / wall_s if wall_s else 0.0,
