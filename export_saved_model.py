@@ -35,7 +35,7 @@ def main(argv):
 
     module, config, class_names, checkpoint = serving.from_checkpoint(
         FLAGS.model_dir, FLAGS.checkpoint_path, FLAGS.dtype_policy)
-    path = serving.export(module, config, class_names, FLAGS.output_dir)
+    path = serving.export(module, class_names, FLAGS.output_dir)
     logging.info("exported %s (%s, %d classes, %s) to %s", checkpoint, config.name, config.num_classes,
                  FLAGS.dtype_policy, path)
 

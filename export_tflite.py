@@ -44,7 +44,7 @@ def main(argv):
         calibration = tflite_export.calibration_images(FLAGS.data_dir, FLAGS.calibration_split,
                                                        FLAGS.num_calibration_records)
     module, config, class_names, checkpoint = serving.from_checkpoint(FLAGS.model_dir, FLAGS.checkpoint_path)
-    paths = tflite_export.export(module, config, class_names, FLAGS.output_dir, FLAGS.formats, calibration)
+    paths = tflite_export.export(module, class_names, FLAGS.output_dir, FLAGS.formats, calibration)
     logging.info("exported %s (%s, %d classes) to %s", checkpoint, config.name, config.num_classes,
                  ", ".join(paths.values()))
     if FLAGS.evaluate_split:

@@ -92,7 +92,7 @@ def _tflite_rows(module, config, class_names, export_root, rng, latencies):
     calibration = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
                    for _ in range(FLAGS.calibration_images)]
     start = time.perf_counter()
-    paths = tflite_export.export(module, config, class_names, os.path.join(export_root, "tflite"),
+    paths = tflite_export.export(module, class_names, os.path.join(export_root, "tflite"),
                                  calibration=calibration)
     rows = {"tflite_export_s": time.perf_counter() - start, "tflite_batch1_latency_s": {},
             "tflite_latency_over_saved_model": {}, "tflite_file_mb": {}}
@@ -119,7 +119,7 @@ def benchmark(policy, export_root):
     module, config, class_names = checkpoint.runtime, checkpoint.config, checkpoint.class_names
     size = config.image_size
     export_start = time.perf_counter()
-    export_dir = serving.export(module, config, class_names, os.path.join(export_root, policy))
+    export_dir = serving.export(module, class_names, os.path.join(export_root, policy))
     export_s = time.perf_counter() - export_start
     saved_model = serving.load_detector(export_dir)
 

@@ -182,29 +182,20 @@ class DetectionModule(tf.Module):
                 SERVING_ENCODED: self.serve_encoded.get_concrete_function()}
 
 
-def check_export_arguments(module, config):
-    """Both exports take (module, config, class_names, output_dir, ...): ValueError unless `config`,
-    written beside the export, is the one `module` was built with."""
-    if module.config != config:
-        raise ValueError(f"export: the config ({config.name}) is not the module's ({module.config.name}); "
-                         "pass the config the module was built with")
-
-
-def export(module, config, class_names, output_dir):
-    """Writes `module` (a DetectionModule) as a SavedModel plus config.json and label_map.pbtxt into
+def export(module, class_names, output_dir):
+    """Writes `module` (a DetectionModule) as a SavedModel plus its config.json and label_map.pbtxt into
     `output_dir` (engine/tflite_export.export takes the same arguments).
 
     Written into a temporary folder beside `output_dir` and renamed into place, so an interrupted
     export never leaves a complete-looking half SavedModel. An existing `output_dir` is replaced only
     when it is itself an export (holds saved_model.pb); any other existing path is refused.
     """
-    check_export_arguments(module, config)
     output_dir = os.path.abspath(output_dir)
     # Leftovers of a killed export recovered first, swapped in as a whole (dataset/atomic.py).
     replaceable = atomic.must_hold_one_of([SAVED_MODEL_FILENAME], "a SavedModel export")
     with atomic.staged_folder(output_dir, replaceable) as temp_dir:
         tf.saved_model.save(module, temp_dir, signatures=module.signatures())
-        checkpoints.write(temp_dir, config, class_names)
+        checkpoints.write(temp_dir, module.config, class_names)
     return output_dir
 
 

@@ -159,7 +159,7 @@ def calibration_images(data_dir, split, num_records):
     return images
 
 
-def export(module, config, class_names, output_dir, formats=FORMATS, calibration=None):
+def export(module, class_names, output_dir, formats=FORMATS, calibration=None):
     """Writes model_<format>.tflite of `module` (an engine.serving.DetectionModule, as
     engine.serving.export takes) for each format plus config.json and label_map.pbtxt into
     `output_dir`; returns {format: path}. `calibration`: convert's calibration_images (int8).
@@ -167,9 +167,7 @@ def export(module, config, class_names, output_dir, formats=FORMATS, calibration
     Written into a temporary folder beside `output_dir` and renamed into place; an existing
     `output_dir` is replaced only when it is itself a TFLite export (holds a model_*.tflite).
     """
-    from engine import serving
-
-    serving.check_export_arguments(module, config)
+    config = module.config
     output_dir = os.path.abspath(output_dir)
     # Leftovers of a killed export recovered first, swapped in as a whole (dataset/atomic.py).
     replaceable = atomic.must_hold_one_of([tflite_filename(f) for f in FORMATS], "a TFLite export")

@@ -128,7 +128,14 @@ def test_a_folder_that_is_not_ours_or_a_file_is_refused_before_anything_is_writt
 # --- each writer of an output folder, through staged_folder ---------------------------------------
 
 class _TinyModule(tf.Module):
-    """A stand-in for serving.DetectionModule: the export writes whatever module it is given."""
+    """A stand-in for serving.DetectionModule: the export writes whatever module it is given, and its
+    config beside it."""
+
+    model = anchors = None   # read by tflite_export.export, whose convert the test stubs
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
     def serve(self, x):
@@ -155,12 +162,12 @@ def _config():
 
 
 def _write_saved_model(path):
-    serving.export(_TinyModule(), _config(), CLASS_NAMES, path)
+    serving.export(_TinyModule(_config()), CLASS_NAMES, path)
 
 
 def _write_tflite(path):
     # Runs with tflite_export.convert stubbed (the `writer` fixture): the folder writing is under test.
-    tflite_export.export(None, None, _config(), CLASS_NAMES, path, formats=("float32",))
+    tflite_export.export(_TinyModule(_config()), CLASS_NAMES, path, formats=("float32",))
 
 
 # writer, the file that shows an output is its own, a marker name the writer would accept in an earlier

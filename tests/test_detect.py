@@ -25,10 +25,10 @@ SAMPLE_JPEG = os.path.join(REPO_ROOT, "dataset", "sample", "JPEGImages", "000001
 @pytest.fixture(scope="module")
 def model_and_export(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("detect_model_dir")
-    config = write_random_model_dir(model_dir, seed=1)
+    write_random_model_dir(model_dir, seed=1)
     module, _, _, _ = serving.from_checkpoint(str(model_dir))
-    export_dir = serving.export(module, config, CLASS_NAMES, str(tmp_path_factory.mktemp("detect_export") / "ssd"))
-    tflite = tflite_export.export(module, config, CLASS_NAMES, str(tmp_path_factory.mktemp("detect_tflite") / "tflite"),
+    export_dir = serving.export(module, CLASS_NAMES, str(tmp_path_factory.mktemp("detect_export") / "ssd"))
+    tflite = tflite_export.export(module, CLASS_NAMES, str(tmp_path_factory.mktemp("detect_tflite") / "tflite"),
                                   ["float32"])
     return str(model_dir), export_dir, tflite["float32"]
 
@@ -132,9 +132,9 @@ def test_record_split_with_ground_truth_into_tensorboard(model_and_export, sampl
 
     _, _, three_class_tflite = model_and_export
     sample_classes = label_map.read_label_map(os.path.join(sample_records, label_map.LABEL_MAP_FILENAME))
-    config = write_random_model_dir(tmp_path / "model_dir", seed=3, class_names=sample_classes)
+    write_random_model_dir(tmp_path / "model_dir", seed=3, class_names=sample_classes)
     module, _, _, _ = serving.from_checkpoint(str(tmp_path / "model_dir"))
-    tflite_path = tflite_export.export(module, config, sample_classes, str(tmp_path / "tflite"), ["float32"])["float32"]
+    tflite_path = tflite_export.export(module, sample_classes, str(tmp_path / "tflite"), ["float32"])["float32"]
     output_dir, board = tmp_path / "split", tmp_path / "board"
     result = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "detect_ssd.py"), "--tflite_path", tflite_path,

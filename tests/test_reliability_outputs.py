@@ -119,11 +119,11 @@ def test_every_file_and_folder_written_follows_the_umask(tmp_path, umask, file_m
 def test_exported_model_folder_is_readable_by_other_users(tmp_path):
     from engine import serving
     from test_export import CLASS_NAMES, write_random_model_dir
-    config = write_random_model_dir(tmp_path / "model_dir")
+    write_random_model_dir(tmp_path / "model_dir")
     module, _, _, _ = serving.from_checkpoint(str(tmp_path / "model_dir"))
     previous = os.umask(0o022)
     try:
-        export_dir = serving.export(module, config, CLASS_NAMES, str(tmp_path / "exported"))
+        export_dir = serving.export(module, CLASS_NAMES, str(tmp_path / "exported"))
     finally:
         os.umask(previous)
     assert _mode(export_dir) == 0o755

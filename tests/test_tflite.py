@@ -30,9 +30,9 @@ def exports(tmp_path_factory, sample_records):
     model_dir = root / "model_dir"
     config = write_random_model_dir(model_dir, seed=2)
     module, _, _, _ = serving.from_checkpoint(str(model_dir))
-    saved_dir = serving.export(module, config, CLASS_NAMES, str(root / "saved"))
+    saved_dir = serving.export(module, CLASS_NAMES, str(root / "saved"))
     calibration = tflite_export.calibration_images(sample_records, "train", NUM_CALIBRATION_RECORDS)
-    paths = tflite_export.export(module, config, CLASS_NAMES, str(root / "tflite"), calibration=calibration)
+    paths = tflite_export.export(module, CLASS_NAMES, str(root / "tflite"), calibration=calibration)
     return {"model_dir": str(model_dir), "saved_model": saved_dir, "tflite": paths, "config": config}
 
 

@@ -86,7 +86,7 @@ def exported(tmp_path_factory):
     config = presets.get("ssd300_vgg16", len(CLASS_NAMES), width_multiplier=0.125)
     keras.utils.set_random_seed(0)
     module = serving.DetectionModule(ssd.build(config), anchors_lib.generate(config), config)
-    return serving.export(module, config, CLASS_NAMES, str(tmp_path_factory.mktemp("export") / "ssd"))
+    return serving.export(module, CLASS_NAMES, str(tmp_path_factory.mktemp("export") / "ssd"))
 
 
 def _run_script(*args, env=None):
