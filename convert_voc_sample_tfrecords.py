@@ -7,7 +7,7 @@
 
 A split is DIR or DIR:IMAGESET (ImageSets/Main/IMAGESET.txt; without it trainval.txt when present,
 else every annotation); comma-separated splits are merged. Writes train-*-of-* and val-* shards and
-label_map.pbtxt. Exits non-zero when any file was skipped, unless --allow_skips.
+label_map.pbtxt. Exits 1 (engine/cli.EXIT_SKIPPED) when any file was skipped, unless --allow_skips.
 """
 
 import os
@@ -43,8 +43,7 @@ VALIDATION_SPLIT_NAME = "val"
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError("unexpected arguments: %s" % argv[1:])
+    del argv
     from PIL import Image
 
     from dataset import convert, voc
@@ -67,9 +66,9 @@ def main(argv):
     print(convert.format_summary(results, class_names))
     skipped = sum(len(r.skipped) for r in results.values())
     if skipped and not FLAGS.allow_skips:
-        print("%d files skipped: exiting with status 1 (pass --allow_skips to accept)" % skipped)
-        return 1
-    return 0
+        print("%d files skipped: exiting with status %d (pass --allow_skips to accept)" % (skipped, cli.EXIT_SKIPPED))
+        return cli.EXIT_SKIPPED
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -22,13 +22,12 @@ engine.serving.detections_record's, with "file" and, for a split, "ground_truth"
 
 --tensorboard_dir writes each drawn image as a TensorBoard image (tag detections/<stem>) whose
 description gives the counts. A file that cannot be read or decoded is named in an error line, skipped
-and counted; the exit status is 1 when any was skipped.
+and counted; the exit status is then 1 (engine/cli.EXIT_SKIPPED).
 """
 
 import glob
 import json
 import os
-import sys
 import time
 
 from absl import flags, logging
@@ -231,8 +230,7 @@ def main(argv):
     total = sum(len(r["detections"]) for r in records)
     logging.info("%d images, %d detections >= %.2f, written to %s; %d files skipped", len(records), total,
                  FLAGS.score_threshold, FLAGS.output_dir, skipped)
-    if skipped:
-        sys.exit(1)
+    return cli.EXIT_SKIPPED if skipped else cli.EXIT_OK
 
 
 if __name__ == "__main__":

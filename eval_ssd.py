@@ -62,20 +62,15 @@ flags.register_validator("data_dir", lambda d: os.path.isfile(os.path.join(d, "l
 def main(argv):
     del argv
     if FLAGS.annotations_file and not os.path.isfile(FLAGS.annotations_file):
-        logging.error("--annotations_file %s: file not found", FLAGS.annotations_file)
-        return 2
+        raise FileNotFoundError(f"--annotations_file {FLAGS.annotations_file}: file not found")
     from dataset import coco, label_map
     from metrics.evaluator import format_table, load_official_ground_truth
     from engine import checkpoints, evaluation
     from model import anchors as anchors_lib
     from nets import ssd
 
-    if FLAGS.annotations_file:
-        try:  # checked once up front: a wrong file is one line, not a traceback after the forward
-            load_official_ground_truth(FLAGS.annotations_file, coco.find_category_map(FLAGS.data_dir))
-        except ValueError as e:
-            logging.error("%s", e)
-            return 2
+    if FLAGS.annotations_file:  # checked once up front: a wrong file fails (ValueError) before the forward
+        load_official_ground_truth(FLAGS.annotations_file, coco.find_category_map(FLAGS.data_dir))
     if FLAGS.wait_for_checkpoints:
         paths = checkpoints.watch_checkpoints(FLAGS.model_dir, FLAGS.eval_timeout, FLAGS.max_steps)
     else:

@@ -12,16 +12,18 @@ Headless (--no_display) writes one JSON line per frame (--jsonl; "-" for stdout)
 summary JSON line last. Frames of live sources are dropped when the model is slower than the camera; files
 and folders are processed frame by frame (apps/video/streaming.py).
 
-A source or model that cannot be opened: one line naming it, exit status 1. A stream that drops is
-reopened with back-off (--max_reconnects, --reconnect_backoff_s); when that fails the window stays up
-with the message, and the exit status is 1.
+A source or model that cannot be opened: one line naming it, exit status 2 (engine/cli.py). A stream
+that drops is reopened with back-off (--max_reconnects, --reconnect_backoff_s); when that fails the
+window stays up with the message, and the exit status is 2 after one line.
 """
 
 import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from engine import cli
 
 flags.DEFINE_string("source", None, "Webcam index (0), video file, rtsp:// or http(s):// URL, or an image "
                     "folder.")
@@ -67,15 +69,13 @@ def _check_display():
 
 def main(argv):
     del argv
-    try:  # Flag mistakes are told before TensorFlow and OpenCV are imported (seconds).
-        if not (FLAGS.model or FLAGS.model_dir or FLAGS.checkpoint_path):
-            raise ValueError("name a model: --model (SavedModel folder or .tflite) or --model_dir")
-        if FLAGS.batch_size < 1:
-            raise ValueError(f"--batch_size must be at least 1, not {FLAGS.batch_size}")
-        if not FLAGS.no_display:
-            _check_display()
-    except ValueError as e:
-        sys.exit(f"stream_ssd.py: {e}")
+    # Flag mistakes are told before TensorFlow and OpenCV are imported (seconds).
+    if not (FLAGS.model or FLAGS.model_dir or FLAGS.checkpoint_path):
+        raise ValueError("name a model: --model (SavedModel folder or .tflite) or --model_dir")
+    if FLAGS.batch_size < 1:
+        raise ValueError(f"--batch_size must be at least 1, not {FLAGS.batch_size}")
+    if not FLAGS.no_display:
+        _check_display()
     from apps.video import sources, streaming
 
     try:
@@ -87,29 +87,30 @@ def main(argv):
                                    timeout_s=FLAGS.stream_timeout_s)
         detector = sources.open_model(FLAGS.model or FLAGS.checkpoint_path or FLAGS.model_dir)
         class_ids = _class_ids(FLAGS.classes, detector.class_names)
-    except (sources.SourceError, sources.ModelError, ValueError) as e:
-        sys.exit(f"stream_ssd.py: {e}")
-    logging.info("%s with %s (%s)", source.name, detector, "live" if source.live else "every frame")
+    except (sources.SourceError, sources.ModelError) as e:   # mistakes, told in one line as a ValueError
+        raise ValueError(str(e)) from e
+    logging.info("%s with %s (%s)", source.name, detector.path, "live" if source.live else "every frame")
     pipeline = streaming.Pipeline(source, detector, FLAGS.batch_size, FLAGS.max_frames)
 
     if not FLAGS.no_display:
         from apps.video import viewer
-        sys.exit(viewer.run(pipeline, detector.class_names, FLAGS.score_threshold, class_ids,
-                                FLAGS.snapshot_dir, FLAGS.close_at_end))
-    try:
-        summary = streaming.run_headless(pipeline, detector.class_names, FLAGS.jsonl, FLAGS.output,
-                                              FLAGS.score_threshold, class_ids, FLAGS.output_fps)
-    except (ValueError, OSError) as e:
-        sys.exit(f"stream_ssd.py: {e}")
+        failure = viewer.run(pipeline, detector.class_names, FLAGS.score_threshold, class_ids, FLAGS.snapshot_dir,
+                             FLAGS.close_at_end)
+        if failure:
+            raise OSError(f"the source failed: {failure}")
+        return cli.EXIT_OK
+    summary = streaming.run_headless(pipeline, detector.class_names, FLAGS.jsonl, FLAGS.output,
+                                     FLAGS.score_threshold, class_ids, FLAGS.output_fps)
     logging.info("%d frames in %.1f s (%.1f frames/s; the model alone %.1f frames/s), %d dropped, "
                  "%d resized", summary["frames"], summary["wall_s"], summary["frames_per_s"],
                  summary["model_frames_per_s"], summary["frames_dropped"], summary["frames_resized"])
     if FLAGS.jsonl != "-":
         print(json.dumps(summary, sort_keys=True))
     if summary["error"]:
-        sys.exit(f"stream_ssd.py: {summary['error']}")
+        raise OSError(summary["error"])
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("source")
-    app.run(main)
+    cli.run(main)

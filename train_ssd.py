@@ -17,7 +17,7 @@ from typing import Any
 from absl import flags, logging
 
 from engine import cli, mlperf
-from engine.train_config import MIXED_PRECISION, OPTIMIZERS, backbone_present, every
+from engine.train_config import MIXED_PRECISION, OPTIMIZERS, Plan, backbone_present, every
 from model import presets
 
 flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR,
@@ -105,8 +105,9 @@ def _check_backbone(values):
 
 @dataclasses.dataclass
 class Run:
-    """What the cadence helpers below share: the model, its data and where things are written."""
+    """What the cadence helpers below share: the plan, the model, its data and where things are written."""
 
+    plan: Plan
     config: Any
     class_names: Any
     anchors: Any
@@ -122,15 +123,13 @@ class Run:
 
 def main(argv):
     del argv
-    from engine import train_config
-    train_config.seed_everything(FLAGS.seed, FLAGS.deterministic)  # before nets/ makes initializers
     import tensorflow as tf
 
     from dataset import label_map
     from engine import anchor_file, checkpoints, summaries, training
     from model import anchors as anchors_lib
 
-    training.set_up(FLAGS.mixed_precision, FLAGS.seed)
+    training.set_up(FLAGS.mixed_precision, FLAGS.seed, FLAGS.deterministic)   # before the model is built
     strategy = training.make_strategy()
     chief = training.is_chief(strategy)
     class_names = label_map.read_label_map(os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME))
@@ -140,20 +139,19 @@ def main(argv):
         checkpoints.write(FLAGS.model_dir, config, class_names)
         checkpoints.check_run_settings(FLAGS.model_dir, {"optimizer": FLAGS.optimizer})
     session = (mlperf.Session(FLAGS, config, FLAGS.data_dir, FLAGS.model_dir, strategy.num_replicas_in_sync,
-                              chief) if FLAGS.mlperf else None)   # sets --max_steps from --epochs
+                              chief) if FLAGS.mlperf else None)
+    plan = session.plan if session else plan_from_flags()   # steps, schedule, evaluation cadence
     anchors = anchors_lib.generate(config)
-    schedule = session.schedule() if session else training.WarmupPiecewiseSchedule(
-        FLAGS.learning_rate, [int(b) for b in FLAGS.decay_boundaries],
-        [float(f) for f in FLAGS.lr_decay_factors], FLAGS.warmup_steps)
+    schedule = plan.schedule()
     model, optimizer, checkpoint = training.build_model_and_optimizer(
         strategy, config, schedule, FLAGS.momentum, FLAGS.mixed_precision, FLAGS.optimizer)
 
     # Non-chief workers must take part in every save (it is collective) but write to a scratch dir.
     write_dir = FLAGS.model_dir if chief else tempfile.mkdtemp(prefix="ssd_worker_")
-    run = Run(config, class_names, anchors, model, schedule,
+    run = Run(plan, config, class_names, anchors, model, schedule,
               tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=FLAGS.keep_checkpoints),
               summaries.Writer(os.path.join(FLAGS.model_dir, "train"), enabled=chief),
-              training.ProgressLogger(FLAGS.max_steps, FLAGS.batch_size), chief)
+              training.ProgressLogger(plan.max_steps, FLAGS.batch_size), chief)
     run.last_saved = restore(run, checkpoint, optimizer)
     if session:
         session.run_start(model)
@@ -164,17 +162,17 @@ def main(argv):
                                        FLAGS.jit_compile)
     iterator = iter(dataset)
     run.progress.rate(step, time.time())
-    while step < FLAGS.max_steps:
+    while step < plan.max_steps:
         values = training.check_finite(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir),
                                        FLAGS.model_dir if chief else None)
         previous, step = step, int(optimizer.iterations.numpy())
         if step == previous:  # float16 loss scaling skipped an overflowing step and lowered its scale
             continue
         report(run, step, values)
-        if every(FLAGS.save_checkpoints_steps, step, FLAGS.max_steps):
+        if every(FLAGS.save_checkpoints_steps, step, plan.max_steps):
             run.last_saved = run.manager.save(checkpoint_number=step)
             logging.info("saved %s", run.last_saved)
-        if run.chief and every(FLAGS.eval_every_steps, step, FLAGS.max_steps):
+        if run.chief and every(plan.eval_every_steps, step, plan.max_steps):
             evaluate(run, step)
         if session and session.after_step(step, lambda: evaluate(run, step)):   # reached --target_map
             run.last_saved = run.manager.save(checkpoint_number=step)
@@ -182,6 +180,14 @@ def main(argv):
     run.writer.close()
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def plan_from_flags():
+    """The run's Plan as the flags give it (MLPerf mode makes its own: engine/mlperf.make_plan)."""
+    return Plan(max_steps=FLAGS.max_steps, learning_rate=FLAGS.learning_rate,
+                decay_boundaries=tuple(int(b) for b in FLAGS.decay_boundaries),
+                decay_factors=tuple(float(f) for f in FLAGS.lr_decay_factors),
+                warmup_steps=FLAGS.warmup_steps, eval_every_steps=FLAGS.eval_every_steps)
 
 
 def make_datasets(strategy, config, anchors, start_step, chief):
@@ -220,7 +226,7 @@ def restore(run, checkpoint, optimizer):
 
 def report(run, step, values):
     """The console line, TensorBoard scalars and images, each at its own cadence."""
-    log_now = every(FLAGS.log_every_n_steps, step, FLAGS.max_steps)
+    log_now = every(FLAGS.log_every_n_steps, step, run.plan.max_steps)
     scalars_now = every(FLAGS.save_summary_steps, step)
     if log_now or scalars_now:
         rate, lr = run.progress.rate(step, time.time()), float(run.schedule(step))

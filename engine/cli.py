@@ -1,15 +1,35 @@
-"""What every script shares at its edge: one line and a non-zero exit for every ordinary mistake.
+"""What every script shares at its edge: one line and a documented exit status for every ordinary mistake.
 
     from engine import cli
     ...
+    def main(argv):
+        ...
+        return cli.EXIT_SKIPPED if skipped else cli.EXIT_OK
+
     if __name__ == "__main__":
         cli.run(main)
 
-A wrong flag (absl validators, run at parse time) and an ordinary mistake found later (a missing file,
-a file that is no label map, a corrupted shard, a checkpoint of another run; the project raises these
-as FileNotFoundError / ValueError / ... with a message naming the file and what to do at the boundary
-where it is found) both end as ONE line on stderr, `<script>: error: <message>`, and exit status 2,
-without a traceback. `--traceback` shows the full one (for bugs, not for mistakes).
+The exit statuses, the one table every script uses (by these names, never by their numbers):
+
+    EXIT_OK          0   finished; every input was processed.
+    EXIT_SKIPPED     1   finished, but some inputs were skipped, each named in the log (detect_ssd.py over
+                         a folder with an unreadable image; the converters unless --allow_skips). 1 is
+                         what these scripts exited with before this table existed. A bug (an exception
+                         that is no ordinary mistake) also ends with 1, Python's status, after its
+                         traceback: the traceback tells the two apart.
+    EXIT_ERROR       2   a usage or input error: a wrong flag, an argument no flag takes, a missing or
+                         malformed file; one line and nothing (more) written.
+    EXIT_PREEMPTED  42   a preempted training run saved a checkpoint and stopped: start it again to
+                         continue (tf.distribute.experimental.PreemptionCheckpointHandler's default).
+
+A wrong flag (absl validators, run at parse time), an argument that no flag takes (the rest of an
+unquoted glob: `--input photos/*.jpg` reaches the script as `--input photos/a.jpg photos/b.jpg ...`) and
+an ordinary mistake found later (a missing file, a file that is no label map, a corrupted shard, a
+checkpoint of another run; the project raises these as FileNotFoundError / ValueError / ... with a
+message naming the file and what to do at the boundary where it is found) all end as ONE line on
+stderr, `<script>: error: <message>`, and EXIT_ERROR, without a traceback. `--traceback` shows the full
+one (for bugs, not for mistakes). A script that takes positional arguments says so:
+`cli.run(main, positionals=True)`.
 
 Importing this module does not import TensorFlow, so `--help` of a script that imports TensorFlow
 only inside `main` answers at once. Also the one place for paths that must not depend on the working
@@ -23,7 +43,20 @@ from absl import app, flags
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(REPO_DIR, "dataset", "tfrecords")
+
+EXIT_OK = 0
+EXIT_SKIPPED = 1
 EXIT_ERROR = 2
+EXIT_PREEMPTED = 42
+# The table of the module docstring, for tests and for scripts that explain a status.
+EXIT_CODES = {
+    "EXIT_OK": (EXIT_OK, "finished; every input was processed"),
+    "EXIT_SKIPPED": (EXIT_SKIPPED, "finished, but some inputs were skipped (each named in the log)"),
+    "EXIT_ERROR": (EXIT_ERROR, "a usage or input error, told in one line"),
+    "EXIT_PREEMPTED": (EXIT_PREEMPTED, "a preempted training run saved a checkpoint: start it again"),
+}
+# Leftover arguments named in the error line; an expanded glob may be thousands.
+_LISTED_ARGUMENTS = 5
 
 flags.DEFINE_bool("traceback", False, "On an error, show the Python traceback instead of one line.")
 
@@ -50,9 +83,9 @@ def error_line(script, error):
     return "%s: error: %s" % (script, message)
 
 
-def fail(message):
-    """Print `message` as the one error line and exit with EXIT_ERROR."""
-    sys.stderr.write("%s: error: %s\n" % (os.path.basename(sys.argv[0]), message))
+def fail(message, script=None):
+    """Print `message` as the one error line of `script` (default sys.argv[0]) and exit with EXIT_ERROR."""
+    sys.stderr.write("%s: error: %s\n" % (os.path.basename(script or sys.argv[0]), message))
     sys.stderr.flush()
     sys.exit(EXIT_ERROR)
 
@@ -69,21 +102,63 @@ def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail("%s (see --helpfull)" % str(e).replace("\n", " "))
+        fail("%s (see --helpfull)" % str(e).replace("\n", " "), argv[0])
 
 
-def run(main):
-    """absl's app.run(main) with flag errors and ordinary mistakes as one line (module docstring)."""
-    def guarded(argv):
+def _flag_before(raw_argv, index):
+    """(flag name, its value) of the flag that ends just before raw_argv[index], or (None, None)."""
+    previous = raw_argv[index - 1] if index >= 2 else ""
+    if previous.startswith("--") and "=" in previous:
+        name, value = previous[2:].split("=", 1)
+        return name, value
+    before = raw_argv[index - 2] if index >= 3 else ""
+    if before.startswith("-") and "=" not in before and not previous.startswith("-"):
+        return before.lstrip("-"), previous
+    return None, None
+
+
+def leftover_arguments_message(raw_argv, leftovers):
+    """The error line's message for arguments that no flag took: them (the first few), the flag they
+    follow, and how to pass them: a quoted glob, one comma-separated value of a list flag, a quoted value."""
+    listed = " ".join(leftovers[:_LISTED_ARGUMENTS])
+    if len(leftovers) > _LISTED_ARGUMENTS:
+        listed += " ... (%d in all)" % len(leftovers)
+    message = "no flag takes the argument%s %s" % ("s" if len(leftovers) > 1 else "", listed)
+    index = raw_argv.index(leftovers[0], 1) if leftovers[0] in raw_argv[1:] else 0
+    name, value = _flag_before(raw_argv, index)
+    if name is None or name not in flags.FLAGS:
+        return message + ": quote a glob or a value with spaces so the shell passes it as one argument"
+    message += " (after --%s %s)" % (name, value)
+    flag = flags.FLAGS[name]
+    if isinstance(flag.parser, flags.BaseListParser) or isinstance(flag, flags.MultiFlag):
+        pattern = os.path.join(os.path.dirname(value), "*" + os.path.splitext(value)[1])
+        items = [value] + list(leftovers[:2]) + (["..."] if len(leftovers) > 2 else [])
+        form = ("--%s %s" % (name, ",".join(items)) if isinstance(flag.parser, flags.BaseListParser)
+                else " ".join("--%s %s" % (name, item) for item in items[:2]) + " ...")
+        return message + ": quote a glob so the shell passes it whole (--%s '%s'), or give the list as %s" % (
+            name, pattern, form)
+    return message + ": quote a value with spaces so the shell passes it as one argument (--%s '%s')" % (
+        name, " ".join([value] + list(leftovers[:_LISTED_ARGUMENTS])))
+
+
+def run(main, argv=None, positionals=False):
+    """absl's app.run(main) with the edge of the module docstring: flag errors, arguments that no flag
+    takes (unless `positionals`) and ordinary mistakes as one line and EXIT_ERROR; main's return value
+    (an EXIT_* name, None for EXIT_OK) is the exit status. `argv`: sys.argv unless given (tests)."""
+    raw_argv = list(sys.argv if argv is None else argv)
+
+    def guarded(parsed_argv):
+        if not positionals and len(parsed_argv) > 1:
+            fail(leftover_arguments_message(raw_argv, parsed_argv[1:]), raw_argv[0])
         try:
-            return main(argv)
+            return main(parsed_argv)
         except _ordinary_errors() as e:
             if flags.FLAGS.traceback:
                 raise
-            sys.stderr.write(error_line(os.path.basename(sys.argv[0]), e) + "\n")
+            sys.stderr.write(error_line(os.path.basename(raw_argv[0]), e) + "\n")
             sys.stderr.flush()
             sys.exit(EXIT_ERROR)
-    app.run(guarded, flags_parser=_parse_flags)
+    app.run(guarded, argv=raw_argv, flags_parser=_parse_flags)
 
 
 def positive(name):

@@ -18,6 +18,8 @@ import time
 
 from absl import app, flags, logging
 
+from engine import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("port", 0, "Port to serve on; 0 picks a free one (printed).")
 flags.DEFINE_string("dispatcher", "", "worker: the dispatcher's HOST:PORT.")
@@ -71,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, positionals=True)   # the role is a positional argument

@@ -21,13 +21,20 @@ RetinaNet), so `python3 -m mlperf_logging.compliance_checker --usage training --
 `weights_initialization` per reference tensor, under the names of NVIDIA's MXNet submission
 (`ssd0_resnetmlperf0_stage1_conv0_weight`, ...): `closed_tensor_names` derives them from our layers.
 Presets other than full-width ssd300_resnet34 are logged as the open division.
+
+MLPerf mode decides the run's steps, schedule and evaluation epochs (`make_plan`, a `Plan`) and
+train_ssd.py passes that plan on; the flags it overrides (--max_steps, --learning_rate, --warmup_steps,
+--decay_boundaries, --eval_every_steps) are ignored, never rewritten.
 """
 
+import dataclasses
 import math
 import os
 import time
 
 from absl import flags, logging
+
+from engine import train_config
 
 LOG_FILENAME = "mlperf.log"
 RULESET = "1.1.0"
@@ -98,8 +105,43 @@ def closed_tensor_names(model, config):
     return names
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Plan(train_config.Plan):
+    """What MLPerf mode decides (module docstring): the train_config.Plan the loop runs, and its epochs."""
+
+    train_images: int                # images per epoch
+    steps_per_epoch: int             # ceil(train_images / global batch)
+    decay_epochs: tuple              # epochs at whose start lr is multiplied by DECAY_FACTOR
+    eval_epochs: tuple               # evaluate after these epochs (those beyond --epochs dropped), sorted
+
+
+def make_plan(flag_values, global_batch, train_images):
+    """The reference's schedule for `train_images` images per epoch at `global_batch` (module docstring).
+
+    `flag_values` gives epochs, warmup_epochs, warmup_factor, decay_epochs, eval_epochs and base_lr_per_32
+    (absl FLAGS or any object with those attributes); it is only read.
+    """
+    steps_per_epoch = math.ceil(train_images / global_batch)
+    decay_epochs = tuple(int(e) for e in flag_values.decay_epochs)
+    boundaries = tuple(e * steps_per_epoch for e in decay_epochs)
+    return Plan(
+        max_steps=flag_values.epochs * steps_per_epoch,
+        learning_rate=flag_values.base_lr_per_32 * global_batch / REFERENCE_LR_BATCH,
+        decay_boundaries=boundaries,
+        decay_factors=tuple(DECAY_FACTOR ** i for i in range(len(boundaries) + 1)),
+        # train.py: wb = int(warmup * nonempty_imgs / global_batch); the rules want at least one step.
+        warmup_steps=max(1, int(flag_values.warmup_epochs * train_images / global_batch)),
+        warmup_start=1.0 - 2.0 ** -flag_values.warmup_factor,
+        eval_every_steps=0,           # evaluation happens at eval_epochs, in Session.after_step
+        train_images=train_images,
+        steps_per_epoch=steps_per_epoch,
+        decay_epochs=decay_epochs,
+        eval_epochs=tuple(sorted(int(e) for e in flag_values.eval_epochs if int(e) <= flag_values.epochs)))
+
+
 class Session:
-    """One MLPerf run: the log, the epoch clock, evaluation and the stop decision."""
+    """One MLPerf run: its plan (`.plan`, for train_ssd.py to train by), the log, the epoch clock,
+    evaluation and the stop decision. `flag_values` is only read."""
 
     def __init__(self, flag_values, config, data_dir, model_dir, num_replicas, chief=True):
         from mlperf_logging import mllog
@@ -118,24 +160,15 @@ class Session:
         self._start(constants.INIT_START)
         self.global_batch = flag_values.batch_size
         self.num_replicas = num_replicas
-        self.train_images = flag_values.train_images or count_records(data_dir, "train")
+        self.plan = make_plan(flag_values, self.global_batch,
+                              flag_values.train_images or count_records(data_dir, "train"))
         self.eval_images = count_records(data_dir, "val")
-        self.steps_per_epoch = math.ceil(self.train_images / self.global_batch)
-        self.max_steps = flag_values.epochs * self.steps_per_epoch
-        self.learning_rate = flag_values.base_lr_per_32 * self.global_batch / REFERENCE_LR_BATCH
-        # train.py: wb = int(warmup * nonempty_imgs / global_batch); the rules want at least one step.
-        self.warmup_steps = max(1, int(flag_values.warmup_epochs * self.train_images / self.global_batch))
-        self.decay_epochs = [int(e) for e in flag_values.decay_epochs]
-        self.eval_epochs = sorted(int(e) for e in flag_values.eval_epochs if int(e) <= flag_values.epochs)
         self.closed = (flag_values.submission_division == "closed" or flag_values.submission_division == "auto"
                        and config.name == "ssd300_resnet34" and config.width_multiplier == 1.0)
         self.start_time = None
         self.stopped = False
         self._block_first = None
         self._samples_since = (0, None)
-        # MLPerf mode owns the step count and the evaluation cadence.
-        flag_values.max_steps = self.max_steps
-        flag_values.eval_every_steps = 0
 
     # -- the log -------------------------------------------------------------------------------
     def _event(self, key, value=None, **metadata):
@@ -149,14 +182,6 @@ class Session:
     def _end(self, key, value=None, **metadata):
         if self.chief:
             self.log.end(key=key, value=value, metadata=metadata or None)
-
-    def schedule(self):
-        """The learning-rate schedule (see the module docstring) for training.make_optimizer."""
-        from engine import training
-        boundaries = [e * self.steps_per_epoch for e in self.decay_epochs]
-        factors = [DECAY_FACTOR ** i for i in range(len(boundaries) + 1)]
-        return training.WarmupPiecewiseSchedule(self.learning_rate, boundaries, factors, self.warmup_steps,
-                                                warmup_start=1.0 - 2.0 ** -self.flags.warmup_factor)
 
     def run_start(self, model):
         """Logs the submission and hyperparameters, the initialised tensors, init_stop and run_start."""
@@ -173,14 +198,14 @@ class Session:
         self._event(c.GLOBAL_BATCH_SIZE, self.global_batch)
         self._event(c.GRADIENT_ACCUMULATION_STEPS, 1)
         self._event(c.MODEL_BN_SPAN, self.global_batch // self.num_replicas)   # BN statistics per replica
-        self._event(c.TRAIN_SAMPLES, self.train_images)
+        self._event(c.TRAIN_SAMPLES, self.plan.train_images)
         self._event(c.EVAL_SAMPLES, self.eval_images)
         self._event(c.MAX_SAMPLES, MAX_CROP_TRIALS)
-        self._event(c.OPT_BASE_LR, self.learning_rate)
+        self._event(c.OPT_BASE_LR, self.plan.learning_rate)
         self._event(c.OPT_WEIGHT_DECAY, f.weight_decay)
-        self._event(c.OPT_LR_WARMUP_STEPS, self.warmup_steps)
+        self._event(c.OPT_LR_WARMUP_STEPS, self.plan.warmup_steps)
         self._event(c.OPT_LR_WARMUP_FACTOR, f.warmup_factor)
-        self._event(c.OPT_LR_DECAY_BOUNDARY_EPOCHS, self.decay_epochs)
+        self._event(c.OPT_LR_DECAY_BOUNDARY_EPOCHS, list(self.plan.decay_epochs))
         if self.closed:
             for name in closed_tensor_names(model, self.config):
                 self._event(c.WEIGHTS_INITIALIZATION, tensor=name)
@@ -194,17 +219,17 @@ class Session:
 
         `evaluate()` -> the evaluator's result dict; called at the end of each epoch in eval_epochs.
         """
-        c = self.c
-        epoch, within = divmod(step - 1, self.steps_per_epoch)   # 0-based epoch of this step
+        c, plan = self.c, self.plan
+        epoch, within = divmod(step - 1, plan.steps_per_epoch)   # 0-based epoch of this step
         if within == 0:
             self._epoch_begin(epoch + 1)
-        if within != self.steps_per_epoch - 1 and step != self.max_steps:
+        if within != plan.steps_per_epoch - 1 and step != plan.max_steps:
             return False
         done_epoch = epoch + 1
         self._end(c.EPOCH_STOP, epoch_num=done_epoch)
         self._throughput(step)
         stop = False
-        if done_epoch in self.eval_epochs:
+        if done_epoch in plan.eval_epochs:
             self._end(c.BLOCK_STOP, first_epoch_num=self._block_first)
             self._start(c.EVAL_START, epoch_num=done_epoch)
             results = evaluate()
@@ -217,14 +242,14 @@ class Session:
                          self.flags.target_map)
             stop = accuracy >= self.flags.target_map
             self._block_first = None
-        if stop or step >= self.max_steps:
+        if stop or step >= plan.max_steps:
             self.finish(stop)
         return stop
 
     def _epoch_begin(self, epoch_num):
         c = self.c
         if self._block_first is None:
-            later = [e for e in self.eval_epochs if e >= epoch_num] or [self.flags.epochs]
+            later = [e for e in self.plan.eval_epochs if e >= epoch_num] or [self.flags.epochs]
             self._block_first = epoch_num
             self._start(c.BLOCK_START, first_epoch_num=epoch_num, epoch_count=later[0] - epoch_num + 1)
         self._start(c.EPOCH_START, epoch_num=epoch_num)

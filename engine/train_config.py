@@ -1,4 +1,7 @@
-"""Names the training flags choose from, importable without TensorFlow (so `--help` stays fast)."""
+"""Names the training flags choose from and the run's plan, importable without TensorFlow (so `--help`
+stays fast)."""
+
+import dataclasses
 
 # engine.training.make_optimizer builds each: SGD is the paper's; Adam trains from scratch.
 OPTIMIZERS = ("sgd", "adam")
@@ -12,6 +15,27 @@ def every(period, step, max_steps=None):
     return period > 0 and (step % period == 0 or step == max_steps)
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How long a run trains, its learning-rate schedule and its evaluation cadence: read from the flags
+    (train_ssd.py) or decided by MLPerf mode (engine/mlperf.make_plan), and passed to the loop explicitly;
+    nothing writes them back into the flags."""
+
+    max_steps: int
+    learning_rate: float             # the base rate the factors multiply
+    decay_boundaries: tuple          # steps where the rate factor changes, increasing
+    decay_factors: tuple             # one more than decay_boundaries
+    warmup_steps: int                # 0: no warm-up
+    warmup_start: float = 0.1        # the warm-up's first rate, as a fraction of learning_rate
+    eval_every_steps: int = 0        # in-process evaluation cadence; 0: never
+
+    def schedule(self):
+        """The training.WarmupPiecewiseSchedule of this plan (imports TensorFlow)."""
+        from engine import training
+        return training.WarmupPiecewiseSchedule(self.learning_rate, self.decay_boundaries, self.decay_factors,
+                                                self.warmup_steps, warmup_start=self.warmup_start)
+
+
 # README's sample recipe: what trains from scratch (no pretrained backbone) on the embedded sample.
 FROM_SCRATCH_COMMAND = ("python3 train_ssd.py --batch_size 16 --model_dir logs/sample --width_multiplier 0.25 "
                         "--optimizer adam --learning_rate 1e-3 --warmup_steps 100 --max_steps 2000 "
@@ -23,18 +47,3 @@ def backbone_present(path):
     import os
     return bool(path) and (os.path.isfile(path) or os.path.isfile(path + ".index") or
                            (os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path))))
-
-
-def seed_everything(seed, deterministic=False):
-    """Seeds Python, NumPy and TensorFlow (keras.utils.set_random_seed); with `deterministic`, also
-    makes TensorFlow's ops deterministic (tf.config.experimental.enable_op_determinism), so two runs of
-    the same seed on the same machine give bit-identical weights.
-
-    Call it before importing nets/: a Keras initializer created without a seed draws its seed from
-    Python's `random` when it is created, and nets/vgg16.py creates one at import.
-    """
-    import keras
-    import tensorflow as tf
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()

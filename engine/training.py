@@ -103,11 +103,20 @@ def weight_decay_loss(variables, weight_decay):
                                           for v in variables])
 
 
-def set_up(mixed_precision, seed):
-    """Global state every run sets first: the Keras dtype policy ("none", "bfloat16", "float16") and seeds."""
+def set_up(mixed_precision, seed, deterministic=False):
+    """Global state every run sets first, once: the Keras dtype policy ("none", "bfloat16", "float16"),
+    the seeds of Python, NumPy and TensorFlow (keras.utils.set_random_seed), and with `deterministic`
+    TensorFlow's deterministic ops (tf.config.experimental.enable_op_determinism), so two runs of the
+    same seed on the same machine give bit-identical weights.
+
+    Call it before building the model: nets/ creates its initializers per layer when the model is built,
+    and an initializer without a seed draws one from Python's `random` then.
+    """
     if mixed_precision != "none":
         keras.mixed_precision.set_dtype_policy(f"mixed_{mixed_precision}")
     keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def make_optimizer(schedule, momentum, mixed_precision, name="sgd"):

@@ -1,5 +1,7 @@
 """Every ordinary mistake ends in one line naming the problem and what to do, exit status 2, no
-traceback (issue 11, item 8); every script's --help answers without importing TensorFlow (item 9).
+traceback (issue 11, item 8); every script's --help answers without importing TensorFlow (item 9);
+every script ends through engine/cli.run, whose one exit-code table they use by name, and which refuses
+arguments that no flag takes (issue 22, item 5).
 
 Each case runs the script as a user would (a subprocess); TensorFlow's own start-up log lines
 (`I0000 ...`, `W1201 ...`, `WARNING: All log messages ...`) are not ours and are set aside.
@@ -11,8 +13,10 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
 from conftest import REPO_ROOT
+from engine import cli
 
 # absl / TensorFlow C++ log lines ("I1201 08:00:00.000 ...", "W0000 ..."), and TF's start-up notice.
 _LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following instructions)")
@@ -151,3 +155,107 @@ def test_help_answers_without_importing_tensorflow(tmp_path, script):
     assert "imported before the flags were parsed" not in stderr, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     assert "--" in stdout and script.replace(".py", "") in stdout, stdout[:500]
+
+
+# Every top-level script, each ending through cli.run (the test below checks the list is complete).
+ALL_SCRIPTS = ["train_ssd.py", "eval_ssd.py", "detect_ssd.py", "export_saved_model.py", "export_tflite.py",
+               "stream_ssd.py", "analyze_dataset.py", "list_coco_categories.py",
+               "convert_voc_sample_tfrecords.py", "convert_coco_tfrecords.py", "visualize_augmentation.py"]
+
+
+def test_exit_code_table_is_distinct_and_documented():
+    assert (cli.EXIT_OK, cli.EXIT_SKIPPED, cli.EXIT_ERROR, cli.EXIT_PREEMPTED) == (0, 1, 2, 42)
+    codes = [code for code, _ in cli.EXIT_CODES.values()]
+    assert len(set(codes)) == len(codes) == 4
+    for name, (code, meaning) in cli.EXIT_CODES.items():
+        assert getattr(cli, name) == code and meaning
+        # The module docstring's table: "    EXIT_SKIPPED     1   finished, but ..."
+        assert re.search(rf"^    {name} +{code}   \w", cli.__doc__, re.MULTILINE), name
+
+
+def test_every_script_ends_through_cli_run_and_uses_the_names():
+    scripts = sorted(n for n in os.listdir(REPO_ROOT) if n.endswith(".py"))
+    assert scripts == sorted(ALL_SCRIPTS)
+    for script in ALL_SCRIPTS:
+        with open(os.path.join(REPO_ROOT, script)) as f:
+            source = f.read()
+        ending = source[source.index('if __name__ == "__main__":'):]
+        assert re.search(r"^    cli\.run\(main\)$", ending, re.MULTILINE), script
+        # No other way out: absl's app.run, sys.exit, a status by its number, an error printed, or logged
+        # and returned from (logging.error stays for a skipped input that is counted, detect_ssd.py).
+        for pattern in (r"\bapp\.run\(", r"\bsys\.exit\(", r"\breturn -?\d+\b", r"file=sys\.stderr",
+                        r"logging\.error\(.*\n\s+return\b"):
+            assert not re.search(pattern, source), (script, pattern)
+
+
+# In-process: cli.run on a main of our own, with flags of our own (absl's FLAGS are shared by the suite).
+if "cli_test_files" not in flags.FLAGS:
+    flags.DEFINE_list("cli_test_files", None, "Test-only list flag (tests/test_cli_errors.py).")
+    flags.DEFINE_string("cli_test_name", None, "Test-only string flag (tests/test_cli_errors.py).")
+
+
+def _run_in_process(argv, capsys, positionals=False, result=None, raises=None):
+    calls = []
+
+    def main(parsed):
+        calls.append(parsed)
+        if raises:
+            raise raises
+        return result
+    with pytest.raises(SystemExit) as exited:
+        cli.run(main, argv=argv, positionals=positionals)
+    return exited.value.code, capsys.readouterr().err, calls
+
+
+def test_leftover_arguments_are_one_line_naming_them_and_main_never_runs(capsys):
+    # What `detect.py --cli_test_files photos/*.jpg` is after the shell expanded the glob.
+    argv = ["detect.py", "--cli_test_files", "photos/a.jpg", "photos/b.jpg", "photos/c.jpg", "photos/d.jpg"]
+    code, err, calls = _run_in_process(argv, capsys)
+    assert code == cli.EXIT_ERROR == 2 and calls == []
+    assert err == ("detect.py: error: no flag takes the arguments photos/b.jpg photos/c.jpg photos/d.jpg "
+                   "(after --cli_test_files photos/a.jpg): quote a glob so the shell passes it whole "
+                   "(--cli_test_files 'photos/*.jpg'), or give the list as "
+                   "--cli_test_files photos/a.jpg,photos/b.jpg,photos/c.jpg,...\n")
+    code, err, calls = _run_in_process(["x.py", "--cli_test_name=my", "photo.png"], capsys)
+    assert code == 2 and calls == [] and err == (
+        "x.py: error: no flag takes the argument photo.png (after --cli_test_name my): quote a value with "
+        "spaces so the shell passes it as one argument (--cli_test_name 'my photo.png')\n")
+    code, err, calls = _run_in_process(["x.py", "stray"] + [f"f{i}.png" for i in range(9)], capsys)
+    assert code == 2 and calls == [] and err == (
+        "x.py: error: no flag takes the arguments stray f0.png f1.png f2.png f3.png ... (10 in all): quote a "
+        "glob or a value with spaces so the shell passes it as one argument\n")
+
+
+def test_positionals_opt_in_statuses_and_ordinary_errors(capsys):
+    code, err, calls = _run_in_process(["serve.py", "worker", "--cli_test_name", "n"], capsys, positionals=True)
+    assert code is None and err == "" and calls == [["serve.py", "worker"]]     # None: status 0
+    code, err, calls = _run_in_process(["conv.py"], capsys, result=cli.EXIT_SKIPPED)
+    assert code == 1 and err == "" and calls == [["conv.py"]]
+    code, err, _ = _run_in_process(["conv.py"], capsys, raises=FileNotFoundError("a.json: file not found"))
+    assert code == 2 and err == "conv.py: error: a.json: file not found\n"
+    code, err, calls = _run_in_process(["conv.py", "--cli_test_nam", "x"], capsys)
+    assert code == 2 and calls == [] and err.startswith("conv.py: error: ") and err.count("\n") == 1
+
+
+# A stray argument for each script, with the flags it requires, so only the stray one is wrong.
+STRAY = {"detect_ssd.py": ["--output_dir", "out", "--input", "photos/a.jpg", "photos/b.jpg"],
+         "export_saved_model.py": ["--output_dir", "out", "extra"],
+         "export_tflite.py": ["--output_dir", "out", "extra"],
+         "stream_ssd.py": ["--source", "clip.mp4", "extra"]}
+
+
+@pytest.mark.slow
+def test_every_script_refuses_an_argument_no_flag_takes(tmp_path):
+    data_dir = tmp_path / "records"
+    data_dir.mkdir()
+    (data_dir / "label_map.pbtxt").write_text("item { id: 1 name: 'a' }\n")
+    started = []
+    for script in ALL_SCRIPTS:
+        data = ["--data_dir", str(data_dir)] if script in ("train_ssd.py", "eval_ssd.py",
+                                                           "visualize_augmentation.py") else []
+        started.append((_start(script, *data, *STRAY.get(script, ["extra"])), script))   # in parallel
+    for proc, script in started:
+        pattern = (r"no flag takes the argument photos/b.jpg \(after --input photos/a.jpg\): quote a glob .*"
+                   r"--input 'photos/\*\.jpg'.* --input photos/a.jpg,photos/b.jpg$" if script == "detect_ssd.py"
+                   else r"no flag takes the argument extra")
+        _assert_one_error_line(proc, script, pattern)

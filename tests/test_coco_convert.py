@@ -199,6 +199,6 @@ def test_script_defaults_convert_the_sample_and_bad_json_is_one_line(tmp_path):
     bad = _script("--train_annotations", str(captions), "--validation_annotations", "",
                   "--output_directory", str(tmp_path / "bad"))
     assert bad.returncode == 2
-    errors = [line for line in bad.stderr.splitlines() if line.startswith("E") and "captions.json" in line]
-    assert len(errors) == 1 and "not a COCO instances file" in errors[0], bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("convert_coco_tfrecords.py: error: ")]
+    assert len(errors) == 1 and "captions.json: not a COCO instances file" in errors[0], bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad").exists()

@@ -1,6 +1,7 @@
 """engine/mlperf.py: the reference's epoch schedule, and an MLPerf run on the sample that the
 mlperf-logging compliance checker accepts (train_ssd.py --mlperf, ssd300_resnet34 at width 1/8)."""
 
+import dataclasses
 import json
 import os
 import re
@@ -31,16 +32,34 @@ def _session(tmp_path, sample_records, **overrides):
 
 def test_reference_1x8_schedule(tmp_path, sample_records):
     session, flag_values = _session(tmp_path, sample_records)
+    plan = session.plan
     # config_DGX1_singlenode.sh: 8 GPUs x 128; lr 2.5e-3 * 1024 / 32; 117,266 non-empty COCO train images.
-    assert session.steps_per_epoch == 115                       # ceil(117266 / 1024) = ceil(114.52)
-    assert session.warmup_steps == 299                          # int(2.619685 * 117266 / 1024) = int(299.99998)
-    assert session.max_steps == 80 * 115 and flag_values.max_steps == 9200 and flag_values.eval_every_steps == 0
+    assert plan.steps_per_epoch == 115                          # ceil(117266 / 1024) = ceil(114.52)
+    assert plan.warmup_steps == 299                             # int(2.619685 * 117266 / 1024) = int(299.99998)
+    assert plan.max_steps == 80 * 115 == 9200 and plan.eval_every_steps == 0
+    assert plan.learning_rate == pytest.approx(0.08) and plan.decay_boundaries == (4600, 5750)
+    assert plan.eval_epochs == (40, 50, 55, 60, 65, 70, 75, 80) and plan.train_images == 117266
+    # The plan is returned, never written into the flags train_ssd.py reads.
+    assert flag_values.max_steps == 0 and flag_values.eval_every_steps == 100
     assert session.eval_images == 80 and session.closed
-    lr = session.schedule()
+    lr = plan.schedule()
     # MLPerf warm-up with factor 0: lr(k) = 0.08 * k / 299 for k < 299; x0.1 at epochs 40 and 50.
     expected = {0: 0.0, 150: 0.08 * 150 / 299, 299: 0.08, 4599: 0.08, 4600: 0.008, 5749: 0.008, 5750: 0.0008}
     for step, value in expected.items():
         assert float(lr(step)) == pytest.approx(value, rel=1e-6), step
+
+
+def test_plan_drops_eval_epochs_past_the_last_and_is_frozen():
+    flag_values = types.SimpleNamespace(epochs=3, warmup_epochs=0.0, warmup_factor=1, decay_epochs=["2"],
+                                        eval_epochs=["3", "1", "5"], base_lr_per_32=1e-3)
+    plan = mlperf.make_plan(flag_values, global_batch=4, train_images=10)
+    # ceil(10 / 4) = 3 steps an epoch, 3 epochs; decay at the start of epoch 2 (step 6); epoch 5 > 3 dropped.
+    assert (plan.steps_per_epoch, plan.max_steps, plan.decay_boundaries) == (3, 9, (6,))
+    assert plan.eval_epochs == (1, 3) and plan.decay_factors == (1.0, 0.1)
+    assert plan.warmup_steps == 1 and plan.warmup_start == 0.5   # at least one step; 1 - 2^-1
+    assert plan.learning_rate == pytest.approx(1e-3 * 4 / 32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.max_steps = 1
 
 
 def test_closed_tensor_names_are_the_rule_set_s(sample_records):

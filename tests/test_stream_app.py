@@ -182,7 +182,7 @@ def test_script_with_a_window_offscreen_on_a_video_file(clip, exported):  # noqa
     result = _run_script("--model", exported, "--source", path,
                          env={k: v for k, v in os.environ.items()
                               if k not in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")})
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "stream_ssd.py: no display to open a window on: run with --no_display (and --output/--jsonl), "
+        "stream_ssd.py: error: no display to open a window on: run with --no_display (and --output/--jsonl), "
         "or set QT_QPA_PLATFORM=offscreen")

@@ -282,16 +282,16 @@ def test_folder_with_changing_sizes_and_a_broken_image(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--source", "missing.mp4"], "stream_ssd.py: missing.mp4: no such video file"),
+    (["--source", "missing.mp4"], "stream_ssd.py: error: missing.mp4: no such video file"),
     (["--source", "dataset/sample/JPEGImages", "--model", "ssd.tflite"],
-     "stream_ssd.py: ssd.tflite: cannot load the model (ssd.tflite: no such .tflite file)"),
+     "stream_ssd.py: error: ssd.tflite: cannot load the model (ssd.tflite: no such .tflite file)"),
     (["--source", "dataset/sample/JPEGImages", "--output", "out.gif"],
-     "stream_ssd.py: --output out.gif: the file name must end in one of .avi"),
+     "stream_ssd.py: error: --output out.gif: the file name must end in one of .avi"),
 ], ids=["missing_file", "tflite", "output_format"])
-def test_script_bad_input_exits_1_with_one_line(exported, args, message):
+def test_script_bad_input_exits_2_with_one_line(exported, args, message):
     if "--model" not in args:
         args = args + ["--model", exported]
     result = _run_script(*args, "--no_display")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in result.stderr

@@ -83,7 +83,7 @@ class StreamWindow(QtWidgets.QMainWindow):
         self.min_score = float(min_score)
         self.last_result = None       # the newest FrameResult
         self.annotated = None         # what the view shows: last_result's frame with detections drawn
-        self.error = None             # the source's failure message; the exit status is then 1
+        self.error = None             # the source's failure message (run returns it)
         self.ended = False
         self.close_at_end = close_at_end
         self.setWindowTitle(f"SSD: {pipeline.source.name}")
@@ -223,7 +223,7 @@ def application():
 
 
 def run(pipeline, class_names, min_score, class_ids, snapshot_dir, close_at_end=False, size=(1100, 640)):
-    """Shows the window until it is closed; the exit status: 1 when the source failed, else 0."""
+    """Shows the window until it is closed; returns why the source failed (its message), or None."""
     app = application()
     window = StreamWindow(pipeline, class_names, min_score, class_ids, snapshot_dir, close_at_end)
     window.resize(*size)
@@ -235,4 +235,4 @@ def run(pipeline, class_names, min_score, class_ids, snapshot_dir, close_at_end=
     app.exec()
     logging.info("%d frames shown, %d dropped; %s", pipeline.frames_done, pipeline.frames_dropped,
                  f"source failed: {window.error}" if window.error else "closed")
-    return 1 if window.error else 0
+    return window.error
