@@ -7,7 +7,7 @@
 
 A split is DIR or DIR:IMAGESET (ImageSets/Main/IMAGESET.txt; without it trainval.txt when present,
 else every annotation); comma-separated splits are merged. Writes train-*-of-* and val-* shards and
-label_map.pbtxt. Exits 1 (engine/cli.EXIT_SKIPPED) when any file was skipped, unless --allow_skips.
+label_map.pbtxt. Exits 3 (engine/cli.EXIT_SKIPPED) when any file was skipped, unless --allow_skips.
 """
 
 import os

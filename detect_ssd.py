@@ -22,7 +22,7 @@ engine.serving.detections_record's, with "file" and, for a split, "ground_truth"
 
 --tensorboard_dir writes each drawn image as a TensorBoard image (tag detections/<stem>) whose
 description gives the counts. A file that cannot be read or decoded is named in an error line, skipped
-and counted; the exit status is then 1 (engine/cli.EXIT_SKIPPED).
+and counted; the exit status is then 3 (engine/cli.EXIT_SKIPPED).
 """
 
 import glob

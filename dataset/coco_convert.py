@@ -9,7 +9,7 @@ records serialized.
 
 Bad input, each case named with its count in the summary (`SplitResult.skipped` / `.repaired`):
 
-    skipped (exit status 1 unless --allow_skips)   malformed entry, duplicate image id (every copy),
+    skipped (exit status 3 unless --allow_skips)   malformed entry, duplicate image id (every copy),
                                                   unsafe file_name, annotation of a missing image,
                                                   missing or corrupt image file, image size != JSON
     repaired (the record differs from the JSON)    box with width or height <= 0 (dropped), box

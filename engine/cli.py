@@ -12,11 +12,10 @@
 The exit statuses, the one table every script uses (by these names, never by their numbers):
 
     EXIT_OK          0   finished; every input was processed.
-    EXIT_SKIPPED     1   finished, but some inputs were skipped, each named in the log (detect_ssd.py over
-                         a folder with an unreadable image; the converters unless --allow_skips). 1 is
-                         what these scripts exited with before this table existed. A bug (an exception
-                         that is no ordinary mistake) also ends with 1, Python's status, after its
-                         traceback: the traceback tells the two apart.
+    EXIT_SKIPPED     3   finished, but some inputs were skipped, each named in the log (detect_ssd.py over
+                         a folder with an unreadable image; the converters unless --allow_skips). Not 1,
+                         which these scripts used before this table: 1 is Python's status after the
+                         traceback of a bug, and a caller must tell "done, some skipped" from "crashed".
     EXIT_ERROR       2   a usage or input error: a wrong flag, an argument no flag takes, a missing or
                          malformed file; one line and nothing (more) written.
     EXIT_PREEMPTED  42   a preempted training run saved a checkpoint and stopped: start it again to
@@ -45,7 +44,7 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(REPO_DIR, "dataset", "tfrecords")
 
 EXIT_OK = 0
-EXIT_SKIPPED = 1
+EXIT_SKIPPED = 3
 EXIT_ERROR = 2
 EXIT_PREEMPTED = 42
 # The table of the module docstring, for tests and for scripts that explain a status.

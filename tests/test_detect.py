@@ -16,7 +16,7 @@ from PIL import Image
 import detect_ssd
 from conftest import REPO_ROOT
 from dataset import label_map
-from engine import serving, tflite_export
+from engine import cli, serving, tflite_export
 from test_export import CLASS_NAMES, write_random_model_dir
 
 SAMPLE_JPEG = os.path.join(REPO_ROOT, "dataset", "sample", "JPEGImages", "000001.jpg")
@@ -121,7 +121,7 @@ def test_script_names_skipped_files_and_exits_nonzero(model_and_export, image_di
          "--input", f"{image_dir}/c.jpg,{image_dir}/b.png", "--output_dir", str(output_dir),
          "--output_format", "jpg"],
         capture_output=True, text=True, cwd=REPO_ROOT)
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.returncode == cli.EXIT_SKIPPED == 3, result.stderr[-3000:]
     assert f"skipping {image_dir}/c.jpg" in result.stderr
     assert "1 files skipped" in result.stderr
     assert sorted(os.listdir(output_dir)) == ["b_detections.jpg", "detections.json"]
