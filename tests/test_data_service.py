@@ -70,6 +70,7 @@ def test_service_batches_and_training_steps_equal_the_local_pipeline(sample_reco
     assert not np.array_equal(other[0].numpy(), local_batches[0][0].numpy())
 
 
+@pytest.mark.slow
 def test_train_ssd_trains_from_the_data_service(sample_records, cluster, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)

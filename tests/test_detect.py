@@ -110,6 +110,7 @@ def _assert_same_records(ours, theirs, tolerance):
         free.remove(match)
 
 
+@pytest.mark.slow
 def test_script_names_skipped_files_and_exits_nonzero(model_and_export, image_dir, tmp_path):
     _, export_dir, _ = model_and_export
     output_dir = tmp_path / "out"
@@ -124,6 +125,7 @@ def test_script_names_skipped_files_and_exits_nonzero(model_and_export, image_di
     assert sorted(os.listdir(output_dir)) == ["b_detections.jpg", "detections.json"]
 
 
+@pytest.mark.slow
 def test_record_split_with_ground_truth_into_tensorboard(model_and_export, sample_records, tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 

@@ -146,6 +146,7 @@ print(json.dumps({style: {k: v.numpy().tolist() for k, v in out.items()} for sty
 """
 
 
+@pytest.mark.slow
 def test_fresh_process_calls_the_export_three_ways(exported, eval_detect, tmp_path):
     """As the OD API's TF2 tutorial does: tf.saved_model.load(path)(images), its serving_default with
     input_tensor=, and serving_encoded with PNG bytes; all three equal the eval path."""
@@ -219,6 +220,7 @@ def test_export_replaces_only_an_export_and_leaves_nothing_when_interrupted(trai
     assert sorted(os.listdir(tmp_path)) == ["precious"]   # neither ssd/ nor a temporary folder
 
 
+@pytest.mark.slow
 def test_export_script_and_bfloat16_variant(trained_dir, tmp_path):
     """The CLI from --checkpoint_path, over an earlier export, with the bfloat16 policy: outputs float32."""
     path, config = trained_dir

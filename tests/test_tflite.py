@@ -170,6 +170,7 @@ def test_load_detector_kinds_agree_and_reject_bad_input(exports, detectors, val_
         serving.load_detector(os.path.join(exports["model_dir"], "nothing_here"))
 
 
+@pytest.mark.slow
 def test_export_tflite_script(exports, sample_records, tmp_path):
     output_dir = tmp_path / "out"
     result = subprocess.run(
