@@ -49,6 +49,7 @@ def _losses(data_dir, config, anchors, input_config, initial_weights):
     return [float(step(iterator)["total_loss"]) for _ in range(STEPS)], batches
 
 
+@pytest.mark.slow
 def test_service_batches_and_training_steps_equal_the_local_pipeline(sample_records, cluster):
     config = _config(sample_records)
     anchors = anchors_lib.generate(config)

@@ -71,6 +71,7 @@ def test_detection_records_threshold_names_and_pixel_boxes():
     assert records[1]["box_pixels"] == pytest.approx([1, 1, 200, 100])
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_model_and_tflite_give_the_same_files(model_and_export, image_dir, tmp_path):
     model_dir, export_dir, tflite_path = model_and_export
     paths = detect_ssd.expand_inputs([str(image_dir)]) + [str(tmp_path / "missing.jpg")]

@@ -16,6 +16,7 @@ parser cannot drift from what absl really accepts.
 """
 
 import ast
+import functools
 import glob
 import importlib.util
 import os
@@ -196,6 +197,14 @@ def _defined_in(tree):
     return names
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed(path):
+    """(flags defined in the file, project files it imports), parsed once per file."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    return frozenset(_defined_in(tree)), frozenset(_imported_files(path, tree))
+
+
 def project_flags(path):
     """Every flag defined in `path` and in the project modules it imports, transitively."""
     seen, todo, names = set(), [path], set()
@@ -204,10 +213,9 @@ def project_flags(path):
         if current in seen:
             continue
         seen.add(current)
-        with open(current, encoding="utf-8") as f:
-            tree = ast.parse(f.read(), filename=current)
-        names |= _defined_in(tree)
-        todo.extend(_imported_files(current, tree) - seen)
+        defined, imported = _parsed(current)
+        names |= defined
+        todo.extend(imported - seen)
     return names
 
 

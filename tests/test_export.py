@@ -93,6 +93,7 @@ def _numpy(outputs):
     return {k: v.numpy() for k, v in outputs.items()}
 
 
+@pytest.mark.slow
 def test_export_layout_signatures_and_od_api_outputs(exported, trained_dir):
     export_dir, loaded = exported
     _, config = trained_dir
@@ -115,6 +116,7 @@ def test_export_layout_signatures_and_od_api_outputs(exported, trained_dir):
         assert outputs[fields.DETECTION_BOXES].shape.as_list() == [None, config.max_detections, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height,width,batch", [(300, 300, 2), (97, 211, 1)], ids=["SxS", "non_square"])
 def test_serving_default_equals_eval_path(exported, eval_detect, height, width, batch):
     _, loaded = exported
@@ -165,6 +167,7 @@ def test_fresh_process_calls_the_export_three_ways(exported, eval_detect, tmp_pa
         _assert_same_detections({k: np.asarray(v, np.float32) for k, v in outputs[style].items()}, reference)
 
 
+@pytest.mark.slow
 def test_serving_encoded_equals_eval_decoder(exported, eval_detect):
     """A JPEG and a PNG of other sizes in one batch; each row equals the eval path on its decode."""
     _, loaded = exported
@@ -184,6 +187,7 @@ def test_serving_encoded_equals_eval_decoder(exported, eval_detect):
         _assert_same_detections({k: v[row:row + 1] for k, v in served.items()}, eval_detect(decoded[None]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signature,value,message", [
     (serving.SERVING_DEFAULT, tf.zeros([1, 8, 8, 3], tf.float32), "expected to be a uint8 tensor"),
     (serving.SERVING_DEFAULT, tf.zeros([8, 8, 3], tf.uint8), "not compatible with expected shape [?,?,?,?]"),
@@ -201,6 +205,7 @@ def test_bad_input_is_rejected_with_a_clear_message(exported, signature, value, 
         loaded.signatures[signature](**{name: value})
 
 
+@pytest.mark.slow
 def test_export_replaces_only_an_export_and_leaves_nothing_when_interrupted(trained_dir, tmp_path,
                                                                             monkeypatch):
     path, config = trained_dir

@@ -117,6 +117,7 @@ def test_every_file_and_folder_written_follows_the_umask(tmp_path, umask, file_m
     assert _mode(out) == folder_mode and _mode(staging) == folder_mode
 
 
+@pytest.mark.slow
 def test_exported_model_folder_is_readable_by_other_users(tmp_path):
     from engine import serving
     from test_export import CLASS_NAMES, write_random_model_dir

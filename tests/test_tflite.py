@@ -15,6 +15,8 @@ from engine import checkpoints, serving, tflite_export
 from metrics.evaluator import DetectionEvaluator
 from test_export import CLASS_NAMES, write_random_model_dir
 
+pytestmark = pytest.mark.slow  # every test builds SavedModel and TFLite exports (pytest.ini)
+
 PARITY_TOLERANCE = 1e-4        # the bar for float32 TFLite against the SavedModel
 NUM_VAL_IMAGES = 6
 NUM_CALIBRATION_RECORDS = 8
@@ -170,7 +172,6 @@ def test_load_detector_kinds_agree_and_reject_bad_input(exports, detectors, val_
         serving.load_detector(os.path.join(exports["model_dir"], "nothing_here"))
 
 
-@pytest.mark.slow
 def test_export_tflite_script(exports, sample_records, tmp_path):
     output_dir = tmp_path / "out"
     result = subprocess.run(
