@@ -99,6 +99,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_r
     assert any(not np.array_equal(a[k], b[k]) for k in a if k.startswith("optimizer/_trainable_variables"))
 
 
+@pytest.mark.slow
 def test_resumed_input_stream_continues_with_the_next_batches(sample_records):
     config = presets.get("ssd300_vgg16", 8, width_multiplier=0.125)
     anchors = anchors_lib.generate(config)
