@@ -369,3 +369,12 @@ def test_docs_flags_in_helpfull():
             shown |= {name} | ({short} if short else set()) | ({"no" + name} if no else set())
         missing += [f"{target}: --{name}" for name in sorted(names) if name not in shown]
     assert not missing, "\n".join(missing)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """.ci/run's command is the README's second command, character for character."""
+    ci = [line for line in _read(os.path.join(REPO_ROOT, ".ci", "run")).split("\n")
+          if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))]
+    assert ci == ["python3 -m pip install -q -r requirements-test.txt && python3 -m pytest -q tests"], ci
+    readme_lines = _read(os.path.join(REPO_ROOT, "README.md")).split("\n")
+    assert ci[0] in readme_lines, "README.md lost .ci/run's command: " + ci[0]
