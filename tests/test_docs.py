@@ -32,9 +32,10 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _INLINE_CODE = re.compile(r"`([^`]+)`")
 _SEPARATORS = {"&&", "||", "|", ";", "&", ";;"}
 _BOOL_DEFINES = {"DEFINE_bool", "DEFINE_boolean"}
-# A project module imported by a script: the first part of its dotted name is a folder here.
-_PROJECT_PACKAGES = {name for name in os.listdir(REPO_ROOT)
-                     if os.path.isfile(os.path.join(REPO_ROOT, name, "__init__.py"))}
+# A project module imported by a script: the first part of its dotted name is a folder here holding
+# Python files (a package, or a namespace package such as tests/).
+_PROJECT_PACKAGES = {name for name in os.listdir(REPO_ROOT) if not name.startswith(".")
+                     and glob.glob(os.path.join(REPO_ROOT, name, "**", "*.py"), recursive=True)}
 
 
 def doc_files():
