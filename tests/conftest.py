@@ -2,13 +2,13 @@
 
 Two logical CPU devices are configured before TensorFlow touches a device, so distribution tests can
 simulate two replicas on a CPU-only machine (DESIGN.md). Everything else runs on the first one.
+The repository root is on sys.path through pytest.ini's `pythonpath = .`; tests marked `slow`
+(pytest.ini) start subprocesses or train, and `python3 -m pytest -q -m "not slow" tests` leaves them out.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 

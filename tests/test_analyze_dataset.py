@@ -94,6 +94,7 @@ def test_voc_source_reads_as_its_records(poles):
     assert images[0].shape == (SIZE, SIZE, 3) and images[0].dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_fit_on_poles_then_train_with_the_fitted_anchors(poles, tmp_path):
     _, records = poles
     anchor_path, plots, tb = str(tmp_path / "anchors.json"), str(tmp_path / "plots"), str(tmp_path / "tb")
@@ -159,6 +160,7 @@ def test_anchor_file_errors_name_the_file(tmp_path):
     assert json.load(open(good))["fit"] == {"coverage_before": 0.5}
 
 
+@pytest.mark.slow
 def test_coco_source_and_unknown_folder_exit_with_one_line(tmp_path):
     coco = tmp_path / "coco"
     (coco / "annotations").mkdir(parents=True)

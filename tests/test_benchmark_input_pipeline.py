@@ -6,6 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts subprocesses or trains (pytest.ini)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

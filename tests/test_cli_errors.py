@@ -18,6 +18,8 @@ from absl import flags
 from conftest import REPO_ROOT
 from engine import cli
 
+pytestmark = pytest.mark.slow  # starts subprocesses or trains (pytest.ini)
+
 # absl / TensorFlow C++ log lines ("I1201 08:00:00.000 ...", "W0000 ..."), and TF's start-up notice.
 _LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following instructions)")
 

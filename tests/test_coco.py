@@ -126,6 +126,7 @@ def test_not_instances_is_one_clear_error(tmp_path, text, message):
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dataset", "sample")
 
 
+@pytest.mark.slow
 def test_committed_sample_json_is_what_make_sample_writes():
     with open(os.path.join(SAMPLE_DIR, "annotations", "instances_val.json")) as f:
         assert f.read() == make_sample.coco_instances_text("val")

@@ -186,6 +186,7 @@ def _script(*args):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_script_defaults_convert_the_sample_and_bad_json_is_one_line(tmp_path):
     out = tmp_path / "sample"
     result = _script("--output_directory", str(out))

@@ -10,6 +10,8 @@ import pytest
 from dataset import coco, coco_convert
 from metrics import result_files
 
+pytestmark = pytest.mark.slow  # starts subprocesses or trains (pytest.ini)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "dataset", "sample")
 VAL_JSON = os.path.join(SAMPLE, "annotations", "instances_val.json")

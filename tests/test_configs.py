@@ -44,6 +44,7 @@ def test_every_recipe_is_here():
     assert sorted(os.path.basename(p)[:-len(".flags")] for p in CONFIGS) == sorted(CLASSES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 def test_config_parses_and_builds(path, tmp_path):
     values = _parse(path, tmp_path)

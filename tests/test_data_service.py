@@ -49,6 +49,7 @@ def _losses(data_dir, config, anchors, input_config, initial_weights):
     return [float(step(iterator)["total_loss"]) for _ in range(STEPS)], batches
 
 
+@pytest.mark.slow
 def test_service_batches_and_training_steps_equal_the_local_pipeline(sample_records, cluster):
     config = _config(sample_records)
     anchors = anchors_lib.generate(config)
@@ -70,6 +71,7 @@ def test_service_batches_and_training_steps_equal_the_local_pipeline(sample_reco
     assert not np.array_equal(other[0].numpy(), local_batches[0][0].numpy())
 
 
+@pytest.mark.slow
 def test_train_ssd_trains_from_the_data_service(sample_records, cluster, tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)

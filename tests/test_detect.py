@@ -74,6 +74,7 @@ def test_detections_record_threshold_names_and_pixel_boxes():
     assert json.loads(json.dumps(record)) == record      # plain Python numbers: JSON as they are
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_model_and_tflite_give_the_same_files(model_and_export, image_dir, tmp_path):
     model_dir, export_dir, tflite_path = model_and_export
     paths = detect_ssd.expand_inputs([str(image_dir)]) + [str(tmp_path / "missing.jpg")]
@@ -113,6 +114,7 @@ def _assert_same_records(ours, theirs, tolerance):
         free.remove(match)
 
 
+@pytest.mark.slow
 def test_script_names_skipped_files_and_exits_nonzero(model_and_export, image_dir, tmp_path):
     _, export_dir, _ = model_and_export
     output_dir = tmp_path / "out"
@@ -127,6 +129,7 @@ def test_script_names_skipped_files_and_exits_nonzero(model_and_export, image_di
     assert sorted(os.listdir(output_dir)) == ["b_detections.jpg", "detections.json"]
 
 
+@pytest.mark.slow
 def test_record_split_with_ground_truth_into_tensorboard(model_and_export, sample_records, tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 

@@ -4,6 +4,10 @@ import json
 import os
 import subprocess
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts subprocesses or trains (pytest.ini)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

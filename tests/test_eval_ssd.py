@@ -12,6 +12,8 @@ import tensorflow as tf
 from dataset import fields, label_map, reader
 from metrics import result_files
 
+pytestmark = pytest.mark.slow  # starts subprocesses or trains (pytest.ini)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_VAL_IMAGES = 80  # dataset/sample: the val split
 TINY_TRAINING = ["--width_multiplier", "0.125", "--batch_size", "4", "--max_steps", "4",

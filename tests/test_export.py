@@ -94,6 +94,7 @@ def _numpy(outputs):
     return {k: v.numpy() for k, v in outputs.items()}
 
 
+@pytest.mark.slow
 def test_export_layout_signatures_and_od_api_outputs(exported, trained_dir):
     export_dir, loaded = exported
     _, config = trained_dir
@@ -116,6 +117,7 @@ def test_export_layout_signatures_and_od_api_outputs(exported, trained_dir):
         assert outputs[fields.DETECTION_BOXES].shape.as_list() == [None, config.max_detections, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("height,width,batch", [(300, 300, 2), (97, 211, 1)], ids=["SxS", "non_square"])
 def test_serving_default_equals_eval_path(exported, eval_detect, height, width, batch):
     _, loaded = exported
@@ -147,6 +149,7 @@ print(json.dumps({style: {k: v.numpy().tolist() for k, v in out.items()} for sty
 """
 
 
+@pytest.mark.slow
 def test_fresh_process_calls_the_export_three_ways(exported, eval_detect, tmp_path):
     """As the OD API's TF2 tutorial does: tf.saved_model.load(path)(images), its serving_default with
     input_tensor=, and serving_encoded with PNG bytes; all three equal the eval path."""
@@ -165,6 +168,7 @@ def test_fresh_process_calls_the_export_three_ways(exported, eval_detect, tmp_pa
         _assert_same_detections({k: np.asarray(v, np.float32) for k, v in outputs[style].items()}, reference)
 
 
+@pytest.mark.slow
 def test_serving_encoded_equals_eval_decoder(exported, eval_detect):
     """A JPEG and a PNG of other sizes in one batch; each row equals the eval path on its decode."""
     _, loaded = exported
@@ -184,6 +188,7 @@ def test_serving_encoded_equals_eval_decoder(exported, eval_detect):
         _assert_same_detections({k: v[row:row + 1] for k, v in served.items()}, eval_detect(decoded[None]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signature,value,message", [
     (serving.SERVING_DEFAULT, tf.zeros([1, 8, 8, 3], tf.float32), "expected to be a uint8 tensor"),
     (serving.SERVING_DEFAULT, tf.zeros([8, 8, 3], tf.uint8), "not compatible with expected shape [?,?,?,?]"),
@@ -201,6 +206,7 @@ def test_bad_input_is_rejected_with_a_clear_message(exported, signature, value, 
         loaded.signatures[signature](**{name: value})
 
 
+@pytest.mark.slow
 def test_checkpoint_and_its_saved_model_are_equal_through_the_door(trained_dir, exported):
     """serving.load_detector on the model_dir and on its export: the same trimmed rows, one record per
     image of a batch, each as many rows as the signature's (padded) num_detections says."""
@@ -227,6 +233,7 @@ def test_checkpoint_and_its_saved_model_are_equal_through_the_door(trained_dir, 
     np.testing.assert_allclose(one.scores, theirs[1].scores, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_export_replaces_only_an_export_and_leaves_nothing_when_interrupted(trained_dir, tmp_path,
                                                                             monkeypatch):
     path, config = trained_dir
@@ -246,6 +253,7 @@ def test_export_replaces_only_an_export_and_leaves_nothing_when_interrupted(trai
     assert sorted(os.listdir(tmp_path)) == ["precious"]   # neither ssd/ nor a temporary folder
 
 
+@pytest.mark.slow
 def test_export_script_and_bfloat16_variant(trained_dir, tmp_path):
     """The CLI from --checkpoint_path, over an earlier export, with the bfloat16 policy: outputs float32."""
     path, config = trained_dir

@@ -46,6 +46,7 @@ def test_train_batch_shapes_and_ranges(setup):
     assert np.isfinite(labels[fields.BOX_TARGETS].numpy()).all()
 
 
+@pytest.mark.slow
 def test_same_seed_same_batch_other_seed_other_batch(setup):
     data_dir, config, anchors = setup
     a = _first_batch(data_dir, config, anchors, 2, seed=3)

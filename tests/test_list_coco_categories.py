@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from dataset import coco_convert
+
+pytestmark = pytest.mark.slow  # starts subprocesses or trains (pytest.ini)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL_JSON = os.path.join(REPO, "dataset", "sample", "annotations", "instances_val.json")

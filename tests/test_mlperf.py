@@ -84,6 +84,7 @@ def _records(path):
     return rows
 
 
+@pytest.mark.slow
 def test_mlperf_run_on_the_sample_passes_the_compliance_checker(sample_records, tmp_path):
     model_dir = str(tmp_path / "run")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")

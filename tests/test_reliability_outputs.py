@@ -36,6 +36,7 @@ def _contents(folder):
     return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
 
 
+@pytest.mark.slow
 def test_kills_over_an_older_output_leave_the_old_set_or_the_new_set_never_a_mix(tmp_path, sample_records):
     out = tmp_path / "records"
     proc = _convert_process(out, 3, hash_seed="1")   # the older set: 3 train shards
@@ -116,6 +117,7 @@ def test_every_file_and_folder_written_follows_the_umask(tmp_path, umask, file_m
     assert _mode(out) == folder_mode and _mode(staging) == folder_mode
 
 
+@pytest.mark.slow
 def test_exported_model_folder_is_readable_by_other_users(tmp_path):
     from engine import serving
     from test_export import CLASS_NAMES, write_random_model_dir
@@ -190,6 +192,7 @@ def test_boxes_from_other_tools_with_nan_inf_or_no_extent_are_dropped_with_a_war
     assert reader.count_records(path) == 1
 
 
+@pytest.mark.slow
 def test_data_dir_and_converter_output_defaults_are_one_folder_from_any_working_folder(tmp_path):
     code = ("import sys; sys.argv = ['x']; import {module}; "
             "print({module}.FLAGS['{flag}'].default)")

@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from model import anchors as anchors_lib, presets
@@ -56,6 +57,7 @@ def _saved_steps(model_dir):
     return sorted(int(p.rsplit("-", 1)[1].split(".")[0]) for p in glob.glob(f"{model_dir}/ckpt-*.index"))
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_records, tmp_path):
     flags = ["--max_steps", "6", "--save_checkpoints_steps", "2", "--seed", "3"]
     straight = str(tmp_path / "straight")
@@ -97,6 +99,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_r
     assert any(not np.array_equal(a[k], b[k]) for k in a if k.startswith("optimizer/_trainable_variables"))
 
 
+@pytest.mark.slow
 def test_resumed_input_stream_continues_with_the_next_batches(sample_records):
     config = presets.get("ssd300_vgg16", 8, width_multiplier=0.125)
     anchors = anchors_lib.generate(config)
@@ -113,6 +116,7 @@ def test_resumed_input_stream_continues_with_the_next_batches(sample_records):
     assert not np.array_equal(straight[0][0], straight[14][0])
 
 
+@pytest.mark.slow
 def test_after_a_non_finite_loss_the_named_checkpoint_continues(sample_records, tmp_path):
     model_dir = str(tmp_path / "run")
     # Three sane steps, then the rate jumps to 1e12: the update of step 4 blows the weights up, and the

@@ -172,6 +172,7 @@ def test_a_failing_source_keeps_the_window_up_with_the_message(clip):
     window.close()
 
 
+@pytest.mark.slow
 def test_script_with_a_window_offscreen_on_a_video_file(clip, exported):  # noqa: F811
     path, _ = clip
     result = _run_script("--model", exported, "--source", path, "--close_at_end",

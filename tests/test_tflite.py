@@ -17,6 +17,8 @@ from engine import checkpoints, serving, tflite_export
 from metrics.evaluator import DetectionEvaluator
 from test_export import CLASS_NAMES, write_random_model_dir
 
+pytestmark = pytest.mark.slow  # every test builds SavedModel and TFLite exports (pytest.ini)
+
 PARITY_TOLERANCE = 1e-4        # the bar for float32 TFLite against the SavedModel
 NUM_VAL_IMAGES = 6
 NUM_CALIBRATION_RECORDS = 8

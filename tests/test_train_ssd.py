@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+pytestmark = pytest.mark.slow  # starts subprocesses or trains (pytest.ini)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Adam: from scratch, without the pretrained backbone, SGD at the paper's rate diverges (make_optimizer).
 TINY = ["--width_multiplier", "0.125", "--batch_size", "4", "--image_summary_steps", "0",

@@ -67,6 +67,7 @@ def _one_step(strategy, config, anchors, initial_weights, batch):
     return model.get_weights(), {k: float(v) for k, v in losses.items()}
 
 
+@pytest.mark.slow
 def test_two_replicas_take_the_same_step_as_one():
     config = presets.get("ssd300_vgg16", 3, **TINY)
     anchors = anchors_lib.generate(config)
@@ -102,6 +103,7 @@ def test_check_finite_names_step_losses_and_removes_the_checkpoint_that_produced
     assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-5.index"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_steps_train_and_float16_skips_overflows(policy):
     import keras

@@ -94,6 +94,7 @@ def _run_script(*args, env=None):
                           capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_headless_script_gives_one_line_per_frame_and_a_playable_video(clip, exported, tmp_path):
     path, frames = clip
     jsonl, output = tmp_path / "out" / "detections.jsonl", tmp_path / "out" / "annotated.mp4"
@@ -281,6 +282,7 @@ def test_folder_with_changing_sizes_and_a_broken_image(tmp_path):
     assert read_video(output).shape[:3] == (3, *sizes[0])   # every frame at the first frame's size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--source", "missing.mp4"], "stream_ssd.py: error: missing.mp4: no such video file"),
     (["--source", "dataset/sample/JPEGImages", "--model", "ssd.tflite"],
