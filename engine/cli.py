@@ -20,6 +20,7 @@ The exit statuses, the one table every script uses (by these names, never by the
                          malformed file; one line and nothing (more) written.
     EXIT_PREEMPTED  42   a preempted training run saved a checkpoint and stopped: start it again to
                          continue (tf.distribute.experimental.PreemptionCheckpointHandler's default).
+                         Reserved: no run exits with it until preemption handling lands.
 
 A wrong flag (absl validators, run at parse time), an argument that no flag takes (the rest of an
 unquoted glob: `--input photos/*.jpg` reaches the script as `--input photos/a.jpg photos/b.jpg ...`) and

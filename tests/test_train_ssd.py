@@ -139,13 +139,12 @@ def _free_ports(n):
 
 def test_two_workers_end_with_equal_weights(sample_records, tmp_path):
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    script = os.path.join(REPO, "tests", "scripts", "mwms_worker.py")
     procs = []
     for index in range(2):
         env = _env()
         env["TF_CONFIG"] = json.dumps({"cluster": {"worker": workers},
                                        "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen([sys.executable, script, sample_records,
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.scripts.mwms_worker", sample_records,
                                        str(tmp_path / f"w{index}.npz")], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=300)[0] for p in procs]

@@ -1,6 +1,6 @@
 """One worker of the two-process MultiWorkerMirroredStrategy test (tests/test_train_ssd.py).
 
-    python3 mwms_worker.py DATA_DIR OUT.npz   (TF_CONFIG set by the test)
+    python3 -m tests.scripts.mwms_worker DATA_DIR OUT.npz   (from the repository root; TF_CONFIG set by the test)
 
 Trains a tiny SSD a few steps through the real distributed input function and training step, then
 saves its weights so the test can check that both workers end with the same ones.
@@ -10,7 +10,6 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
