@@ -142,7 +142,7 @@ def main(argv):
                               chief) if FLAGS.mlperf else None)
     plan = session.plan if session else plan_from_flags()   # steps, schedule, evaluation cadence
     anchors = anchors_lib.generate(config)
-    schedule = plan.schedule()
+    schedule = training.make_schedule(plan)
     model, optimizer, checkpoint = training.build_model_and_optimizer(
         strategy, config, schedule, FLAGS.momentum, FLAGS.mixed_precision, FLAGS.optimizer)
 

@@ -29,12 +29,6 @@ class Plan:
     warmup_start: float = 0.1        # the warm-up's first rate, as a fraction of learning_rate
     eval_every_steps: int = 0        # in-process evaluation cadence; 0: never
 
-    def schedule(self):
-        """The training.WarmupPiecewiseSchedule of this plan (imports TensorFlow)."""
-        from engine import training
-        return training.WarmupPiecewiseSchedule(self.learning_rate, self.decay_boundaries, self.decay_factors,
-                                                self.warmup_steps, warmup_start=self.warmup_start)
-
 
 # README's sample recipe: what trains from scratch (no pretrained backbone) on the embedded sample.
 FROM_SCRATCH_COMMAND = ("python3 train_ssd.py --batch_size 16 --model_dir logs/sample --width_multiplier 0.25 "

@@ -50,6 +50,12 @@ def is_chief(strategy):
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
+def make_schedule(plan):
+    """The WarmupPiecewiseSchedule of a train_config.Plan (from the flags or MLPerf mode)."""
+    return WarmupPiecewiseSchedule(plan.learning_rate, plan.decay_boundaries, plan.decay_factors,
+                                   plan.warmup_steps, warmup_start=plan.warmup_start)
+
+
 class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """lr(step) = base_lr * factors[i] * warmup(step), i = number of boundaries <= step.
 

@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from engine import mlperf
+from engine import mlperf, training
 from model import presets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def test_reference_1x8_schedule(tmp_path, sample_records):
     # The plan is returned, never written into the flags train_ssd.py reads.
     assert flag_values.max_steps == 0 and flag_values.eval_every_steps == 100
     assert session.eval_images == 80 and session.closed
-    lr = plan.schedule()
+    lr = training.make_schedule(plan)
     # MLPerf warm-up with factor 0: lr(k) = 0.08 * k / 299 for k < 299; x0.1 at epochs 40 and 50.
     expected = {0: 0.0, 150: 0.08 * 150 / 299, 299: 0.08, 4599: 0.08, 4600: 0.008, 5749: 0.008, 5750: 0.0008}
     for step, value in expected.items():
