@@ -95,7 +95,9 @@ def test_slim_checkpoint_lands_in_named_layers_with_bgr_reversal(tmp_path, caplo
     variables = _slim_variables(rng)
     prefix = _write_checkpoint(tmp_path / "vgg_16_reduced.ckpt", variables)
     model = _model()
-    with caplog.at_level(logging.INFO):
+    # On the absl logger itself: tf.saved_model.save (autotrackable) leaves absl's verbosity at WARNING,
+    # so an earlier test that exports would otherwise hide this INFO line.
+    with caplog.at_level(logging.INFO, logger="absl"):
         assert backbone_loader.load_backbone(model, prefix) == NUM_VARIABLES
     assert f"loaded {NUM_VARIABLES} of {NUM_VARIABLES} backbone variables from {prefix}" in caplog.text
     kernel, bias = _weights(model, "conv1_1")

@@ -11,6 +11,7 @@ from PIL import Image
 import convert_voc_sample_tfrecords as script
 from dataset import reader
 from dataset.voc_boxes import voc_pixels_to_normalized
+from engine import cli
 from test_convert import jpeg_bytes, make_voc, read_all, voc_xml
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -80,7 +81,7 @@ def test_exit_status_reports_skips_unless_allowed(tmp_path):
              {"trainval": ["good", "bad"]})
     common = ["--dataset_directory=%s" % tmp_path, "--output_directory=%s" % (tmp_path / "out"),
               "--train_splits=VOC", "--validation_splits="]
-    assert run_main(*common) == 1
+    assert run_main(*common) == cli.EXIT_SKIPPED == 3
     assert run_main(*common, "--allow_skips") == 0
     # main raises with the message; engine/cli.run turns it into one line and exit 2 (test_cli_errors.py).
     with pytest.raises(FileNotFoundError, match="split missing_dir: no directory"):
