@@ -1,6 +1,6 @@
 """Ports of Caffe SSD's reference rules (weiliu89/caffe, branch ssd), loop for loop from the C++.
 
-For tools/reference_equivalence.py only (no Caffe build exists here): src/caffe/layers/prior_box_layer.cpp
+For tests/reference/reference_equivalence.py only (no Caffe build exists here): src/caffe/layers/prior_box_layer.cpp
 (Forward_cpu), src/caffe/util/bbox_util.cpp (MatchBBox with PER_PREDICTION, JaccardOverlap, DecodeBBox
 CENTER_SIZE, ApplyNMSFast) and src/caffe/layers/detection_output_layer.cpp (per-class NMS, keep_top_k).
 Our own port: it is the reference only as far as it is faithful. Boxes are yxyx (Caffe stores xyxy).

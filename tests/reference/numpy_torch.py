@@ -1,6 +1,6 @@
 """A numpy stand-in for the few torch calls that ssd.pytorch's reference files make.
 
-Not part of the project and never run in CI: tools/reference_equivalence.py installs it as `torch` in
+Not part of the project and never run in CI: tests/reference/reference_equivalence.py installs it as `torch` in
 sys.modules, then imports amdegroot/ssd.pytorch's own files (layers/box_utils.py,
 layers/modules/multibox_loss.py, layers/functions/detection.py, prior_box.py) unchanged from the
 fetched snapshot, so the reference's control flow and arithmetic run as written. A CPU torch wheel
