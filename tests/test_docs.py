@@ -16,6 +16,7 @@ parser cannot drift from what absl really accepts.
 """
 
 import ast
+import concurrent.futures
 import functools
 import glob
 import importlib.util
@@ -360,10 +361,17 @@ def test_docs_flags_in_helpfull():
                 wanted.setdefault((kind, target), set()).update(flags_named(args))
     missing = []
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    for (kind, target), names in sorted(wanted.items()):
+
+    def helpfull(kind, target):
         command = [sys.executable] + (["-m", target] if kind == "module" else [target]) + ["--helpfull"]
         run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-        text = run.stdout + run.stderr
+        return command, run.stdout + run.stderr
+
+    targets = sorted(wanted)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:   # each start is mostly imports
+        helps = list(pool.map(lambda key: helpfull(*key), targets))
+    for (kind, target), (command, text) in zip(targets, helps):
+        names = wanted[(kind, target)]
         assert "--helpfull" in text, (command, text[-2000:])   # absl's help (its exit status is 1)
         shown = set()                  # from the definition lines only: "  -v,--verbosity: …", "  --[no]x: …"
         for short, no, name in re.findall(r"^\s+(?:-(\S),)?--(\[no\])?([\w.-]+):", text, re.M):
