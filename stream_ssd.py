@@ -27,7 +27,8 @@ from engine import cli
 
 flags.DEFINE_string("source", None, "Webcam index (0), video file, rtsp:// or http(s):// URL, or an image "
                     "folder.")
-flags.DEFINE_string("model", None, "An export of export_saved_model.py (folder), or a .tflite file.")
+flags.DEFINE_string("model", None, "Any model the detector door opens: an export_saved_model.py folder, a .tflite "
+                    "file, a training model_dir or a checkpoint prefix ckpt-N.")
 flags.DEFINE_string("model_dir", None, "A training model_dir (its latest checkpoint), instead of --model.")
 flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N), instead of --model.")
 flags.DEFINE_bool("no_display", False, "Headless: no window; write --output and/or --jsonl.")
