@@ -79,17 +79,16 @@ def main(argv):
         _check_display()
     from apps.video import sources, streaming
 
-    try:
-        if FLAGS.output and os.path.splitext(FLAGS.output)[1].lower() not in sources.FOURCC_BY_EXTENSION:
-            raise ValueError(f"--output {FLAGS.output}: the file name must end in one of "
-                             f"{', '.join(sorted(sources.FOURCC_BY_EXTENSION))}")
-        source = sources.open_source(FLAGS.source, max_reconnects=FLAGS.max_reconnects,
-                                   backoff_s=FLAGS.reconnect_backoff_s, max_backoff_s=FLAGS.max_backoff_s,
-                                   timeout_s=FLAGS.stream_timeout_s)
-        detector = sources.open_model(FLAGS.model or FLAGS.checkpoint_path or FLAGS.model_dir)
-        class_ids = _class_ids(FLAGS.classes, detector.class_names)
-    except (sources.SourceError, sources.ModelError) as e:   # mistakes, told in one line as a ValueError
-        raise ValueError(str(e)) from e
+    # Mistakes (a bad --output, a source that does not open, a model that does not load) raise
+    # ValueError / OSError (SourceError): engine/cli.run tells them in one line.
+    if FLAGS.output and os.path.splitext(FLAGS.output)[1].lower() not in sources.FOURCC_BY_EXTENSION:
+        raise ValueError(f"--output {FLAGS.output}: the file name must end in one of "
+                         f"{', '.join(sorted(sources.FOURCC_BY_EXTENSION))}")
+    source = sources.open_source(FLAGS.source, max_reconnects=FLAGS.max_reconnects,
+                                 backoff_s=FLAGS.reconnect_backoff_s, max_backoff_s=FLAGS.max_backoff_s,
+                                 timeout_s=FLAGS.stream_timeout_s)
+    detector = sources.open_model(FLAGS.model or FLAGS.checkpoint_path or FLAGS.model_dir)
+    class_ids = _class_ids(FLAGS.classes, detector.class_names)
     logging.info("%s with %s (%s)", source.name, detector.path, "live" if source.live else "every frame")
     pipeline = streaming.Pipeline(source, detector, FLAGS.batch_size, FLAGS.max_frames)
 

@@ -12,7 +12,7 @@ Every frame leaves a source as uint8 [H, W, 3] RGB (OpenCV's BGR is converted on
 apps/video/streaming.py runs sources and models in threads; apps/video/viewer.py is the window.
 
 The model is an engine.serving.Detector (`open_model`: the door, engine.serving.load_detector, with a
-failure told as ModelError): a model_dir, a checkpoint, a SavedModel or a .tflite file, called on a
+failure told as one ValueError): a model_dir, a checkpoint, a SavedModel or a .tflite file, called on a
 batch of uint8 frames [B, H, W, 3], returning one serving.Detections (trimmed rows) per frame.
 """
 
@@ -35,12 +35,9 @@ FOURCC_BY_EXTENSION = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "
 DEFAULT_OUTPUT_FPS = 25.0
 
 
-class SourceError(Exception):
-    """A source that cannot be opened or read any more; the message names it and the problem."""
-
-
-class ModelError(Exception):
-    """A model that cannot be loaded; the message names the path and the problem."""
+class SourceError(OSError):
+    """A source that cannot be opened or read any more; the message names it and the problem. An
+    OSError, so a script's edge (engine/cli.run) tells it in one line like any other I/O mistake."""
 
 
 # --- Sources -------------------------------------------------------------------------------------------
@@ -206,13 +203,13 @@ def open_source(spec, **capture_options):
 
 def open_model(path):
     """engine.serving.load_detector(path) (the one door; any model kind); a model that cannot be
-    loaded raises ModelError naming `path` and the problem (stream_ssd.py's one-line message)."""
+    loaded raises ValueError naming `path` and the problem (stream_ssd.py's one-line message)."""
     from engine import serving  # imports TensorFlow: not needed to tell a bad --source in a second
 
     try:
         return serving.load_detector(path)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: cannot load the model ({e})") from None
+        raise ValueError(f"{path}: cannot load the model ({e})") from None
 
 
 # --- What is drawn and written -------------------------------------------------------------------------
