@@ -69,6 +69,8 @@ def postprocess_batch1(cls_logits, box_codes, anchors, config):
     cls_logits [1, A, C+1], box_codes [1, A, 4], anchors [A, 4] -> the module docstring's outputs.
     """
     boxes = box_coder.decode(box_codes[0], anchors, config.variances)                # [A, 4]
+    if config.clip_boxes_before_nms:
+        boxes = tf.clip_by_value(boxes, 0.0, 1.0)
     scores = tf.nn.softmax(tf.cast(cls_logits[0], tf.float32), axis=-1)[:, fields.BACKGROUND_CLASS + 1:]
     k = min(config.max_detections_per_class, int(anchors.shape[0]))
     class_scores, anchor_index = tf.math.top_k(tf.transpose(scores), k)             # [C, k]

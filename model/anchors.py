@@ -20,7 +20,9 @@ Contract (DESIGN.md, stated here once):
 * Centre of cell (i, j): ((i + 0.5) * step, (j + 0.5) * step) / image_size (Caffe `offset: 0.5`,
   steps from ssd_pascal.py rather than image_size / size, which differ for e.g. 300/38).
 
-Clipping (`config.clip_anchors`, the MLPerf ResNet34 preset only): the MLPerf reference
+Clipping (`config.anchor_clip`, one of ANCHOR_CLIPS):
+* "none": Caffe's `clip: false`, the VGG presets.
+* "center_size", the MLPerf ResNet34 preset: the MLPerf reference
 (mlcommons/training single_stage_detector/ssd/utils.py, DefaultBoxes) builds its boxes as
 (cx, cy, w, h) with cx = (j + 0.5) / fk, fk = fig_size / step -- the same centre as Caffe's
 (j + 0.5) * step / image_size -- and clamps THAT centre-size form to [0, 1] (`dboxes.clamp_(0, 1)`)
@@ -29,6 +31,10 @@ so do centres beyond the image: the 10x10 map's step 32 puts its last row and co
 px, clamped to 300. Corners of border boxes still extend past the image. Its per-map order is
 box spec outermost (for each size, every location); ours keeps the DESIGN.md order (box spec innermost,
 matching our heads' reshape), the same set of boxes permuted within each map.
+* "size", torchvision's DefaultBoxGenerator(clip=True) (torchvision/models/detection/anchor_utils.py):
+  it clamps only the (w, h) pairs to [0, 1] before adding the centres, so centres past the image stay
+  (SSD300's 10x10 map keeps its last row and column at 304/300) while no box is wider or taller than
+  the image.
 """
 
 import math
@@ -72,11 +78,16 @@ def _feature_map_anchors(feature_map, image_size, integer_sizes):
     return boxes.reshape(-1, 4) / image_size                                         # [rows*cols*k, 4]
 
 
-def _clip_center_size(boxes):
-    """MLPerf DefaultBoxes clamping: [N, 4] yxyx -> centre and size each clamped to [0, 1] -> yxyx."""
+ANCHOR_CLIPS = ("none", "center_size", "size")
+
+
+def _clip(boxes, mode):
+    """[N, 4] yxyx clipped as `mode` says (module docstring): centre and/or size clamped to [0, 1]."""
     center = (boxes[:, :2] + boxes[:, 2:]) / 2.0
     size = boxes[:, 2:] - boxes[:, :2]
-    center, size = np.clip(center, 0.0, 1.0), np.clip(size, 0.0, 1.0)
+    if mode == "center_size":
+        center = np.clip(center, 0.0, 1.0)
+    size = np.clip(size, 0.0, 1.0)
     return np.concatenate([center - size / 2.0, center + size / 2.0], axis=1)
 
 
@@ -85,8 +96,10 @@ def generate(config):
     per_map = [_feature_map_anchors(fm, config.image_size, config.integer_prior_sizes)
                for fm in config.feature_maps]
     anchors = np.concatenate(per_map, axis=0)
-    if config.clip_anchors:
-        anchors = _clip_center_size(anchors)
+    if config.anchor_clip not in ANCHOR_CLIPS:
+        raise ValueError(f"unknown anchor_clip {config.anchor_clip!r}; known: {', '.join(ANCHOR_CLIPS)}")
+    if config.anchor_clip != "none":
+        anchors = _clip(anchors, config.anchor_clip)
     anchors = anchors.astype(np.float32)
     if anchors.shape[0] != config.num_anchors:
         raise AssertionError(f"generated {anchors.shape[0]} anchors, config says {config.num_anchors}")

@@ -2,7 +2,8 @@
 
 Steps (numbers from config; ssd_pascal.py test phase: 0.01, 0.45, 400, 200):
   1. decode box codes against the anchors (model.box_coder), softmax the logits, drop the background
-     column;
+     column; with config.clip_boxes_before_nms (torchvision) clip the decoded boxes to [0, 1] here, so
+     NMS compares clipped boxes (otherwise the kept boxes are clipped after NMS, as Caffe does);
   2. per class, keep the config.max_detections_per_class highest-scoring anchors (Caffe `nms top_k:
      400`, a pre-selection before NMS; it also makes NMS several times faster on CPU);
   3. per class, drop scores <= config.score_threshold (strictly greater is kept, as in Caffe and
@@ -30,6 +31,8 @@ def postprocess(cls_logits, box_codes, anchors, config):
     """Detections from cls_logits [B, A, C+1] and box_codes [B, A, 4] with anchors [A, 4] (module doc)."""
     cls_logits = tf.cast(cls_logits, tf.float32)
     boxes = box_coder.decode(box_codes, anchors, config.variances)                 # [B, A, 4]
+    if config.clip_boxes_before_nms:
+        boxes = tf.clip_by_value(boxes, 0.0, 1.0)
     scores = tf.nn.softmax(cls_logits, axis=-1)[:, :, fields.BACKGROUND_CLASS + 1:]  # [B, A, C]
 
     num_anchors = boxes.shape[1] if boxes.shape[1] is not None else tf.shape(boxes)[1]

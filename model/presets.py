@@ -72,7 +72,13 @@ class SSDConfig:
     max_detections: int = 200
     backbone: str = "vgg16"                       # BACKBONES; nets.ssd.build dispatches on it
     pixel_std: Tuple[float, float, float] = (1.0, 1.0, 1.0)   # net input = (RGB 0-255 - mean) / std
-    clip_anchors: bool = False                    # MLPerf: clamp anchor centre/size to [0, 1] (anchors.py)
+    # Anchor clipping, model/anchors.py ANCHOR_CLIPS: "none" (Caffe), "center_size" (MLPerf DefaultBoxes:
+    # centre and size clamped to [0, 1]) or "size" (torchvision DefaultBoxGenerator clip=True: width and
+    # height clamped, centres kept).
+    anchor_clip: str = "none"
+    # Clip decoded boxes to the image before NMS (torchvision's postprocess_detections); False clips the
+    # kept boxes after NMS (Caffe DetectionOutput, tf.image.combined_non_max_suppression clip_boxes).
+    clip_boxes_before_nms: bool = False
     loss_normalization: str = BATCH_POSITIVES     # LOSS_NORMALIZATIONS (model/losses.py)
     extra_batch_norm: bool = False                # batch norm after each extra conv (not in the reference)
     # Anchor <-> box matching rule, model/matcher.py: "caffe_bipartite" (Caffe MatchBBox) or
@@ -164,7 +170,7 @@ _SSD300_RESNET34 = dict(
     backbone="resnet34",
     pixel_mean=tuple(255.0 * m for m in TORCHVISION_MEAN_RGB),
     pixel_std=tuple(255.0 * s for s in TORCHVISION_STD_RGB),
-    clip_anchors=True,
+    anchor_clip="center_size",
     loss_normalization=PER_IMAGE,
     # utils.py Encoder.decode_single: scores > 0.05, NMS at 0.45, 200 per image (train.py coco_eval).
     score_threshold=0.05,
@@ -217,6 +223,8 @@ def from_json(text: str) -> SSDConfig:
     for key in ("pixel_mean", "variances", "pixel_std"):
         if key in values:
             values[key] = tuple(values[key])
+    if "clip_anchors" in values:   # model_dirs written before anchor_clip had three modes
+        values["anchor_clip"] = "center_size" if values.pop("clip_anchors") else "none"
     return SSDConfig(**values)
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -104,3 +105,29 @@ def test_ssd512_sizes_truncated_to_int_as_caffe_prior_box():
 def test_ssd300_unaffected_by_integer_sizes(ssd300_anchors):
     exact = anchors.generate(presets.get("ssd300_vgg16", 20, integer_prior_sizes=False))
     np.testing.assert_array_equal(exact, ssd300_anchors)
+
+
+def test_anchor_clip_modes_on_the_10x10_map_by_hand():
+    """SSD300's 10x10 map (step 32): its last centre is 9.5 * 32 = 304 px. "size" (torchvision) keeps that
+    centre and clamps only width/height; "center_size" (MLPerf) clamps the centre to 300 px too."""
+    base = presets.get("ssd300_vgg16_coco", 80)
+    first = sum(fm.size * fm.size * fm.boxes_per_location for fm in base.feature_maps[:2])
+    last_cell = first + (10 * 10 - 1) * 6          # row 9, column 9, the min_size square (99 px)
+    boxes = {mode: anchors.generate(dataclasses.replace(base, anchor_clip=mode))[last_cell]
+             for mode in anchors.ANCHOR_CLIPS}
+    np.testing.assert_allclose(boxes["none"] * 300, [254.5, 254.5, 353.5, 353.5], atol=1e-4)
+    np.testing.assert_allclose(boxes["size"] * 300, [254.5, 254.5, 353.5, 353.5], atol=1e-4)
+    np.testing.assert_allclose(boxes["center_size"] * 300, [250.5, 250.5, 349.5, 349.5], atol=1e-4)
+    # The 1x1 map's ratio-2 box (261 * sqrt 2 = 369 px wide): "size" clamps the width to 300.
+    wide = -2     # the last map's boxes: min square, sqrt square, wide (r = 2), tall (1/2)
+    for mode in ("size", "center_size"):
+        y0, x0, y1, x1 = anchors.generate(dataclasses.replace(base, anchor_clip=mode))[wide] * 300
+        np.testing.assert_allclose([x0, x1, y1 - y0], [0.0, 300.0, 261 / np.sqrt(2)], atol=1e-3)
+    with pytest.raises(ValueError, match="unknown anchor_clip 'both'"):
+        anchors.generate(dataclasses.replace(base, anchor_clip="both"))
+
+
+def test_old_model_dir_config_with_clip_anchors_still_loads():
+    config = presets.get("ssd300_resnet34", 80)
+    text = presets.to_json(config).replace('"anchor_clip": "center_size"', '"clip_anchors": true')
+    assert "clip_anchors" in text and presets.from_json(text) == config

@@ -145,7 +145,7 @@ def test_head_output_k_predicts_anchor_k(name):
     config = _tiny(name)
     labels = np.rint(_probe_heads(config)).astype(int)        # [A, 4] (row, col, box spec, map)
     # Unclipped anchors: clipping (the MLPerf preset) moves centres, not the order this test checks.
-    anchors = anchors_lib.generate(dataclasses.replace(config, clip_anchors=False))  # [A, 4] yxyx normalized
+    anchors = anchors_lib.generate(dataclasses.replace(config, anchor_clip="none"))  # [A, 4] yxyx normalized
     assert labels.shape == anchors.shape
     specs = [config.feature_maps[m] for m in labels[:, 3]]
     steps = np.array([s.step for s in specs])

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -74,3 +76,19 @@ def test_nms_threshold(threshold, expected):
     # At 0.9 the a0/a1 overlap (0.818) is below the threshold, so a1's class 1 box survives.
     config = presets.get("ssd300_vgg16", 2, score_threshold=0.05, max_detections=6, nms_iou_threshold=threshold)
     np.testing.assert_array_equal(_run(PROBS[None], config)[fields.NUM_DETECTIONS], [expected])
+
+
+def test_clip_boxes_before_nms_changes_which_box_survives():
+    """Two boxes of one class, A x -0.8..0.6 and B x 0..0.6 (y 0..1 both). Unclipped (Caffe) their IoU is
+    0.6 / 1.4 = 0.43 <= 0.45 and both stay; clipped first (torchvision) A becomes B: IoU 1, one stays."""
+    config = dataclasses.replace(presets.get("ssd300_vgg16", 1), score_threshold=0.01,
+                                 variances=(1.0, 1.0, 1.0, 1.0))
+    anchors = np.array([[0.0, -0.8, 1.0, 0.6], [0.0, 0.0, 1.0, 0.6]], np.float32)
+    codes = np.zeros([1, 2, 4], np.float32)                       # decode to the anchors themselves
+    logits = np.log(np.array([[[0.1, 0.9], [0.2, 0.8]]], np.float32))
+    kept = {}
+    for clip in (False, True):
+        out = postprocess.postprocess(logits, codes, anchors,
+                                      dataclasses.replace(config, clip_boxes_before_nms=clip))
+        kept[clip] = int(out[fields.NUM_DETECTIONS][0])
+    assert kept == {False: 2, True: 1}

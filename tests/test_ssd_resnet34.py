@@ -175,12 +175,12 @@ def test_mlperf_per_image_normalisation():
 
 def test_preset_fields_and_json_round_trip():
     config = presets.get("ssd300_resnet34", CLASSES)
-    assert config.backbone == "resnet34" and config.clip_anchors
+    assert config.backbone == "resnet34" and config.anchor_clip == "center_size"
     assert config.loss_normalization == presets.PER_IMAGE
     assert presets.from_json(presets.to_json(config)) == config
     vgg = presets.get("ssd300_vgg16", 20)
-    assert (vgg.backbone, vgg.pixel_std, vgg.clip_anchors, vgg.loss_normalization) == \
-        ("vgg16", (1.0, 1.0, 1.0), False, presets.BATCH_POSITIVES)
+    assert (vgg.backbone, vgg.pixel_std, vgg.anchor_clip, vgg.loss_normalization) == \
+        ("vgg16", (1.0, 1.0, 1.0), "none", presets.BATCH_POSITIVES)
 
 
 def test_normalize_is_the_reference_s_torchvision_normalisation():
