@@ -17,7 +17,8 @@ from typing import Any
 from absl import flags, logging
 
 from engine import cli, mlperf
-from engine.train_config import MIXED_PRECISION, OPTIMIZERS, Plan, backbone_present, every
+from engine.train_config import (AUGMENTATIONS, MIXED_PRECISION, OPTIMIZERS, WEIGHT_DECAY_SCOPES, Plan,
+                                 backbone_present, every)
 from model import presets
 
 flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR,
@@ -34,7 +35,13 @@ flags.DEFINE_list("lr_decay_factors", ["1", "0.1", "0.01"], "Rate factors, one m
 flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS,
                   "sgd: the paper's, with a pretrained backbone; adam: stable when training from scratch.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (Adam's beta_1).")
-flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on conv kernels (not biases, not the conv4_3 scale).")
+flags.DEFINE_float("weight_decay", 5e-4, "L2 decay on the variables --weight_decay_on names.")
+flags.DEFINE_enum("weight_decay_on", "kernels", WEIGHT_DECAY_SCOPES,
+                  "kernels: conv kernels only (Caffe: not biases, not the conv4_3 scale); all: every trainable "
+                  "variable, biases and batch norm included (PyTorch recipes: MLPerf, torchvision).")
+flags.DEFINE_enum("augmentation", AUGMENTATIONS[0], AUGMENTATIONS,
+                  "Training augmentation recipe: caffe is ssd_pascal.py's (photometric, zoom-out, min-IoU crop, "
+                  "flip).")
 flags.DEFINE_string("checkpoint_path", os.path.join(cli.REPO_DIR, "model", "pretrained"),
                     "Backbone weights: reduced-fc VGG16 as a slim TF checkpoint (prefix or dir), Keras VGG16 .h5 "
                     "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors).")
@@ -159,7 +166,7 @@ def main(argv):
     dataset, run.image_batches = make_datasets(strategy, config, anchors, start_step=step, chief=chief)
 
     step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
-                                       FLAGS.jit_compile)
+                                       FLAGS.jit_compile, weight_decay_on=FLAGS.weight_decay_on)
     iterator = iter(dataset)
     run.progress.rate(step, time.time())
     while step < plan.max_steps:
@@ -193,9 +200,10 @@ def plan_from_flags():
 def make_datasets(strategy, config, anchors, start_step, chief):
     """The distributed training batches from `start_step` on (preprocessing/inputs.py: resume), and for
     the chief's image summaries a small local batch iterator (None when they are off)."""
-    from preprocessing import inputs
-    input_config = inputs.TrainInputConfig(exclude_difficult=FLAGS.exclude_difficult, seed=FLAGS.seed,
-                                           data_service=FLAGS.data_service)
+    from preprocessing import augment, inputs
+    input_config = inputs.TrainInputConfig(
+        augment=augment.AugmentConfig(policy=FLAGS.augmentation), exclude_difficult=FLAGS.exclude_difficult,
+        seed=FLAGS.seed, data_service=FLAGS.data_service)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
                                           input_config, start_step=start_step))

@@ -7,6 +7,11 @@ import dataclasses
 OPTIMIZERS = ("sgd", "adam")
 # Keras dtype policies: "none" is float32; float16 adds dynamic loss scaling.
 MIXED_PRECISION = ("none", "bfloat16", "float16")
+# engine.training.decayed_variables: conv kernels (Caffe), or every trainable variable (PyTorch recipes).
+WEIGHT_DECAY_SCOPES = ("kernels", "all")
+# Training augmentation recipes, the default first: the names of preprocessing.augment.policy_names()
+# (tested equal), here so that --help needs no TensorFlow.
+AUGMENTATIONS = ("caffe",)
 
 
 def every(period, step, max_steps=None):

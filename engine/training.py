@@ -20,7 +20,7 @@ from absl import logging
 
 from dataset import fields, reader
 from engine import checkpoints
-from engine.train_config import FROM_SCRATCH_COMMAND, OPTIMIZERS, backbone_present
+from engine.train_config import FROM_SCRATCH_COMMAND, OPTIMIZERS, WEIGHT_DECAY_SCOPES, backbone_present
 from model import losses as losses_lib
 from nets import backbone_loader
 
@@ -92,12 +92,19 @@ class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):
                     warmup_steps=self.warmup_steps, warmup_start=self.warmup_start)
 
 
-def decayed_variables(model):
-    """Variables under weight decay: conv kernels only.
+def decayed_variables(model, scope="kernels"):
+    """Variables under weight decay (train_config.WEIGHT_DECAY_SCOPES).
 
-    Caffe's ssd_pascal.py gives biases `decay_mult: 0`; we also leave the conv4_3_norm scale undecayed,
-    since shrinking it towards 0 would fight its purpose (re-scaling the normalized conv4_3 to ~20).
+    "kernels": conv kernels only. Caffe's ssd_pascal.py gives biases `decay_mult: 0`; we also leave the
+    conv4_3_norm scale undecayed, since shrinking it towards 0 would fight its purpose (re-scaling the
+    normalized conv4_3 to ~20).
+    "all": every trainable variable, biases and batch-norm gammas/betas included, as PyTorch's SGD
+    `weight_decay` does when given all parameters (the MLPerf reference, torchvision's recipes).
     """
+    if scope not in WEIGHT_DECAY_SCOPES:
+        raise ValueError(f"unknown weight decay scope {scope!r}; known: {', '.join(WEIGHT_DECAY_SCOPES)}")
+    if scope == "all":
+        return list(model.trainable_variables)
     return [v for v in model.trainable_variables if v.path.endswith("kernel")]
 
 
@@ -144,13 +151,14 @@ def make_optimizer(schedule, momentum, mixed_precision, name="sgd"):
     return optimizer
 
 
-def make_train_step(model, optimizer, config, strategy, weight_decay, jit_compile=False):
+def make_train_step(model, optimizer, config, strategy, weight_decay, jit_compile=False,
+                    weight_decay_on="kernels"):
     """A tf.function running one distributed step on `next(iterator)`; returns the global loss dict.
 
     The caller checks the losses of every step (`check_finite`) before it may save, so weights touched by
     a non-finite step are never written over the last good checkpoint.
     """
-    decayed = decayed_variables(model)
+    decayed = decayed_variables(model, weight_decay_on)
     num_replicas = strategy.num_replicas_in_sync
 
     def replica_step(features, labels):

@@ -37,6 +37,12 @@ from preprocessing.photometric import PhotometricConfig
 
 _NUM_STEPS = 3  # photometric, zoom-out + crop, flip
 
+# Augmentation recipes (train_ssd.py --augmentation): "caffe" is ssd_pascal.py's (this module's
+# `augment`), the default everywhere. Every other recipe's module is imported here and its function
+# listed in POLICIES under its name; each takes augment's arguments and returns what augment returns.
+CAFFE = "caffe"
+POLICIES = {}
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -46,6 +52,12 @@ class AugmentConfig:
     zoom_out: ZoomOutConfig = ZoomOutConfig()
     crop: CropConfig = CropConfig()
     flip_prob: float = 0.5   # transform_param mirror: true
+    policy: str = CAFFE      # a key of POLICIES, or CAFFE: this module's `augment`
+
+
+def policy_names():
+    """Every augmentation recipe's name, the default first."""
+    return (CAFFE,) + tuple(sorted(POLICIES))
 
 
 def split_seeds(seed):
@@ -78,6 +90,10 @@ def augment(image, boxes, labels, seed, config: AugmentConfig = AugmentConfig(),
        boxes float32 [K, 4] normalized to the new image, inside [0, 1], with positive area;
        labels int32 [K]), plus the gathered extras dict as a fourth element when `extras` was given.
     """
+    if config.policy != CAFFE:
+        if config.policy not in POLICIES:
+            raise ValueError(f"unknown augmentation {config.policy!r}; known: {', '.join(policy_names())}")
+        return POLICIES[config.policy](image, boxes, labels, seed, config, extras, output_size)
     photometric_seed, geometric_seed, flip_seed = split_seeds(seed)
     image_hw = tf.shape(image)[:2]
     _, offset_yx, window, boxes, keep = geometric.draw_zoom_out_and_crop(

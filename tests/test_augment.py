@@ -1,6 +1,7 @@
 """Tests for preprocessing/augment.py: the composed augmentation on painted boxes, in graph mode."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from preprocessing import geometric, photometric
@@ -176,3 +177,13 @@ def test_parallel_tf_data_map_gives_the_same_output_as_direct_calls():
     for i, outputs in enumerate(mapped):
         for from_map, direct in zip(outputs, augment(*example(i))):
             np.testing.assert_array_equal(from_map, direct)
+
+
+def test_augmentation_names_agree_and_unknown_policy_is_refused():
+    from engine import train_config
+    from preprocessing import augment as augment_lib
+    assert train_config.AUGMENTATIONS == augment_lib.policy_names()
+    image = tf.zeros([8, 8, 3], tf.uint8)
+    with pytest.raises(ValueError, match="unknown augmentation 'nope'; known: caffe"):
+        augment(image, tf.zeros([0, 4]), tf.zeros([0], tf.int32), tf.constant([1, 2]),
+                AugmentConfig(policy="nope"))

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dataset import fields
 from model import anchors as anchors_lib
 from engine import training
 from model import presets, targets
@@ -134,3 +133,22 @@ def test_mixed_precision_steps_train_and_float16_skips_overflows(policy):
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and calls > 3
     else:
         assert calls == 3  # bfloat16 has float32's range: no loss scaling, no skipped step
+
+
+def test_weight_decay_scopes_by_hand():
+    """kernels: conv kernels only; all: every trainable variable (biases, batch norm) -- counted on a
+    two-layer model whose variables are known by name."""
+    import keras
+    model = keras.Sequential([keras.Input([4, 4, 1]), keras.layers.Conv2D(2, 3, name="conv"),
+                              keras.layers.BatchNormalization(name="bn")])
+    kernels = [v.path.split("/", 1)[1] for v in training.decayed_variables(model)]
+    every_one = [v.path.split("/", 1)[1] for v in training.decayed_variables(model, "all")]
+    assert kernels == ["conv/kernel"]
+    assert every_one == ["conv/kernel", "conv/bias", "bn/gamma", "bn/beta"]
+    # 0.5 * wd * sum w^2 over the chosen variables.
+    for v in model.trainable_variables:
+        v.assign(tf.ones_like(v))
+    assert float(training.weight_decay_loss(training.decayed_variables(model, "all"), 0.1)) == \
+        pytest.approx(0.5 * 0.1 * (18 + 2 + 2 + 2))
+    with pytest.raises(ValueError, match="unknown weight decay scope 'biases'"):
+        training.decayed_variables(model, "biases")
