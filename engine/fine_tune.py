@@ -22,6 +22,7 @@ refused with one line naming what differs.
 import os
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from engine import checkpoints
@@ -117,7 +118,10 @@ def _architecture(config):
 def load_checkpoint(model, config, class_names, path):
     """Loads a model_dir's latest checkpoint, or the `ckpt-N` prefix `path`, into `model`."""
     if os.path.isdir(path):
-        checkpoint = checkpoints.resolve_checkpoint(model_dir=path)
+        checkpoint = tf.train.latest_checkpoint(path)
+        if not checkpoint:
+            raise FileNotFoundError(f"--fine_tune_checkpoint {path}: no checkpoint in that folder (a model_dir "
+                                    f"of train_ssd.py holds ckpt-N files)")
     elif os.path.exists(path + ".index"):
         checkpoint = path
     else:
