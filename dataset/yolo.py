@@ -22,11 +22,11 @@ Bad input (docs/datasets.md has this table with what Ultralytics does for each):
 
     skipped image (exit 3 unless --allow_skips)   a line with a wrong number of fields (not 5, not a
         polygon of 1 + 2k, k >= 3), a class id that is no whole number >= 0, a coordinate that is not
-        a number, not finite or outside [0, 1] (pixel coordinates), a missing or corrupt image, two
+        a number, not finite or outside [-0.01, 1.01] (pixel coordinates), a missing or corrupt image, two
         images of one stem in a split (every copy: they would share a label file and a record id)
     skipped label file (same status)   a label file without an image (folder splits only)
     repaired (record differs from the file)   a polygon line -> its bounding box (as Ultralytics' detect
-        task; an oriented box written as four corners is such a polygon), a box reaching outside the
+        task, but line by line; an oriented box written as four corners is such a polygon), a box reaching outside the
         image -> clipped, a box of zero width or height -> dropped, an exact duplicate line -> dropped
         (as Ultralytics), a class id >= len(names) with --skip_unknown -> dropped
     kept as negatives   an image without a label file, an empty label file
@@ -56,6 +56,9 @@ MIN_POLYGON_POINTS = 3
 # Labels are written with about six decimals (Ultralytics, Roboflow), so cx + w / 2 of a box touching
 # the border lands up to 0.75e-6 past it: such rounding is clipped without a note.
 ROUNDING = 1e-6
+# Coordinates a little outside [0, 1] are accepted (and their boxes clipped), as Ultralytics'
+# verify_image_label accepts [-0.01, 1.01]; further out they are pixel coordinates or garbage.
+COORDINATE_TOLERANCE = 0.01
 
 # Kinds of skips and repairs, as the summary counts them.
 BAD_LABEL = "bad label file"
@@ -215,7 +218,7 @@ def parse_labels(text, num_classes, skip_unknown=False, where=""):
         if class_value < 0 or class_value != int(class_value):
             raise BadLabel(f"line {line_number}: class id {fields[0]!r} is not a whole number >= 0")
         values = [_number(v, line_number, "coordinate") for v in fields[1:]]
-        if min(values) < 0.0 or max(values) > 1.0:
+        if min(values) < -COORDINATE_TOLERANCE or max(values) > 1.0 + COORDINATE_TOLERANCE:
             raise BadLabel(f"line {line_number}: coordinates outside [0, 1] (YOLO labels are normalized; "
                            f"pixel coordinates?)")
         key = (int(class_value), tuple(values))

@@ -57,6 +57,8 @@ def test_six_decimal_rounding_at_the_border_is_no_repair():
     ("0 0.5 inf 0.2 0.2", "not finite"),
     ("0 320 240 64 48", "outside [0, 1]"),               # pixel coordinates
     ("0 0.5 0.5 -0.2 0.2", "outside [0, 1]"),
+    ("0 1.02 0.5 0.2 0.2", "outside [0, 1]"),
+    ("0 1.005 0.5 0.2 0.2", None),                       # within Ultralytics' 1% tolerance: clipped
 ])
 def test_bad_lines_skip_the_image(line, expected):
     if expected is None:
