@@ -120,3 +120,16 @@ def test_a_pth_that_is_not_torchvisions_ssd(tmp_path):
     config = presets.get("ssd300_vgg16_torchvision", 2)
     with pytest.raises(ValueError, match="is not a torchvision SSD300-VGG16 state dict"):
         fine_tune.load(None, config, ("a", "b"), path)
+
+
+@pytest.mark.slow   # starts train_ssd.py (it stops at flag parsing, before TensorFlow loads)
+def test_max_steps_0_only_with_a_fine_tune_checkpoint(sample_records):
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(repo, "train_ssd.py"), "--data_dir", sample_records,
+                             "--max_steps", "0"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("train_ssd.py: error: ")
+    assert "--max_steps must be > 0 (0 only with --fine_tune_checkpoint: import and stop)" in result.stderr
