@@ -274,7 +274,7 @@ def plan_split(sources, num_classes, skip_unknown, result):
             planned.append(LabeledImage(path, stem, np.zeros((0, 4), np.float32), (), ()))
             continue
         try:
-            with open(labels_file, encoding="utf-8") as f:
+            with open(labels_file, encoding="utf-8-sig") as f:   # -sig: a BOM some Windows tools write
                 text = f.read()
             boxes, labels, notes = parse_labels(text, num_classes, skip_unknown, labels_file)
         except (BadLabel, UnicodeDecodeError) as error:

@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from engine import checkpoints
+from model import presets
 from nets import ssd, torch_weights, torchvision_ssd
 from nets.weight_table import TORCH_WEIGHTS_SUFFIXES, assign
 
@@ -83,7 +84,8 @@ def load_torchvision(model, config, class_names, path):
         torchvision_ssd.check_config(config)
     except ValueError as error:
         raise ValueError(f"{path}: {error}; use --model ssd300_vgg16_torchvision") from None
-    if config.pixel_mean != _torchvision_preset(config).pixel_mean or config.anchor_clip != "size":
+    preset = presets.get("ssd300_vgg16_torchvision", config.num_classes)
+    if config.pixel_mean != preset.pixel_mean or config.anchor_clip != preset.anchor_clip:
         logging.warning("%s was trained with torchvision's input mean and anchors; --model %s differs "
                         "(use --model ssd300_vgg16_torchvision to keep them)", path, config.name)
     columns = class_columns(torchvision_ssd.COCO_91_CLASSES[1:], class_names, skip=(torchvision_ssd.NA,))
@@ -98,11 +100,6 @@ def load_torchvision(model, config, class_names, path):
                          f"{torchvision_ssd.NUM_COLUMNS}: the class names of its columns are unknown")
     loaded = assign(model, weights, table, path, what="detector")
     return _carried_line(path, class_names, columns, loaded)
-
-
-def _torchvision_preset(config):
-    from model import presets
-    return presets.get("ssd300_vgg16_torchvision", config.num_classes)
 
 
 def _architecture(config):

@@ -125,14 +125,14 @@ def _label(path, text):
 
 @pytest.fixture
 def folder_dataset(tmp_path):
-    """Folder splits with one of each case: a good image, a negative, a bad label, an orphan label,
-    two images of one stem, a corrupt image, a polygon."""
+    """Folder splits with one of each case: a good image (its label file as Windows tools write it), a
+    negative, a bad label, an orphan label, two images of one stem, a corrupt image, a polygon."""
     root = tmp_path / "set"
     for name in ("good", "negative", "badlabel", "twin", "corrupt", "poly"):
         _image(str(root / "images" / "train" / f"{name}.jpg"))
     _image(str(root / "images" / "train" / "twin.png"))
     (root / "images" / "train" / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    _label(str(root / "labels" / "train" / "good.txt"), "0 0.5 0.5 0.5 0.5\n")
+    _label(str(root / "labels" / "train" / "good.txt"), "\ufeff0 0.5 0.5 0.5 0.5\r\n")   # a BOM, CRLF
     _label(str(root / "labels" / "train" / "badlabel.txt"), "0 0.5 0.5 0.5\n")
     _label(str(root / "labels" / "train" / "orphan.txt"), "0 0.5 0.5 0.5 0.5\n")
     _label(str(root / "labels" / "train" / "classes.txt"), "a\nb\n")
