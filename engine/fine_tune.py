@@ -74,6 +74,7 @@ def load(model, config, class_names, path):
 
 
 def load_torchvision(model, config, class_names, path):
+    """Loads torchvision's SSD300-VGG16 state dict `path` into `model` (nets/torchvision_ssd.py)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--fine_tune_checkpoint {path}: no such file")
     weights = torch_weights.read_weights(path)
