@@ -46,6 +46,10 @@ flags.DEFINE_string("checkpoint_path", os.path.join(cli.REPO_DIR, "model", "pret
                     "Backbone weights: reduced-fc VGG16 as a slim TF checkpoint (prefix or dir), Keras VGG16 .h5 "
                     "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors).")
 flags.DEFINE_bool("require_pretrained", False, "Fail instead of training from scratch without a backbone.")
+flags.DEFINE_string("fine_tune_checkpoint", None,
+                    "Start from a whole trained detector (step 0, fresh optimizer): a model_dir or ckpt-N of this "
+                    "project on any classes, or torchvision's ssd300_vgg16_coco-*.pth (with --model "
+                    "ssd300_vgg16_torchvision). Classes of both label maps keep their columns. Ignored on resume.")
 flags.DEFINE_integer("save_checkpoints_steps", 1000, "Steps between checkpoints.")
 flags.DEFINE_integer("keep_checkpoints", 5, "Checkpoints kept in --model_dir.")
 flags.DEFINE_integer("log_every_n_steps", 20, "Steps between console lines.")
@@ -67,7 +71,7 @@ flags.DEFINE_string("data_service", "", "HOST:PORT of a tf.data service dispatch
 FLAGS = flags.FLAGS
 
 # Every flag that cannot work fails at parse time, in one line (engine/cli.py).
-for _name in ("batch_size", "max_steps", "learning_rate", "width_multiplier", "keep_checkpoints",
+for _name in ("batch_size", "learning_rate", "width_multiplier", "keep_checkpoints",
               "eval_batch_size"):
     cli.positive(_name)
 for _name in ("warmup_steps", "save_checkpoints_steps", "log_every_n_steps", "save_summary_steps",
@@ -90,6 +94,14 @@ def _check_schedule(values):
                                     f"({len(boundaries)} boundaries, {len(factors)} factors)")
     if boundaries != sorted(boundaries):
         raise flags.ValidationError(f"--decay_boundaries must be increasing, got {values['decay_boundaries']}")
+    return True
+
+
+@flags.multi_flags_validator(["max_steps", "fine_tune_checkpoint"])
+def _check_max_steps(values):
+    # --max_steps 0 with --fine_tune_checkpoint converts a detector into a model_dir (ckpt-0) and stops.
+    if values["max_steps"] < 0 or (values["max_steps"] == 0 and not values["fine_tune_checkpoint"]):
+        raise flags.ValidationError("--max_steps must be > 0 (0 only with --fine_tune_checkpoint: import and stop)")
     return True
 
 
@@ -215,8 +227,9 @@ def make_datasets(strategy, config, anchors, start_step, chief):
 
 
 def restore(run, checkpoint, optimizer):
-    """Resumes from the latest checkpoint of --model_dir, else initialises the backbone; returns the
-    checkpoint resumed from (None for a fresh run). Folders left by a kill during a save are removed."""
+    """Resumes from the latest checkpoint of --model_dir, else loads --fine_tune_checkpoint (saved as
+    ckpt-0) or initialises the backbone; returns the checkpoint resumed from or saved (None for a fresh
+    run from a backbone). Folders left by a kill during a save are removed."""
     import tensorflow as tf
 
     from engine import checkpoints, training
@@ -226,7 +239,13 @@ def restore(run, checkpoint, optimizer):
     latest = tf.train.latest_checkpoint(FLAGS.model_dir)
     if latest:
         checkpoints.restore_training(checkpoint, latest, optimizer)
-        logging.info("resumed from %s at step %d", latest, int(optimizer.iterations.numpy()))
+        logging.info("resumed from %s at step %d%s", latest, int(optimizer.iterations.numpy()),
+                     " (--fine_tune_checkpoint is not read again)" if FLAGS.fine_tune_checkpoint else "")
+    elif FLAGS.fine_tune_checkpoint:
+        from engine import fine_tune
+        fine_tune.load(run.model, run.config, run.class_names, FLAGS.fine_tune_checkpoint)
+        # ckpt-0 keeps the starting point: a restart before the first save resumes from it.
+        latest = run.manager.save(checkpoint_number=0)
     else:
         training.init_backbone(run.model, FLAGS.checkpoint_path, FLAGS.require_pretrained, FLAGS.optimizer)
     return latest

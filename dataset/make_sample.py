@@ -7,7 +7,9 @@ object that remain visible in the final image (VOC annotates the visible extent)
 border clipping are already applied.
 
 The same images are also described as COCO instances JSON (annotations/instances_train.json and
-instances_val.json, file names relative to JPEGImages/), so nothing is stored twice.
+instances_val.json, file names relative to JPEGImages/) and in YOLO / Ultralytics layout (yolo/: data.yaml,
+train.txt and val.txt listing ./images/<id>.jpg, labels/<id>.txt, and images/, a symbolic link to
+../JPEGImages), so nothing is stored twice.
 
 Every image is rendered from its own RNG seeded by (SAMPLE_SEED, image number), so any subset can be
 regenerated alone and compared byte for byte with the committed files:
@@ -34,6 +36,7 @@ COCO_CATEGORY_IDS = (1, 3, 4, 7, 9, 12, 14, 18)
 COCO_SUPERCATEGORIES = {"circle": "round", "ellipse": "round", "ring": "round", "hexagon": "polygon",
                         "square": "polygon", "triangle": "polygon", "cross": "other", "star": "other"}
 COCO_ANNOTATIONS_DIR = "annotations"
+YOLO_DIR = "yolo"
 MIN_SIDE, MAX_SIDE = 250, 500
 MAX_OBJECTS = 6
 MIN_SIZE_FRACTION, MAX_SIZE_FRACTION = 0.05, 0.9
@@ -312,6 +315,42 @@ def write_coco_sample(output_dir):
             f.write(coco_instances_text(split))
 
 
+def yolo_label_text(number):
+    """The YOLO label file of image `number`: "class cx cy w h" per object, normalized, class ids 0-based.
+
+    A VOC box (xmin, ymin, xmax, ymax), 1-based inclusive, spans [xmin - 1, xmax] (dataset/voc_boxes.py),
+    so cx = (xmin - 1 + xmax) / 2 / W and w = (xmax - xmin + 1) / W; six decimals, as Ultralytics writes.
+    """
+    image, objects = render(number)
+    lines = []
+    for obj in objects:
+        xmin, ymin, xmax, ymax = obj["box"]
+        lines.append("%d %.6f %.6f %.6f %.6f" % (
+            CLASS_NAMES.index(obj["name"]), (xmin - 1 + xmax) / 2 / image.width,
+            (ymin - 1 + ymax) / 2 / image.height, (xmax - xmin + 1) / image.width,
+            (ymax - ymin + 1) / image.height))
+    return "".join(line + "\n" for line in lines)
+
+
+def write_yolo_sample(output_dir, numbers=None):
+    """Write <output_dir>/yolo/: data.yaml, train.txt, val.txt, labels/ and the images/ link."""
+    yolo_dir = os.path.join(output_dir, YOLO_DIR)
+    os.makedirs(os.path.join(yolo_dir, "labels"), exist_ok=True)
+    if not os.path.lexists(os.path.join(yolo_dir, "images")):
+        os.symlink(os.path.join("..", "JPEGImages"), os.path.join(yolo_dir, "images"))
+    all_numbers = range(1, NUM_TRAIN + NUM_VAL + 1)
+    for number in (all_numbers if numbers is None else numbers):
+        with open(os.path.join(yolo_dir, "labels", image_id(number) + ".txt"), "w") as f:
+            f.write(yolo_label_text(number))
+    for split in ("train", "val"):
+        with open(os.path.join(yolo_dir, split + ".txt"), "w") as f:
+            f.writelines("./images/%s.jpg\n" % image_id(n) for n in all_numbers if split_of(n) == split)
+    with open(os.path.join(yolo_dir, "data.yaml"), "w") as f:
+        f.write("# The sample in YOLO / Ultralytics layout (dataset/make_sample.py); images/ links to ../JPEGImages\n"
+                "path: .\ntrain: train.txt\nval: val.txt\nnames:\n"
+                + "".join("  %d: %s\n" % (i, name) for i, name in enumerate(CLASS_NAMES)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default=_DEFAULT_OUTPUT)
@@ -321,6 +360,7 @@ def main():
     write_sample(args.output_dir, numbers)
     if numbers is None:
         write_coco_sample(args.output_dir)
+    write_yolo_sample(args.output_dir, numbers)
 
 
 if __name__ == "__main__":

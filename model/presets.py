@@ -195,6 +195,24 @@ _PRESETS = {"ssd300_vgg16": _SSD300, "ssd512_vgg16": _SSD512,
             "ssd300_vgg16_coco": _SSD300_COCO, "ssd512_vgg16_coco": _SSD512_COCO,
             "ssd300_resnet34": _SSD300_RESNET34}
 
+
+# torchvision's SSD300-VGG16 (torchvision/models/detection/ssd.py ssd300_vgg16, the published
+# ssd300_vgg16_coco-b556d3b4.pth; its weights load through nets/torchvision_ssd.py): the COCO SSD300
+# above (DefaultBoxGenerator scales 0.07 ... 1.05 = 21 ... 315 px, steps 8 ... 300, the same aspect
+# ratios; score 0.01, 400 per class, NMS 0.45, 200 per image) with its own input and box handling:
+# RGB / 255 minus (0.48235, 0.45882, 0.40784), divided by std 1/255, i.e. 0-255 RGB minus 255 x that
+# mean with pixel_std 1; anchors clipped in width and height only (clip=True); decoded boxes clipped to
+# the image before NMS (postprocess_detections). Its box-code weights 10, 10, 5, 5 are our variances.
+TORCHVISION_SSD300_MEAN_RGB = (0.48235, 0.45882, 0.40784)
+_SSD300_TORCHVISION = dict(
+    _SSD300_COCO,
+    pixel_mean=tuple(255.0 * m for m in TORCHVISION_SSD300_MEAN_RGB),
+    anchor_clip="size",
+    clip_boxes_before_nms=True,
+    integer_prior_sizes=False,     # torchvision keeps its scales as fractions (21 ... 315 are whole)
+)
+_PRESETS["ssd300_vgg16_torchvision"] = _SSD300_TORCHVISION
+
 NAMES = tuple(sorted(_PRESETS))
 
 

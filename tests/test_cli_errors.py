@@ -144,7 +144,7 @@ def test_ordinary_mistakes_found_at_run_time_are_one_line(sample_records, tmp_pa
 
 
 SCRIPTS = ["train_ssd.py", "eval_ssd.py", "detect_ssd.py", "export_saved_model.py",
-           "convert_voc_sample_tfrecords.py", "visualize_augmentation.py"]
+           "convert_voc_sample_tfrecords.py", "convert_yolo_tfrecords.py", "visualize_augmentation.py"]
 
 
 @pytest.mark.slow
@@ -164,7 +164,8 @@ def test_help_answers_without_importing_tensorflow(tmp_path, script):
 # Every top-level script, each ending through cli.run (the test below checks the list is complete).
 ALL_SCRIPTS = ["train_ssd.py", "eval_ssd.py", "detect_ssd.py", "export_saved_model.py", "export_tflite.py",
                "stream_ssd.py", "analyze_dataset.py", "list_coco_categories.py",
-               "convert_voc_sample_tfrecords.py", "convert_coco_tfrecords.py", "visualize_augmentation.py"]
+               "convert_voc_sample_tfrecords.py", "convert_coco_tfrecords.py", "convert_yolo_tfrecords.py",
+               "visualize_augmentation.py"]
 
 
 def test_exit_code_table_is_distinct_and_documented():

@@ -1,11 +1,11 @@
 """A numpy stand-in for the few torch calls that ssd.pytorch's reference files make.
 
-Not part of the project and never run in CI: tests/reference/reference_equivalence.py installs it as `torch` in
-sys.modules, then imports amdegroot/ssd.pytorch's own files (layers/box_utils.py,
+Not part of the project and never run in CI: with `--torch numpy`, tests/reference/reference_equivalence.py
+installs it as `torch` in sys.modules, then imports amdegroot/ssd.pytorch's own files (layers/box_utils.py,
 layers/modules/multibox_loss.py, layers/functions/detection.py, prior_box.py) unchanged from the
-fetched snapshot, so the reference's control flow and arithmetic run as written. A CPU torch wheel
-from PyPI is the CUDA build (about 900 MB) and does not import without the nvidia-* wheels (several
-GB more), too much for the shared 2-core build machine.
+fetched snapshot, so the reference's control flow and arithmetic run as written. The fixture was first
+made this way, when no torch could be installed here; it is now made on the real CPU torch (the
+generator's default), which moved no equality (docs/evaluation.md).
 
 Semantics kept from torch (CPU, float32): float tensors are float32, `max(dim)` returns (values,
 indices) with the FIRST index on ties, `sort` is ascending unless `descending=True`, boolean-mask

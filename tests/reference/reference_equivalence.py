@@ -6,13 +6,18 @@ against the file this writes (tests/fixtures/reference_equivalence.npz). Regener
     python3 -m tests.reference.reference_equivalence \
         --ssd_pytorch SSD_PYTORCH_SNAPSHOT --py_faster_rcnn PY_FASTER_RCNN_SNAPSHOT
 
-from the repository root, where each flag names a snapshot of the public repository (a checkout or a bare git directory: files
+from the repository root, with the python of a venv holding torch==2.13.0+cpu, numpy, pycocotools and
+absl-py (torch is never a project dependency), where each flag names a snapshot of the public repository (a checkout or a bare git directory: files
 are read with `git archive HEAD`). What runs, and from where:
 
-* ssd.pytorch (amdegroot/ssd.pytorch): its own `layers/` files and `data/config.py`, unchanged, on
-  tests/reference/numpy_torch.py, a numpy stand-in for the torch calls they make (module docstring there says
-  why not a real CPU torch). Used: PriorBox (VOC config, `clip` off as Caffe), box_utils.match and
-  encode (inside MultiBoxLoss and alone), MultiBoxLoss, Detect.
+* ssd.pytorch (amdegroot/ssd.pytorch): its own `layers/` files and `data/config.py` on real torch (the CPU
+  build, `torch==2.13.0+cpu`: run this module with the python of a venv that has it), with the one patch
+  current PyTorch needs, SSD_PYTORCH_PATCH: MultiBoxLoss masks `loss_c` [num * priors, 1] with `pos`
+  [num, priors], which PyTorch >= 0.4 refuses, so `loss_c` is viewed as (num, -1) before the masking
+  instead of after (ssd.pytorch issue #173, the fix its users apply); Detect, an old-style autograd
+  Function, is called through `.forward`. `--torch numpy` runs them on tests/reference/numpy_torch.py
+  instead, the numpy stand-in used before a CPU torch was at hand. Used: PriorBox (VOC config, `clip`
+  off as Caffe), box_utils.match and encode (inside MultiBoxLoss and alone), MultiBoxLoss, Detect.
 * py-faster-rcnn (rbgirshick/py-faster-rcnn): lib/datasets/voc_eval.py, the real file, after the
   mechanical Python 2 -> 3 edits listed in `_PY2_TO_PY3` (print statements, cPickle, np.bool).
 * pycocotools: the installed package, through its file interface (COCO(json), loadRes(json)).
@@ -49,7 +54,16 @@ flags.DEFINE_string("py_faster_rcnn", None, "Snapshot of rbgirshick/py-faster-rc
 flags.DEFINE_string("output", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                            "fixtures", "reference_equivalence.npz"),
                     "Fixture file to write.")
+flags.DEFINE_enum("torch", "real", ["real", "numpy"], "ssd.pytorch runs on the installed torch (real) or on "
+                  "tests/reference/numpy_torch.py (numpy).")
 flags.mark_flags_as_required(["ssd_pytorch", "py_faster_rcnn"])
+
+# (file, the text as fetched, the text run): the only edit of ssd.pytorch's code (module docstring).
+SSD_PYTORCH_PATCH = ("layers/modules/multibox_loss.py",
+                     "        loss_c[pos] = 0  # filter out pos boxes for now\n"
+                     "        loss_c = loss_c.view(num, -1)\n",
+                     "        loss_c = loss_c.view(num, -1)\n"
+                     "        loss_c[pos] = 0  # filter out pos boxes for now\n")
 
 SEED = 18
 ANCHOR_STRIDE = 5                   # fixtures keep every 5th anchor of the full sets
@@ -94,14 +108,27 @@ def _import_package(name, folder):
     return module
 
 
-def load_ssd_pytorch(repo, dest):
-    """ssd.pytorch's layers package and config, imported on the numpy torch stand-in."""
-    from . import numpy_torch
+def load_ssd_pytorch(repo, dest, real_torch=True):
+    """ssd.pytorch's layers package and config, imported on real torch (patched: SSD_PYTORCH_PATCH) or
+    on the numpy torch stand-in."""
     extract(repo, ["layers", "data/config.py"], dest)
     # data/__init__.py would import cv2 and the datasets; only the config dicts are needed.
     with open(os.path.join(dest, "data", "__init__.py"), "w") as f:
         f.write("from .config import *\n")
-    numpy_torch.install()
+    if real_torch:
+        if importlib.util.find_spec("torch") is None:
+            raise SystemExit("--torch real: torch is not installed in this python (run it with the venv's "
+                             "python that has torch==2.13.0+cpu, or pass --torch numpy)")
+        path, fetched, patched = SSD_PYTORCH_PATCH
+        with open(os.path.join(dest, path)) as f:
+            source = f.read()
+        if fetched not in source:
+            raise SystemExit(f"{path}: the text SSD_PYTORCH_PATCH replaces is not in this snapshot")
+        with open(os.path.join(dest, path), "w") as f:
+            f.write(source.replace(fetched, patched))
+    else:
+        from . import numpy_torch
+        numpy_torch.install()
     for package in ("data", "layers"):   # their absolute imports ("from data import voc") resolve here
         _import_package(package, os.path.join(dest, package))
     box_utils = importlib.import_module("layers.box_utils")
@@ -359,7 +386,7 @@ def main(argv):
     fixture = {}
     with tempfile.TemporaryDirectory() as work:
         box_utils, loss_module, detection, prior_box, ssd_config = load_ssd_pytorch(
-            FLAGS.ssd_pytorch, os.path.join(work, "ssd.pytorch"))
+            FLAGS.ssd_pytorch, os.path.join(work, "ssd.pytorch"), real_torch=FLAGS.torch == "real")
         torch = sys.modules["torch"]
         anchors = anchors_section(prior_box, ssd_config, fixture)
         matching_section(box_utils, torch, anchors, rng, fixture)
