@@ -175,7 +175,9 @@ def populate(tflite_bytes, class_names, name, description):
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite_bytes))
     subgraph = model.subgraphs[0]
-    input_shape = list(subgraph.tensors[subgraph.inputs[0]].shape)
+    tensor = subgraph.tensors[subgraph.inputs[0]]
+    # shape_signature holds -1 for a dynamic axis (shape then says 1); absent when every axis is fixed.
+    input_shape = [int(d) for d in (tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape)]
     if len(input_shape) != 4 or input_shape[1] != input_shape[2] or input_shape[1] <= 0:
         raise ValueError(f"metadata needs a fixed [1, S, S, 3] input, the file has {input_shape}")
     output_keys = subgraph_output_keys(model)
