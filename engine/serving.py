@@ -27,8 +27,10 @@ and every kind answers the same Python contract, with TRIMMED rows:
 
   detector.class_names (C names), detector.class_name(id), detector.config, detector.kind,
   detector.path (for a checkpoint: its ckpt-N prefix). A wrong input raises ValueError. Every kind
-  gives the same detections (checkpoint and SavedModel within 1e-5; float32 TFLite within 1e-4;
-  float16 and int8 TFLite approximately). Not thread-safe: one detector per thread.
+  gives the same detections (checkpoint and SavedModel within 1e-5; float32 ONNX and any-size
+  float32 TFLite within 1e-4; a fixed-input float32 TFLite file within 1e-4 on S x S images, up to
+  the uint8 rounding of the resized image on others; float16 and int8 files approximately). Not
+  thread-safe: one detector per thread.
 
 `detections_record` turns one image's Detections into the JSON dict that detect_ssd.py's
 detections.json and stream_ssd.py's JSON lines hold.
