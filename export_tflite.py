@@ -12,9 +12,10 @@ label_map.pbtxt and config.json the model was trained with. int8 is calibrated o
 uint8 [1, S, S, 3] (S: --input_size, default the preset's size) and returns the SavedModel's outputs
 (detection_boxes, detection_scores, detection_classes, num_detections), and carries TFLite Metadata
 and its label file, so MediaPipe's ObjectDetector runs it as it is. --dynamic_input writes today's
-any-size uint8 [1, H, W, 3] files instead (no metadata: for this project's own Detector). In Python, engine.serving.load_detector(path) opens one behind the
-detector contract every kind shares. --evaluate_split also reports the VOC mAP of the checkpoint and of
-every file on that split, each opened through that door.
+any-size uint8 [1, H, W, 3] files instead (no metadata: for this project's own Detector). In Python,
+engine.serving.load_detector(path) opens one behind the detector contract every kind shares.
+--evaluate_split also reports the VOC mAP of the checkpoint and of every file on that split, each
+opened through that door.
 """
 
 

@@ -50,10 +50,11 @@ def convert(model, anchors, config):
     graph = tflite_export.TFLiteGraph(model, anchors, config)
     spec = [tf.TensorSpec([1, None, None, 3], tf.uint8, name=INPUT_NAME)]
     proto, _ = tf2onnx.convert.from_function(graph.serve, input_signature=spec, opset=OPSET)
-    # tf2onnx keeps going past an op it cannot convert (leaving the TF op in the graph): refuse that.
     if len(proto.graph.input) != 1:   # a tensor captured by the function and not frozen
         raise ValueError(f"converted graph has inputs {[i.name for i in proto.graph.input]}, expected {INPUT_NAME}")
-    foreign = sorted({f"{node.domain}:{node.op_type}" for node in proto.graph.node if node.domain not in ("", "ai.onnx")})
+    # tf2onnx keeps going past an op it cannot convert (leaving the TF op in the graph): refuse that.
+    foreign = sorted({f"{node.domain}:{node.op_type}" for node in proto.graph.node
+                      if node.domain not in ("", "ai.onnx")})
     if foreign:
         raise ValueError(f"tf2onnx left ops outside the ONNX standard: {', '.join(foreign)}")
     outputs = sorted(output.name for output in proto.graph.output)

@@ -342,8 +342,8 @@ def _open_checkpoint(path, dtype_policy):
 
 def load_detector(path, num_threads=None, dtype_policy="float32"):
     """The Detector of `path` (module docstring: the kinds and the contract). `num_threads` applies to
-    TFLite interpreters and ONNX Runtime sessions only, `dtype_policy` (a Keras policy, e.g. "mixed_bfloat16") to checkpoints
-    only. Raises FileNotFoundError when `path` is none of the kinds.
+    TFLite interpreters and ONNX Runtime sessions only, `dtype_policy` (a Keras policy, e.g.
+    "mixed_bfloat16") to checkpoints only. Raises FileNotFoundError when `path` is none of the kinds.
     """
     path = os.fspath(path)
     # The dispatch: one opener per kind, told apart by the file name or the folder's content.

@@ -102,8 +102,8 @@ def test_int8_quantizes_the_network_only_and_agrees_with_float(exports, detector
         assert initializers[weight.input[0]].data_type == onnx.TensorProto.INT8
         assert producers[conv.input[0]].op_type == "DequantizeLinear"
     # Dequantized values feed the network's ops and the heads' reshapes, never the post-processing.
-    consumers = {node.op_type for node in model.graph.node
-                 if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in node.input)}
+    dequantized = {name for name, node in producers.items() if node.op_type == "DequantizeLinear"}
+    consumers = {node.op_type for node in model.graph.node if dequantized & set(node.input)}
     assert consumers <= {"Conv", "Relu", "MaxPool", "Transpose", "Reshape"}
     assert _agreement_map(detectors["float32"], detectors["float32"], val_images, 0.3) == pytest.approx(1.0)
     # Measured 0.68 on this random model (crowded scores, see tests/test_tflite.py), whatever the
