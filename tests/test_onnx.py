@@ -3,15 +3,10 @@ input, the four outputs by name), float32 parity with the SavedModel in ONNX Run
 on the sample's val images, the detector door opening .onnx files, and the int8 file quantized in the
 network only and measured against float."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import pytest
 
-from conftest import REPO_ROOT
 from dataset import fields, reader
 from engine import onnx_export, serving, tflite_export
 from test_export import CLASS_NAMES, write_random_model_dir
@@ -138,14 +133,3 @@ def test_opencv_dnn_runs_the_float32_file_as_the_saved_model(exports, detectors,
                 (np.abs(found.scores[:, None] - reference.scores[None]) <= 2e-3))
         assert same.any(1).all() and same.any(0).all(), image_id
 
-
-def test_export_onnx_script_mistake_is_one_line(exports, tmp_path):
-    """One process (a script start costs seconds): int8 with no records to calibrate on."""
-    model_dir = os.path.join(os.path.dirname(exports["saved_model"]), "model_dir")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "export_onnx.py"), "--model_dir", model_dir, "--output_dir",
-         str(tmp_path / "out"), "--formats", "int8", "--data_dir", str(tmp_path / "none")],
-        capture_output=True, text=True, cwd=REPO_ROOT)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].startswith("export_onnx.py: error: no train shards")
-    assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "out")
