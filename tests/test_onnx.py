@@ -132,4 +132,3 @@ def test_opencv_dnn_runs_the_float32_file_as_the_saved_model(exports, detectors,
         same = ((found.classes[:, None] == reference.classes[None]) & (_iou(found.boxes, reference.boxes) >= 0.99) &
                 (np.abs(found.scores[:, None] - reference.scores[None]) <= 2e-3))
         assert same.any(1).all() and same.any(0).all(), image_id
-
