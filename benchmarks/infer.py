@@ -15,6 +15,11 @@ TFLite rows (float32 policy, --tflite): the same module converted by engine/tfli
 float32, float16 and int8 (calibrated on --calibration_images random images), each opened through the
 door (the LiteRT interpreter, --tflite_threads threads) on a uint8 S x S image; batch-1 latency and its
 ratio to the SavedModel's batch-1 latency measured in the same run (tflite_latency_over_saved_model).
+MediaPipe rows (--mediapipe, needs --tflite): MediaPipe Tasks' ObjectDetector on the float32 and int8
+files (their fixed S x S input and metadata), batch-1 latency and over the SavedModel's.
+ONNX rows (float32 policy, --onnx): engine/onnx_export.py's float32 and int8 files (int8 calibrated on
+the same images) in ONNX Runtime's CPU provider through the door (--tflite_threads threads), batch-1
+latency and over the SavedModel's (onnx_latency_over_saved_model).
 
 SSD300 with random weights (written as a model_dir in a temporary folder) unless --model_dir names a
 trained model_dir (its preset and width then win).
@@ -36,7 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from engine import checkpoints, serving, tflite_export  # noqa: E402
+from engine import checkpoints, onnx_export, serving, tflite_export  # noqa: E402
 from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 
@@ -52,7 +57,9 @@ flags.DEFINE_integer("throughput_iterations", 2, "Timed calls at --throughput_ba
 flags.DEFINE_integer("seed", 0, "Seed of weights and images.")
 flags.DEFINE_bool("tflite", True, "Also time the float32 model's TFLite float32 / float16 / int8 files.")
 flags.DEFINE_integer("tflite_threads", os.cpu_count(), "Interpreter threads (TensorFlow uses every core).")
-flags.DEFINE_integer("calibration_images", 4, "Random images the int8 file is calibrated on.")
+flags.DEFINE_integer("calibration_images", 4, "Random images the int8 files are calibrated on.")
+flags.DEFINE_bool("mediapipe", True, "With --tflite, also time MediaPipe's ObjectDetector on the float32 / int8 files.")
+flags.DEFINE_bool("onnx", True, "Also time the float32 model's ONNX float32 / int8 files in ONNX Runtime.")
 
 PATHS = ("forward", "checkpoint", "saved_model")
 
@@ -86,30 +93,72 @@ def _model_dir(root):
     return model_dir
 
 
-def _tflite_rows(module, config, class_names, export_root, rng, latencies):
-    """Batch-1 latency of each TFLite format, and over the SavedModel's latency of the same run."""
-    size = config.image_size
-    calibration = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-                   for _ in range(FLAGS.calibration_images)]
+def _latency_rows(prefix, calls, image, latencies):
+    """{prefix_batch1_latency_s: {name: s}, prefix_latency_over_saved_model: {name: ratio}} of each
+    callable in `calls` on `image`, against the SavedModel's batch-1 latency of the same run."""
+    rows = {f"{prefix}_batch1_latency_s": {}, f"{prefix}_latency_over_saved_model": {}}
+    for name, call in calls.items():
+        seconds = _median_seconds(call, image, FLAGS.warmup, FLAGS.latency_iterations)
+        rows[f"{prefix}_batch1_latency_s"][name] = seconds
+        rows[f"{prefix}_latency_over_saved_model"][name] = seconds / latencies["saved_model"]
+        logging.info("%s %s batch 1: %.3f s per call", prefix, name, seconds)
+    return rows
+
+
+def _mediapipe_rows(tflite_paths, image, latencies):
+    """MediaPipe Tasks' ObjectDetector on the float32 and int8 TFLite files (batch 1)."""
+    import mediapipe
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    frame = mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+    detectors = {fmt: vision.ObjectDetector.create_from_options(vision.ObjectDetectorOptions(
+        base_options=BaseOptions(model_asset_path=tflite_paths[fmt]))) for fmt in ("float32", "int8")}
+    try:
+        return _latency_rows("mediapipe", {fmt: (lambda _, d=d: d.detect(frame)) for fmt, d in detectors.items()},
+                             image, latencies)
+    finally:
+        for detector in detectors.values():
+            detector.close()
+
+
+def _onnx_rows(module, class_names, export_root, calibration, image, latencies):
+    """ONNX Runtime (CPU provider) on the float32 and int8 ONNX files, through the door (batch 1)."""
+    start = time.perf_counter()
+    paths = onnx_export.export(module, class_names, os.path.join(export_root, "onnx"), calibration=calibration)
+    rows = {"onnx_export_s": time.perf_counter() - start,
+            "onnx_file_mb": {fmt: os.path.getsize(path) / 1e6 for fmt, path in paths.items()}}
+    calls = {fmt: serving.load_detector(path, num_threads=FLAGS.tflite_threads) for fmt, path in paths.items()}
+    rows.update(_latency_rows("onnx", calls, image, latencies))
+    return rows
+
+
+def _tflite_rows(module, class_names, export_root, calibration, image, latencies):
+    """Batch-1 latency of each TFLite format (the door, LiteRT), and over the SavedModel's of the same
+    run; with --mediapipe, MediaPipe's rows on the same files."""
     start = time.perf_counter()
     paths = tflite_export.export(module, class_names, os.path.join(export_root, "tflite"),
                                  calibration=calibration)
-    rows = {"tflite_export_s": time.perf_counter() - start, "tflite_batch1_latency_s": {},
-            "tflite_latency_over_saved_model": {}, "tflite_file_mb": {}}
+    rows = {"tflite_export_s": time.perf_counter() - start,
+            "tflite_file_mb": {fmt: os.path.getsize(path) / 1e6 for fmt, path in paths.items()}}
+    calls = {fmt: serving.load_detector(path, num_threads=FLAGS.tflite_threads) for fmt, path in paths.items()}
+    rows.update(_latency_rows("tflite", calls, image, latencies))
+    if FLAGS.mediapipe:
+        rows.update(_mediapipe_rows(paths, image, latencies))
+    return rows
+
+
+def _runtime_rows(module, config, class_names, export_root, rng, latencies):
+    """The TFLite, MediaPipe and ONNX rows (as flagged) on one random S x S image; the int8 files are
+    calibrated on --calibration_images random images."""
+    size = config.image_size
+    calibration = [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                   for _ in range(FLAGS.calibration_images)]
     image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-    for fmt, path in paths.items():
-        detector = serving.load_detector(path, num_threads=FLAGS.tflite_threads)
-        for _ in range(FLAGS.warmup):
-            detector(image)
-        seconds = []
-        for _ in range(FLAGS.latency_iterations):
-            begin = time.perf_counter()
-            detector(image)                     # returns numpy: the call has finished
-            seconds.append(time.perf_counter() - begin)
-        rows["tflite_batch1_latency_s"][fmt] = statistics.median(seconds)
-        rows["tflite_latency_over_saved_model"][fmt] = statistics.median(seconds) / latencies["saved_model"]
-        rows["tflite_file_mb"][fmt] = os.path.getsize(path) / 1e6
-        logging.info("tflite %s batch 1: %.3f s per call", fmt, statistics.median(seconds))
+    rows = {}
+    if FLAGS.tflite:
+        rows.update(_tflite_rows(module, class_names, export_root, calibration, image, latencies))
+    if FLAGS.onnx:
+        rows.update(_onnx_rows(module, class_names, export_root, calibration, image, latencies))
     return rows
 
 
@@ -140,8 +189,8 @@ def benchmark(policy, export_root):
             seconds = _median_seconds(callables[path], argument, FLAGS.warmup, iterations)
             result[key][path] = seconds if batch == 1 else batch / seconds
             logging.info("%s batch %d %s: %.3f s per call", policy, batch, path, seconds)
-    if FLAGS.tflite and policy == "float32":
-        result.update(_tflite_rows(module, config, class_names, export_root, rng, result["batch1_latency_s"]))
+    if policy == "float32":
+        result.update(_runtime_rows(module, config, class_names, export_root, rng, result["batch1_latency_s"]))
     result["mean_detections_per_image"] = float(np.mean([len(found) for found in saved_model(images)]))
     result["latency_over_forward"] = {p: result["batch1_latency_s"][p] / result["batch1_latency_s"]["forward"]
                                       for p in PATHS[1:]}

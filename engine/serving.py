@@ -9,13 +9,15 @@ kind, e.g. an ONNX file, is one more opener there):
   a SavedModel folder      export_saved_model.py's              kind "saved_model"
   a .tflite file           export_tflite.py's (config.json and  kind "tflite"
                            label_map.pbtxt lie beside it)
+  a .onnx file             export_onnx.py's, run by ONNX        kind "onnx"
+                           Runtime (config and label map beside)
 
 and every kind answers the same Python contract, with TRIMMED rows:
 
   detector(image)    uint8 numpy [H, W, 3] RGB, any H, W > 0 -> one `Detections`
   detector(images)   uint8 numpy [B, H, W, 3]                 -> a list of B `Detections`
                      (one model call for the batch where the kind takes batches: checkpoint and
-                     SavedModel; a TFLite file is batch 1 and runs the images one by one)
+                     SavedModel; TFLite and ONNX files are batch 1 and run the images one by one)
 
   Detections (frozen; N = the valid detections of that image: scores above config.score_threshold,
   N <= config.max_detections; filter further with .select(min_score, class_ids)):
@@ -25,8 +27,10 @@ and every kind answers the same Python contract, with TRIMMED rows:
 
   detector.class_names (C names), detector.class_name(id), detector.config, detector.kind,
   detector.path (for a checkpoint: its ckpt-N prefix). A wrong input raises ValueError. Every kind
-  gives the same detections (checkpoint and SavedModel within 1e-5; float32 TFLite within 1e-4;
-  float16 and int8 TFLite approximately). Not thread-safe: one detector per thread.
+  gives the same detections (checkpoint and SavedModel within 1e-5; float32 ONNX and any-size
+  float32 TFLite within 1e-4; a fixed-input float32 TFLite file within 1e-4 on S x S images, up to
+  the uint8 rounding of the resized image on others; float16 and int8 files approximately). Not
+  thread-safe: one detector per thread.
 
 `detections_record` turns one image's Detections into the JSON dict that detect_ssd.py's
 detections.json and stream_ssd.py's JSON lines hold.
@@ -255,11 +259,11 @@ class Detector:
 
     Opened by `load_detector`. `run_batch` maps uint8 numpy [B, H, W, 3] to the padded outputs (numpy,
     the SavedModel's keys, batch axis B); `runtime` is the object it runs (a DetectionModule, a loaded
-    SavedModel, a TFLiteRunner), kept for inspection (e.g. a TFLite file's ops).
+    SavedModel, a TFLiteRunner, an ONNXRunner), kept for inspection (e.g. a TFLite file's ops).
     """
 
     def __init__(self, kind, path, config, class_names, run_batch, runtime=None):
-        self.kind = kind                      # "checkpoint", "saved_model" or "tflite"
+        self.kind = kind                      # "checkpoint", "saved_model", "tflite" or "onnx"
         self.path = path                      # what was loaded (for a checkpoint: its ckpt-N prefix)
         self.config = config
         self.class_names = tuple(class_names)
@@ -301,6 +305,20 @@ def _open_tflite(path, num_threads):
     return Detector("tflite", path, config, class_names, run_batch, runner)
 
 
+def _open_onnx(path, num_threads):
+    from engine import onnx_export
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such .onnx file")
+    config, class_names = checkpoints.read(os.path.dirname(os.path.abspath(path)))
+    runner = onnx_export.ONNXRunner(path, num_threads)
+
+    def run_batch(images):   # the file takes batch 1
+        rows = [runner(image) for image in images]
+        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    return Detector("onnx", path, config, class_names, run_batch, runner)
+
+
 def _open_saved_model(path):
     loaded, config, class_names = load(path)
 
@@ -324,18 +342,21 @@ def _open_checkpoint(path, dtype_policy):
 
 def load_detector(path, num_threads=None, dtype_policy="float32"):
     """The Detector of `path` (module docstring: the kinds and the contract). `num_threads` applies to
-    TFLite interpreters only, `dtype_policy` (a Keras policy, e.g. "mixed_bfloat16") to checkpoints
-    only. Raises FileNotFoundError when `path` is none of the kinds.
+    TFLite interpreters and ONNX Runtime sessions only, `dtype_policy` (a Keras policy, e.g.
+    "mixed_bfloat16") to checkpoints only. Raises FileNotFoundError when `path` is none of the kinds.
     """
     path = os.fspath(path)
     # The dispatch: one opener per kind, told apart by the file name or the folder's content.
     if path.endswith(".tflite"):
         return _open_tflite(path, num_threads)
+    if path.endswith(".onnx"):
+        return _open_onnx(path, num_threads)
     if os.path.isfile(os.path.join(path, SAVED_MODEL_FILENAME)):
         return _open_saved_model(path)
     if os.path.isdir(path) or tf.io.gfile.exists(path + ".index"):
         return _open_checkpoint(path, dtype_policy)
-    raise FileNotFoundError(f"{path}: not a .tflite file, a SavedModel folder, a model_dir or a checkpoint prefix")
+    raise FileNotFoundError(f"{path}: not a .tflite file, a .onnx file, a SavedModel folder, a model_dir or a "
+                            f"checkpoint prefix")
 
 
 def detections_record(detections, class_names, height, width, min_score=0.0, class_ids=None):

@@ -12,13 +12,25 @@ Formats:
             the VOC07 mAP of a trained model fell from 0.178 to 0.095; with it in float, 0.182.
 
 Graph contract (every format):
-  input   input_tensor       uint8   [1, H, W, 3]  RGB; any H, W (the interpreter resizes the input)
+  input   input_tensor       uint8   [1, S, S, 3]  RGB, S fixed: the preset's size unless input_size says
+                                                   otherwise (the graph resizes S to the preset's size);
+                                     uint8   [1, H, W, 3]  with dynamic_input: any H, W (the interpreter
+                                                   resizes the input tensor; our own Detector only)
   outputs detection_boxes    float32 [1, K, 4]     normalized yxyx of the original image, clipped
           detection_scores   float32 [1, K]        descending, 0 in padding
           detection_classes  float32 [1, K]        label-map ids 1..C, 0 in padding
           num_detections     float32 [1]
 with the SavedModel's names, dtypes and K (engine/serving.py), read by signature name. In Python,
-engine.serving.load_detector(path) opens a file behind the one detector contract (trimmed rows).
+engine.serving.load_detector(path) opens a file behind the one detector contract (trimmed rows); for a
+fixed-input file it first resizes the image to S x S (TF bilinear, rounded to uint8), so its
+detections equal the SavedModel's exactly on S x S images and approximately on others.
+
+Fixed-input files carry TFLite Model Metadata and the label file (engine/tflite_metadata.py), so
+MediaPipe's ObjectDetector and the TFLite task libraries load them as they are; MediaPipe reads H and W
+from the input's static shape (an any-size input ran at 1 x 1 there, silently: every score equal), so
+dynamic-input files get no metadata and MediaPipe refuses them with a message instead. Every format
+takes uint8 input (MediaPipe feeds uint8 0-255 and needs no NormalizationOptions for it); no
+float-input file is written.
 
 Post-processing is model/postprocess.py's algorithm written with TFLite built-ins only, batch 1:
 softmax, per class the top config.max_detections_per_class anchors (TOPK_V2), NON_MAX_SUPPRESSION_V5
@@ -44,7 +56,7 @@ import tensorflow as tf
 from absl import logging
 
 from dataset import atomic, fields
-from engine import checkpoints
+from engine import checkpoints, tflite_metadata
 from model import box_coder
 from preprocessing import inputs
 
@@ -96,30 +108,36 @@ def postprocess_batch1(cls_logits, box_codes, anchors, config):
 
 
 class TFLiteGraph(tf.Module):
-    """The serving graph for the converter: uint8 [1, H, W, 3] -> detections (module docstring)."""
+    """The serving graph for the converter: uint8 [1, S, S, 3] (S = input_size), or [1, H, W, 3] when
+    input_size is None, -> detections (module docstring)."""
 
-    def __init__(self, model, anchors, config):
+    def __init__(self, model, anchors, config, input_size=None):
         super().__init__(name="ssd_tflite")
         # The raw tf.Variables (see the module docstring); the Keras model is captured, not tracked.
         self.weights = [v if isinstance(v, tf.Variable) else v.value for v in model.variables]
-        anchors = tf.constant(anchors, tf.float32)
+        # Made a constant inside the function: a tensor captured from outside would stay an input of
+        # the graph for tf2onnx (engine/onnx_export.py), which freezes variables but not captures.
+        anchors = np.asarray(anchors, np.float32)
 
-        @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8, name=INPUT_NAME)])
+        @tf.function(input_signature=[tf.TensorSpec([1, input_size, input_size, 3], tf.uint8, name=INPUT_NAME)])
         def serve(input_tensor):
             # ResizeBilinear has no uint8-input TFLite kernel; on float input its result is the same.
             resized = inputs.resize(tf.cast(input_tensor, tf.float32), config)        # [1, S, S, 3]
             outputs = model(resized, training=False)   # the model normalizes (nets/ssd.py)
-            return postprocess_batch1(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES], anchors,
-                                      config)
+            return postprocess_batch1(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
+                                      tf.constant(anchors), config)
         self.serve = serve
 
 
-def convert(model, anchors, config, fmt, calibration_images=None):
-    """The .tflite bytes of `fmt` (FORMATS). int8 needs `calibration_images`: an iterable of uint8
-    [H, W, 3] arrays (re-iterable; each one is one calibration step)."""
+def convert(model, anchors, config, fmt, calibration_images=None, input_size=None):
+    """The .tflite bytes of `fmt` (FORMATS), input uint8 [1, S, S, 3] for S = input_size, any size when
+    None. int8 needs `calibration_images`: an iterable of uint8 [H, W, 3] arrays (re-iterable; each one
+    is one calibration step; resized to S x S for a fixed input)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown TFLite format {fmt!r}; known: {', '.join(FORMATS)}")
-    graph = TFLiteGraph(model, anchors, config)
+    graph = TFLiteGraph(model, anchors, config, input_size)
+    if input_size and calibration_images is not None:
+        calibration_images = [resize_uint8(image, input_size) for image in calibration_images]
     converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.serve.get_concrete_function()], graph)
     if fmt == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -161,22 +179,45 @@ def calibration_images(data_dir, split, num_records):
     return images
 
 
-def export(module, class_names, output_dir, formats=FORMATS, calibration=None):
+def resize_uint8(image, size):
+    """uint8 [H, W, 3] -> uint8 [size, size, 3]: TF bilinear (preprocessing/inputs.py's), rounded."""
+    image = np.asarray(image)
+    if image.shape[:2] == (size, size):
+        return image
+    resized = tf.image.resize(image, [size, size], method=tf.image.ResizeMethod.BILINEAR)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8).numpy()
+
+
+def export(module, class_names, output_dir, formats=FORMATS, calibration=None, input_size=None,
+           dynamic_input=False):
     """Writes model_<format>.tflite of `module` (an engine.serving.DetectionModule, as
     engine.serving.export takes) for each format plus config.json and label_map.pbtxt into
     `output_dir`; returns {format: path}. `calibration`: convert's calibration_images (int8).
+    The input is uint8 [1, S, S, 3] with S = input_size (default: the preset's image size) and the
+    files carry TFLite Metadata with the label file (engine/tflite_metadata.py); dynamic_input=True
+    writes any-size [1, H, W, 3] files without metadata instead.
 
     Written into a temporary folder beside `output_dir` and renamed into place; an existing
     `output_dir` is replaced only when it is itself a TFLite export (holds a model_*.tflite).
     """
     config = module.config
+    if dynamic_input and input_size:
+        raise ValueError("input_size fixes the input; it cannot be combined with dynamic_input")
+    input_size = None if dynamic_input else (input_size or config.image_size)
+    if input_size is not None and input_size <= 0:
+        raise ValueError(f"input_size must be positive, got {input_size}")
     output_dir = os.path.abspath(output_dir)
     # Leftovers of a killed export recovered first, swapped in as a whole (dataset/atomic.py).
     replaceable = atomic.must_hold_one_of([tflite_filename(f) for f in FORMATS], "a TFLite export")
     with atomic.staged_folder(output_dir, replaceable) as temp_dir:
         for fmt in formats:
             start = time.time()
-            content = convert(module.model, module.anchors, config, fmt, calibration)
+            content = convert(module.model, module.anchors, config, fmt, calibration, input_size)
+            if input_size:
+                content = tflite_metadata.populate(
+                    content, class_names, name=f"SSD {config.name} ({fmt})",
+                    description=f"{config.name} detector of {len(class_names)} classes, {fmt}, "
+                                f"uint8 RGB input {input_size}x{input_size}; exported by export_tflite.py")
             with open(os.path.join(temp_dir, tflite_filename(fmt)), "wb") as f:
                 f.write(content)
             logging.info("converted %s: %.1f MB in %.1f s", fmt, len(content) / 1e6, time.time() - start)
@@ -185,19 +226,30 @@ def export(module, class_names, output_dir, formats=FORMATS, calibration=None):
 
 
 def make_interpreter(path, num_threads=None):
-    """The LiteRT interpreter (ai_edge_litert; tf.lite.Interpreter is deprecated in TF 2.21 and warns
-    so) of the .tflite file at `path`; falls back to tf.lite when ai-edge-litert is not installed."""
+    """The LiteRT interpreter (ai_edge_litert, in requirements.txt) of the .tflite file at `path`.
+
+    Without ai-edge-litert: TF's tf.lite.Interpreter WITHOUT its default delegates, with a warning.
+    Never tf.lite's default: in TF 2.21 its default delegate returns zeros for a 3x3 convolution of
+    stride >= 4 (LiteRT and the interpreter without default delegates are right; tests/test_tflite.py
+    shows all three on such a convolution).
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
-    except ImportError:   # requirements.txt names ai-edge-litert; this keeps a TF-only install working
-        Interpreter = tf.lite.Interpreter
+    except ImportError:
+        logging.warning("ai-edge-litert is not installed (pip install ai-edge-litert): running %s with "
+                        "tf.lite.Interpreter without its default delegates (slower; its default delegate "
+                        "gives wrong results for stride >= 4 convolutions in TF 2.21)", path)
+        return tf.lite.Interpreter(
+            model_path=path, num_threads=num_threads,
+            experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     return Interpreter(model_path=path, num_threads=num_threads)
 
 
 class TFLiteRunner:
     """uint8 [H, W, 3] numpy -> numpy dict of the graph's outputs without the batch axis.
 
-    One interpreter, not thread-safe; the input tensor is resized whenever the image size changes.
+    One interpreter, not thread-safe. A dynamic-input file's input tensor is resized whenever the image
+    size changes; for a fixed [1, S, S, 3] file the image is resized to S x S first (resize_uint8).
     """
 
     def __init__(self, path, num_threads=None):
@@ -207,8 +259,12 @@ class TFLiteRunner:
         if len(signatures) != 1 or sorted(next(iter(signatures.values()))["outputs"]) != sorted(OUTPUT_KEYS):
             raise ValueError(f"{path} is not an SSD TFLite export of export_tflite.py (signatures: {signatures})")
         self._run = self.interpreter.get_signature_runner()
+        shape = self._run.get_input_details()[INPUT_NAME]["shape_signature"]     # [1, S, S, 3] or -1s
+        self.input_size = int(shape[1]) if shape[1] > 0 else None
 
     def __call__(self, image):
+        if self.input_size:
+            image = resize_uint8(image, self.input_size)
         outputs = self._run(**{INPUT_NAME: np.ascontiguousarray(image, np.uint8)[None]})
         return {key: outputs[key][0] for key in OUTPUT_KEYS}
 

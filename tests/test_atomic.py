@@ -166,8 +166,9 @@ def _write_saved_model(path):
 
 
 def _write_tflite(path):
-    # Runs with tflite_export.convert stubbed (the `writer` fixture): the folder writing is under test.
-    tflite_export.export(_TinyModule(_config()), CLASS_NAMES, path, formats=("float32",))
+    # Runs with tflite_export.convert stubbed (the `writer` fixture): the folder writing is under test
+    # (dynamic_input: the stand-in bytes are no model that metadata could be added to).
+    tflite_export.export(_TinyModule(_config()), CLASS_NAMES, path, formats=("float32",), dynamic_input=True)
 
 
 # writer, the file that shows an output is its own, a marker name the writer would accept in an earlier
@@ -188,7 +189,7 @@ WRITERS = {
 @pytest.fixture(params=sorted(WRITERS))
 def writer(request, monkeypatch):
     # The TFLite graph conversion (a minute of converter per model) is not what is tested: stand-in bytes.
-    monkeypatch.setattr(tflite_export, "convert", lambda model, anchors, config, fmt, calibration: b"TFL3")
+    monkeypatch.setattr(tflite_export, "convert", lambda model, anchors, config, fmt, calibration, input_size: b"TFL3")
     return WRITERS[request.param]
 
 

@@ -163,6 +163,7 @@ def test_help_answers_without_importing_tensorflow(tmp_path, script):
 
 # Every top-level script, each ending through cli.run (the test below checks the list is complete).
 ALL_SCRIPTS = ["train_ssd.py", "eval_ssd.py", "detect_ssd.py", "export_saved_model.py", "export_tflite.py",
+               "export_onnx.py",
                "stream_ssd.py", "analyze_dataset.py", "list_coco_categories.py",
                "convert_voc_sample_tfrecords.py", "convert_coco_tfrecords.py", "convert_yolo_tfrecords.py",
                "visualize_augmentation.py"]
@@ -246,6 +247,7 @@ def test_positionals_opt_in_statuses_and_ordinary_errors(capsys):
 STRAY = {"detect_ssd.py": ["--output_dir", "out", "--input", "photos/a.jpg", "photos/b.jpg"],
          "export_saved_model.py": ["--output_dir", "out", "extra"],
          "export_tflite.py": ["--output_dir", "out", "extra"],
+         "export_onnx.py": ["--output_dir", "out", "extra"],
          "stream_ssd.py": ["--source", "clip.mp4", "extra"]}
 
 
