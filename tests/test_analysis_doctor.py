@@ -143,3 +143,12 @@ def test_results_against_an_instances_file(tmp_path):
     with pytest.raises(ValueError, match="1 image ids are not in"):
         model_doctor.evaluator_from_results(str(tmp_path / "bad.json"), None,
                                             annotations_file=str(tmp_path / "instances.json"))
+
+
+def test_results_file_mistakes_are_one_line(tmp_path):
+    (tmp_path / "broken.json").write_text('[{"image_id": 1}]')
+    with pytest.raises(ValueError, match="broken.json: not a COCO results JSON .*lacks"):
+        model_doctor.evaluator_from_results(str(tmp_path / "broken.json"), str(tmp_path))
+    (tmp_path / "text.json").write_text("not json")
+    with pytest.raises(ValueError, match="text.json: not a COCO results JSON"):
+        model_doctor.evaluator_from_results(str(tmp_path / "text.json"), str(tmp_path))
