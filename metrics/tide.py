@@ -164,7 +164,8 @@ def match(det_image, det_classes, det_scores, det_xywh, gt_image, gt_classes, gt
             continue
         dets, gts = pair_det[block], pair_gt[block]
         values = np.where(gt_used[gts], 0.0, cls_iou[block])
-        best, first = _segment_max(values, np.searchsorted(np.unique(dets), dets), np.unique(dets).size)
+        ids = np.unique(dets)
+        best, first = _segment_max(values, np.searchsorted(ids, dets), ids.size)
         hit = best >= iou_threshold
         winners = first[hit]
         matched_gt[dets[winners]] = gts[winners]
@@ -183,9 +184,9 @@ def match(det_image, det_classes, det_scores, det_xywh, gt_image, gt_classes, gt
     return Matching(order, rank, outcome, matched_gt, gt_used, pair_det, pair_gt, pair_iou, pair_same)
 
 
-def classify_errors(m, det_image, gt_image, gt_ignored, foreground=FOREGROUND_IOU,
-                    background=BACKGROUND_IOU):
-    """tidecv's error tests (TIDERun._eval_image) for every unmatched or ignored kept detection.
+def classify_errors(m, gt_ignored, foreground=FOREGROUND_IOU, background=BACKGROUND_IOU):
+    """tidecv's error tests (TIDERun._eval_image) for every unmatched or ignored kept detection of the
+    Matching `m`; gt_ignored [G] bool.
 
     Returns (det_error [K] index into ERROR_KINDS or NO_ERROR, det_target [K] the ground truth a Loc
     or Cls error aims at (-1 otherwise), gt_missed [G] bool)."""
@@ -277,8 +278,7 @@ def tide_errors(det_image, det_classes, det_scores, det_xywh, gt_image, gt_class
     gt_ignored = np.asarray(gt_ignored, bool).reshape(-1)
     m = match(det_image, det_classes, det_scores, det_xywh, gt_image, gt_classes, gt_ignored, gt_xywh,
               foreground, max_dets)
-    det_error, det_target, gt_missed = classify_errors(m, det_image, gt_image, gt_ignored, foreground,
-                                                       background)
+    det_error, det_target, gt_missed = classify_errors(m, gt_ignored, foreground, background)
     counted_gt = gt_classes[~gt_ignored]
     positives = dict(zip(*np.unique(counted_gt, return_counts=True)))
     positives = {int(c): int(n) for c, n in positives.items()}
