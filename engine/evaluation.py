@@ -120,7 +120,8 @@ def write_summaries(writer, step, results, kept, config, class_names, min_score=
 
 
 def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_dir=None, step=0,
-             metrics=METRIC_NAMES, output_dir=None, split="val", detect=None, annotations_file=None):
+             metrics=METRIC_NAMES, output_dir=None, split="val", detect=None, annotations_file=None,
+             analyze=None):
     """Evaluates `model` on every image of `split` once; optionally writes summaries (to `summary_dir`,
     at `step`) and result files (to `output_dir`). Printing is the caller's (metrics.evaluator.format_table).
 
@@ -129,6 +130,8 @@ def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_
     the records' ground truth in the COCO numbers.
 
     `detect` (from make_detect_fn) can be passed to reuse one traced function across checkpoints.
+    `analyze` (the model doctor's hook, eval_ssd.py --analysis_dir): called with the filled evaluator;
+    what it returns goes into the results as "analysis".
     Returns the evaluator's result dict (metrics/evaluator.py).
     """
     detect = detect or make_detect_fn(model, anchors, config)
@@ -145,4 +148,6 @@ def evaluate(model, data_dir, config, anchors, class_names, batch_size, summary_
         writer = summaries.Writer(summary_dir)
         write_summaries(writer, step, results, kept, config, class_names)
         writer.close()
+    if analyze is not None:  # after the scalars: its numbers are not all scalars
+        results["analysis"] = analyze(evaluator)
     return results

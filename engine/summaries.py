@@ -49,6 +49,25 @@ class Writer:
         with self._writer.as_default(step=step):
             tf.summary.image(name, np.stack(images), max_outputs=len(images))
 
+    def pr_curve(self, step, name, counts, description=None):
+        """One TensorBoard pr_curves entry. `counts`: [T] arrays true_positives, false_positives,
+        true_negatives, false_negatives, precision, recall at T score thresholds 0 .. 1
+        (metrics/analysis.pr_curve_counts). Written as the plugin's raw-data Summary protobuf: the
+        plugin's summary ops are TF1 graph ops, so the proto goes in through write_raw_pb, into the same
+        event files as the scalars."""
+        if self._writer is None:
+            return
+        from tensorboard.plugins.pr_curve import summary as pr_summary
+
+        proto = pr_summary.raw_data_pb(
+            name, true_positive_counts=counts["true_positives"],
+            false_positive_counts=counts["false_positives"],
+            true_negative_counts=counts["true_negatives"], false_negative_counts=counts["false_negatives"],
+            precision=counts["precision"], recall=counts["recall"],
+            num_thresholds=len(counts["precision"]), description=description)
+        with self._writer.as_default(step=step):
+            tf.summary.experimental.write_raw_pb(proto.SerializeToString(), step=step)
+
     def detection_images(self, step, name, model, batch, anchors, config, class_names,
                          min_score=MIN_DRAWN_SCORE):
         """Training inputs with ground truth (white) and the current detections (class colours, score >= min_score)."""
