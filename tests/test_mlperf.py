@@ -220,3 +220,29 @@ def test_the_1x8_flagfile_is_the_reference_method():
     assert values["model"] == "ssd300_resnet34" and "eval_epochs" not in values
     assert mlperf.closed_problems(flag_values, presets.get("ssd300_resnet34", 80), flag_values.augmentation,
                                   flag_values.weight_decay_on) == []
+
+
+@pytest.mark.slow
+def test_a_closed_log_passes_the_closed_checker(tmp_path, sample_records, monkeypatch):
+    """The reference's method with record counts equal to the reference's (here the sample's 250 / 80,
+    patched in as the reference counts): closed, and the v1.1 closed checker accepts the log."""
+    from nets import ssd
+    monkeypatch.setattr(mlperf, "REFERENCE_TRAIN_IMAGES", 250)
+    monkeypatch.setattr(mlperf, "REFERENCE_EVAL_IMAGES", 80)
+    session, _ = _session(tmp_path, sample_records, train_images=250, epochs=10)
+    session.run_start(ssd.build(presets.get("ssd300_resnet34", 80)))
+    assert session.closed and session.problems == []
+    # 250 images at batch 1024: one step an epoch; evaluations after epochs 5 and 10, the second reaching 0.23.
+    accuracies = iter([0.2, 0.25])
+    stops = [session.after_step(step, lambda: {"coco": {"AP": next(accuracies)}}) for step in range(1, 11)]
+    assert stops == [False] * 9 + [True]
+    log = os.path.join(str(tmp_path), mlperf.LOG_FILENAME)
+    records = _records(log)
+    assert [r["value"] for r in records if r["key"] == "submission_division"] == ["closed"]
+    assert [r["metadata"]["epoch_num"] for r in records if r["key"] == "eval_accuracy"] == [5, 10]
+    assert [r["value"] for r in records if r["key"] == "max_samples"] == [1]
+    checker = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
+                              "--ruleset", mlperf.RULESET, log], cwd=str(tmp_path), capture_output=True,
+                             text=True, timeout=120)
+    output = checker.stdout + checker.stderr
+    assert checker.returncode == 0 and "SUCCESS" in output, output
