@@ -1,8 +1,8 @@
 """MLPerf mode of train_ssd.py: the MLPerf SSD reference's epoch schedule, evaluation epochs, stop at a
 target accuracy, and an MLPerf log (mlcommons/logging `mllog`) in the model_dir.
 
-What the reference does (mlcommons/training single_stage_detector/ssd/train.py at v0.7; the 1x8 GPU
-recipe is config_DGX1_singlenode.sh + run_and_time.sh) and how it maps here:
+What the reference does (mlcommons/training single_stage_detector/ssd/train.py at d764d662, its last
+v1.0/v1.1 state; the 1x8 GPU recipe is config_DGX1_singlenode.sh + run_and_time.sh) and how it maps here:
 
 * lr = 2.5e-3 per 32 images, scaled linearly with the GLOBAL batch (`current_lr = lr * global_batch / 32`);
   SGD momentum 0.9, weight decay 5e-4.
