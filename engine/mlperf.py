@@ -331,6 +331,9 @@ class Session:
         if wanted != "open" and self.problems:
             logging.warning("MLPerf: logging the OPEN division%s, because %s", " (--submission_division=closed "
                             "asked for closed)" if wanted == "closed" else "", "; ".join(self.problems))
+        elif self.problems:
+            logging.info("MLPerf: logging the open division (asked for); not closed anyway: %s",
+                         "; ".join(self.problems))
         else:
             logging.info("MLPerf: logging the %s division", "closed" if self.closed else "open")
 

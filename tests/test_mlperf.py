@@ -115,6 +115,14 @@ def test_mlperf_run_on_the_sample_passes_the_compliance_checker(sample_records, 
     assert keys.count("eval_accuracy") == 1 and keys[-1] == "run_stop"
     assert records[-1]["metadata"]["status"] == "success"
     assert {"run_start", "epoch_start", "epoch_stop", "tracked_stats"} <= set(keys)
+    # The preset's MLPerf recipe without the flags: the reference's crop (max_samples 1), open division
+    # (width 1/8, the sample's counts), the clock started before the records were counted.
+    assert [r["value"] for r in records if r["key"] == "max_samples"] == [1]
+    assert [r["value"] for r in records if r["key"] == "submission_division"] == ["open"]
+    assert keys.index("run_start") < keys.index("eval_samples")
+    assert re.search(r"logging the open division \(asked for\); not closed anyway: the model is not the "
+                     r"full-width ssd300_resnet34 preset for 80 classes \(differs in num_classes, width_multiplier\)",
+                     result.stderr)
     assert os.path.exists(os.path.join(model_dir, "ckpt-2.index"))
     checker = subprocess.run([sys.executable, "-m", "mlperf_logging.compliance_checker", "--usage", "training",
                               "--ruleset", mlperf.RULESET, log], cwd=str(tmp_path), capture_output=True,
