@@ -41,7 +41,8 @@ flags.DEFINE_enum("weight_decay_on", "kernels", WEIGHT_DECAY_SCOPES,
                   "variable, biases and batch norm included (PyTorch recipes: MLPerf, torchvision).")
 flags.DEFINE_enum("augmentation", AUGMENTATIONS[0], AUGMENTATIONS,
                   "Training augmentation recipe: caffe is ssd_pascal.py's (photometric, zoom-out, min-IoU crop, "
-                  "flip).")
+                  "flip); mlperf the MLPerf SSD-ResNet34 reference's (crop, flip, resize, ColorJitter), which "
+                  "--mlperf picks for ssd300_resnet34 unless this flag is given.")
 flags.DEFINE_string("checkpoint_path", os.path.join(cli.REPO_DIR, "model", "pretrained"),
                     "Backbone weights: reduced-fc VGG16 as a slim TF checkpoint (prefix or dir), Keras VGG16 .h5 "
                     "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors).")
