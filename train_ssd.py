@@ -41,7 +41,8 @@ flags.DEFINE_enum("weight_decay_on", "kernels", WEIGHT_DECAY_SCOPES,
                   "variable, biases and batch norm included (PyTorch recipes: MLPerf, torchvision).")
 flags.DEFINE_enum("augmentation", AUGMENTATIONS[0], AUGMENTATIONS,
                   "Training augmentation recipe: caffe is ssd_pascal.py's (photometric, zoom-out, min-IoU crop, "
-                  "flip).")
+                  "flip); mlperf the MLPerf SSD-ResNet34 reference's (crop, flip, resize, ColorJitter), which "
+                  "--mlperf picks for ssd300_resnet34 unless this flag is given.")
 flags.DEFINE_string("checkpoint_path", os.path.join(cli.REPO_DIR, "model", "pretrained"),
                     "Backbone weights: reduced-fc VGG16 as a slim TF checkpoint (prefix or dir), Keras VGG16 .h5 "
                     "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors).")
@@ -175,10 +176,15 @@ def main(argv):
     if session:
         session.run_start(model)
     step = int(optimizer.iterations.numpy())
-    dataset, run.image_batches = make_datasets(strategy, config, anchors, start_step=step, chief=chief)
+    # MLPerf mode picks the reference's recipe for its preset (engine/mlperf.recipe); the data is first
+    # read here, after run_start.
+    augmentation, weight_decay_on = ((session.augmentation, session.weight_decay_on) if session
+                                     else (FLAGS.augmentation, FLAGS.weight_decay_on))
+    dataset, run.image_batches = make_datasets(strategy, config, anchors, augmentation, start_step=step,
+                                               chief=chief)
 
     step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
-                                       FLAGS.jit_compile, weight_decay_on=FLAGS.weight_decay_on)
+                                       FLAGS.jit_compile, weight_decay_on=weight_decay_on)
     iterator = iter(dataset)
     run.progress.rate(step, time.time())
     while step < plan.max_steps:
@@ -193,7 +199,7 @@ def main(argv):
             logging.info("saved %s", run.last_saved)
         if run.chief and every(plan.eval_every_steps, step, plan.max_steps):
             evaluate(run, step)
-        if session and session.after_step(step, lambda: evaluate(run, step)):   # reached --target_map
+        if session and session.after_step(step, lambda: evaluate_mlperf(run, step, strategy)):   # reached --target_map
             run.last_saved = run.manager.save(checkpoint_number=step)
             break
     run.writer.close()
@@ -209,12 +215,12 @@ def plan_from_flags():
                 warmup_steps=FLAGS.warmup_steps, eval_every_steps=FLAGS.eval_every_steps)
 
 
-def make_datasets(strategy, config, anchors, start_step, chief):
+def make_datasets(strategy, config, anchors, augmentation, start_step, chief):
     """The distributed training batches from `start_step` on (preprocessing/inputs.py: resume), and for
     the chief's image summaries a small local batch iterator (None when they are off)."""
     from preprocessing import augment, inputs
     input_config = inputs.TrainInputConfig(
-        augment=augment.AugmentConfig(policy=FLAGS.augmentation), exclude_difficult=FLAGS.exclude_difficult,
+        augment=augment.AugmentConfig(policy=augmentation), exclude_difficult=FLAGS.exclude_difficult,
         seed=FLAGS.seed, data_service=FLAGS.data_service)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
@@ -267,15 +273,24 @@ def report(run, step, values):
                                     run.config, run.class_names)
 
 
-def evaluate(run, step):
+def evaluate(run, step, annotations_file=None):
     """In-process evaluation of the val shards: the headline and table logged, eval/ summaries written."""
     from engine import evaluation
     from metrics.evaluator import format_table
     results = evaluation.evaluate(run.model, FLAGS.data_dir, run.config, run.anchors, run.class_names,
-                                  FLAGS.eval_batch_size, os.path.join(FLAGS.model_dir, "eval"), step)
+                                  FLAGS.eval_batch_size, os.path.join(FLAGS.model_dir, "eval"), step,
+                                  annotations_file=annotations_file)
     logging.info("step %d evaluation:\n%s", step, format_table(results, run.class_names))
     logging.info("step %d eval: %s", step, evaluation.headline(results))
     return results
+
+
+def evaluate_mlperf(run, step, strategy):
+    """MLPerf's evaluation: batch-norm statistics averaged over the replicas first (the reference's
+    all-reduce), then scored against --annotations_file when given."""
+    from engine import training
+    training.average_batch_norm_statistics(run.model, strategy)
+    return evaluate(run, step, FLAGS.annotations_file or None)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ Bad input, each case named with its count in the summary (`SplitResult.skipped` 
     fatal, before writing (one line, status 2)     not a COCO instances JSON, unknown category without
                                                   --skip_unknown, splits with different categories
 
-Images without annotations are kept as negatives (COCO has about 1% of them) unless keep_empty=False.
+Images without annotations are kept as negatives (COCO has about 1% of them) unless keep_empty=False,
+which drops the images the JSON lists no annotation for, as the MLPerf SSD reference reads COCO
+(utils.py COCODetection: 117,266 of train2017's 118,287 images, 4,952 of val2017's 5,000); an image
+whose annotations were all dropped here as degenerate stays, as it does there.
 `image/object/area` is the annotation's `area` (COCO's size ranges use it, not the box's) and
 `image/object/is_crowd` its `iscrowd`; crowd boxes are kept, for training to ignore and evaluation to
 treat as COCO does.
@@ -196,17 +199,19 @@ def plan_split(instances, category_map, annotations_file, result, skip_unknown=F
                 labels=labels[rows], areas=instances.ann_areas[rows],
                 is_crowd=instances.ann_is_crowd[rows])
     if not keep_empty:
-        plan, result.empty_images_dropped = _without_empty_images(plan)
+        annotated = np.bincount(position[found], minlength=len(image_ids)) > 0
+        plan, result.empty_images_dropped = _without_empty_images(plan, annotated)
     return plan
 
 
-def _without_empty_images(plan):
+def _without_empty_images(plan, annotated):
+    """`plan` without the images not `annotated` (bool [images]), and how many were dropped."""
     counts = np.diff(plan.starts)
-    keep = np.flatnonzero(counts > 0)
+    keep = np.flatnonzero(annotated)
     return dataclasses.replace(
         plan, image_ids=plan.image_ids[keep], file_names=[plan.file_names[i] for i in keep],
         widths=plan.widths[keep], heights=plan.heights[keep],
-        starts=np.concatenate([[0], np.cumsum(counts[keep])])), int((counts == 0).sum())
+        starts=np.concatenate([[0], np.cumsum(counts[keep])])), int((~annotated).sum())
 
 
 def build_record(plan, i, images_dir, class_names):

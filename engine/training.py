@@ -240,6 +240,32 @@ def build_model_and_optimizer(strategy, config, schedule, momentum, mixed_precis
     return model, optimizer, checkpoint
 
 
+def batch_norm_statistics(model):
+    """The moving means and variances of every batch-norm layer of `model` (non-trainable variables)."""
+    return [v for v in model.non_trainable_variables
+            if v.path.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance")]
+
+
+def average_batch_norm_statistics(model, strategy):
+    """Replaces each replica's batch-norm moving statistics by their mean over all replicas (and workers).
+
+    Under tf.distribute each replica updates its own copy from its own batches and evaluation reads the
+    first replica's; the MLPerf reference all-reduces running_mean and running_var (sum / world size)
+    before each evaluation (train.py:372-379). A no-op with one replica.
+    """
+    variables = batch_norm_statistics(model)
+    if strategy.num_replicas_in_sync == 1 or not variables:
+        return
+
+    def replica_fn():
+        context = tf.distribute.get_replica_context()
+        means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.convert_to_tensor(v) for v in variables])
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)
+
+    tf.function(lambda: strategy.run(replica_fn))()
+
+
 def run_step(step_fn, iterator, data_dir):
     """step_fn(iterator), with a corrupted shard named: TF's DataLossError ("corrupted record at N")
     does not say which file, so the shards are checked to find it (only on that error)."""

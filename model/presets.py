@@ -87,6 +87,9 @@ class SSDConfig:
     # Caffe's PriorBoxLayer reads min/max sizes into an `int` (SSD512's 35.84 px acts as 35); the VGG
     # presets set True so Caffe-trained weights see their own anchors. False keeps the sizes as given.
     integer_prior_sizes: bool = False
+    # COCO crowd boxes in training, model/targets.py CROWD_RULES: "ignore" (not matched; unmatched anchors
+    # mostly inside one are ignored) or "positive" (ordinary boxes, as the MLPerf reference trains them).
+    crowd_boxes: str = "ignore"
 
     @property
     def num_anchors(self) -> int:
@@ -172,9 +175,19 @@ _SSD300_RESNET34 = dict(
     pixel_std=tuple(255.0 * s for s in TORCHVISION_STD_RGB),
     anchor_clip="center_size",
     loss_normalization=PER_IMAGE,
-    # utils.py Encoder.decode_single: scores > 0.05, NMS at 0.45, 200 per image (train.py coco_eval).
+    # train.py coco_eval: encoder.decode_batch(..., overlap_threshold=0.50, nms_max_detections=200,
+    # nms_valid_thresh=0.05): scores > 0.05, NMS at IoU 0.50 (decode_batch's 0.45 is only a default that
+    # coco_eval overrides), 200 candidates per class and 200 per image.
     score_threshold=0.05,
+    nms_iou_threshold=0.5,
     max_detections_per_class=200,
+    # utils.py Encoder.encode: every box takes its best prior, a later box overwriting an earlier one
+    # on a shared prior (model/matcher.py SSD_PYTORCH); other priors take their best box when IoU > 0.5,
+    # strictly: our matcher keeps IoU >= threshold, so the threshold is the next float32 above 0.5.
+    matching="ssd_pytorch",
+    match_threshold=0.50000006,
+    # COCODetection reads every annotation, iscrowd or not, as a box to train on.
+    crowd_boxes="positive",
 )
 
 

@@ -17,6 +17,9 @@ the loosest of its IoU thresholds: an anchor whose detection COCOeval would igno
 trained as background. (py-faster-rcnn's lib/datasets/coco.py `_filter_crowd_proposals` makes
 proposals neither foreground nor background by the same measure, at 0.7; we take COCOeval's 0.5 for
 the reason above, which ignores somewhat more anchors at a crowd region's border.)
+That is config.crowd_boxes == CROWD_IGNORE, the default. CROWD_POSITIVE trains crowd boxes as ordinary
+boxes, as the MLPerf SSD-ResNet34 reference does (its COCODetection keeps every annotation and its
+Encoder never reads iscrowd); the ssd300_resnet34 preset sets it.
 
 Output dict (keys from dataset/fields.py):
   CLS_TARGETS   int32   [B, A]     0 (background), the matched box's label 1..C, or IGNORE_CLASS
@@ -32,6 +35,9 @@ from model import box_coder, box_ops, matcher
 # Intersection over the anchor's area with a crowd box at or above which an unmatched anchor is
 # ignored (see the module docstring for why this measure and this value).
 CROWD_IOA_THRESHOLD = 0.5
+# config.crowd_boxes values (module docstring).
+CROWD_IGNORE, CROWD_POSITIVE = "ignore", "positive"
+CROWD_RULES = (CROWD_IGNORE, CROWD_POSITIVE)
 
 
 def intersection_over_anchor_area(gt_boxes, anchors):
@@ -53,8 +59,9 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
       gt_labels: int32 [B, G], 1..C for valid rows.
       gt_valid: bool [B, G], False for padding rows.
       anchors: float [A, 4] normalized yxyx (`model.anchors.generate(config)`).
-      config: SSDConfig; uses match_threshold, matching and variances.
-      gt_is_crowd: optional bool [B, G], True for COCO crowd boxes (see the module docstring).
+      config: SSDConfig; uses match_threshold, matching, variances and crowd_boxes.
+      gt_is_crowd: optional bool [B, G], True for COCO crowd boxes (see the module docstring; under
+        CROWD_POSITIVE they are ordinary boxes).
 
     Returns:
       dict with CLS_TARGETS, BOX_TARGETS, NUM_POSITIVES (module docstring).
@@ -64,6 +71,11 @@ def encode_targets(gt_boxes, gt_labels, gt_valid, anchors, config, gt_is_crowd=N
     gt_valid = tf.convert_to_tensor(gt_valid, tf.bool)
     anchors = tf.convert_to_tensor(anchors, tf.float32)
     batch_size = tf.shape(gt_boxes)[0]
+    crowd_rule = config.crowd_boxes
+    if crowd_rule not in CROWD_RULES:
+        raise ValueError(f"unknown crowd_boxes rule {crowd_rule!r}; known: {', '.join(CROWD_RULES)}")
+    if crowd_rule == CROWD_POSITIVE:
+        gt_is_crowd = None
 
     crowd = tf.zeros_like(gt_valid)
     if gt_is_crowd is not None:

@@ -31,6 +31,7 @@ from typing import Dict, Optional, Tuple
 import tensorflow as tf
 
 from preprocessing import geometric
+from preprocessing import mlperf_augment
 from preprocessing import photometric
 from preprocessing.geometric import CropConfig, ZoomOutConfig
 from preprocessing.photometric import PhotometricConfig
@@ -41,7 +42,7 @@ _NUM_STEPS = 3  # photometric, zoom-out + crop, flip
 # `augment`), the default everywhere. Every other recipe's module is imported here and its function
 # listed in POLICIES under its name; each takes augment's arguments and returns what augment returns.
 CAFFE = "caffe"
-POLICIES = {}
+POLICIES = {mlperf_augment.NAME: mlperf_augment.augment}
 
 
 @dataclasses.dataclass(frozen=True)
