@@ -11,7 +11,7 @@ MIXED_PRECISION = ("none", "bfloat16", "float16")
 WEIGHT_DECAY_SCOPES = ("kernels", "all")
 # Training augmentation recipes, the default first: the names of preprocessing.augment.policy_names()
 # (tested equal), here so that --help needs no TensorFlow.
-AUGMENTATIONS = ("caffe",)
+AUGMENTATIONS = ("caffe", "ssdlite")
 
 
 def every(period, step, max_steps=None):
