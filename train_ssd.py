@@ -17,8 +17,8 @@ from typing import Any
 from absl import flags, logging
 
 from engine import cli, mlperf
-from engine.train_config import (AUGMENTATIONS, MIXED_PRECISION, OPTIMIZERS, WEIGHT_DECAY_SCOPES, Plan,
-                                 backbone_present, every)
+from engine.train_config import (AUGMENTATIONS, COSINE_PER_EPOCH, MIXED_PRECISION, OPTIMIZERS, SCHEDULES,
+                                 WEIGHT_DECAY_SCOPES, Plan, backbone_present, every)
 from model import presets
 
 flags.DEFINE_string("data_dir", cli.DEFAULT_DATA_DIR,
@@ -29,7 +29,14 @@ flags.DEFINE_float("width_multiplier", 1.0, "Scales every conv's channels; < 1 f
 flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas (paper: 32).")
 flags.DEFINE_integer("max_steps", 120000, "Training steps (paper: 120k for VOC07+12).")
 flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate (paper: 1e-3 at batch 32).")
-flags.DEFINE_integer("warmup_steps", 1000, "Linear warm-up steps from 0.1x the base rate; 0 disables.")
+flags.DEFINE_integer("warmup_steps", 1000, "Linear warm-up steps from --warmup_start x the base rate; 0 disables.")
+flags.DEFINE_float("warmup_start", 0.1, "The warm-up's first rate as a fraction of the base rate "
+                   "(torchvision's detection recipes: 0.001).")
+flags.DEFINE_enum("lr_schedule", SCHEDULES[0], SCHEDULES,
+                  "piecewise: --decay_boundaries / --lr_decay_factors; cosine_per_epoch: torchvision's cosine "
+                  "stepped once per --steps_per_epoch steps, to 0 at --max_steps.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Epoch length in steps for --lr_schedule=cosine_per_epoch "
+                     "(training images / --batch_size).")
 flags.DEFINE_list("decay_boundaries", ["80000", "100000"], "Steps where the rate factor changes.")
 flags.DEFINE_list("lr_decay_factors", ["1", "0.1", "0.01"], "Rate factors, one more than boundaries.")
 flags.DEFINE_enum("optimizer", "sgd", OPTIMIZERS,
@@ -81,6 +88,15 @@ for _name in ("warmup_steps", "save_checkpoints_steps", "log_every_n_steps", "sa
 cli.list_of("decay_boundaries", int, "a whole step number (write 1000, not 1k)")
 cli.list_of("lr_decay_factors", float, "a number")
 flags.register_validator("momentum", lambda v: 0 <= v < 1, message="--momentum must be in [0, 1)")
+flags.register_validator("warmup_start", lambda v: 0 <= v <= 1, message="--warmup_start must be in [0, 1]")
+
+
+@flags.multi_flags_validator(["lr_schedule", "steps_per_epoch"])
+def _check_cosine(values):
+    if values["lr_schedule"] == COSINE_PER_EPOCH and values["steps_per_epoch"] < 1:
+        raise flags.ValidationError("--lr_schedule=cosine_per_epoch needs --steps_per_epoch >= 1 "
+                                    "(training images / --batch_size)")
+    return True
 
 
 @flags.multi_flags_validator(["decay_boundaries", "lr_decay_factors"])
@@ -212,7 +228,9 @@ def plan_from_flags():
     return Plan(max_steps=FLAGS.max_steps, learning_rate=FLAGS.learning_rate,
                 decay_boundaries=tuple(int(b) for b in FLAGS.decay_boundaries),
                 decay_factors=tuple(float(f) for f in FLAGS.lr_decay_factors),
-                warmup_steps=FLAGS.warmup_steps, eval_every_steps=FLAGS.eval_every_steps)
+                warmup_steps=FLAGS.warmup_steps, warmup_start=FLAGS.warmup_start,
+                eval_every_steps=FLAGS.eval_every_steps, schedule=FLAGS.lr_schedule,
+                steps_per_epoch=FLAGS.steps_per_epoch)
 
 
 def make_datasets(strategy, config, anchors, augmentation, start_step, chief):

@@ -46,7 +46,9 @@ from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float("width_multiplier", 1.0, "Width of the random SSD300 (ignored with --model_dir).")
+flags.DEFINE_float("width_multiplier", 1.0, "Width of the random model (ignored with --model_dir).")
+flags.DEFINE_enum("preset", "ssd300_vgg16", presets.NAMES, "Preset of the random model (ignored with "
+                  "--model_dir), e.g. ssdlite320_mobilenet_v3_large.")
 flags.DEFINE_string("model_dir", None, "A trained model_dir to time instead of random weights.")
 flags.DEFINE_list("policies", ["float32", "mixed_bfloat16"], "Keras dtype policies to time.")
 flags.DEFINE_integer("num_classes", 20, "C of the random model (VOC: 20).")
@@ -86,7 +88,7 @@ def _model_dir(root):
         return FLAGS.model_dir
     model_dir = os.path.join(root, "random_model_dir")
     if not os.path.isdir(model_dir):
-        config = presets.get("ssd300_vgg16", FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
+        config = presets.get(FLAGS.preset, FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
         keras.utils.set_random_seed(FLAGS.seed)
         tf.train.CheckpointManager(tf.train.Checkpoint(model=ssd.build(config)), model_dir, max_to_keep=1).save()
         checkpoints.write(model_dir, config, tuple(f"class_{i}" for i in range(1, FLAGS.num_classes + 1)))

@@ -1,6 +1,7 @@
 """Frames/s of stream_ssd.py's headless pipeline against the bare model on the same frames.
 
     python3 -m benchmarks.stream [--width_multiplier 1.0 --num_frames 120 --batch_sizes 1,8 --model_dir logs/]
+    python3 -m benchmarks.stream --preset ssdlite320_mobilenet_v3_large --width_multiplier 1.0 --runtime int8
 
 One synthetic video (the sample images resized to --frame_size, MJPG) is timed, in the same run, by:
   forward      the network alone on the frames already resized (batch 1, tf.function; the network's
@@ -12,8 +13,10 @@ One synthetic video (the sample images resized to --frame_size, MJPG) is timed, 
   pipeline_bN  apps/video/streaming.py run_headless at batch N: decode, model and draw + encode +
                JSON lines in separate threads.
 pipeline / detector near 1 means reading, drawing and writing cost nothing beside the model (they
-overlap with it); pipeline / serial is what the threads buy. Random weights (SSD300, 20 classes, written
-as a model_dir in the temporary folder) unless --model_dir. Each figure is the best of --repeats rounds. The last stdout line is one JSON object.
+overlap with it); pipeline / serial is what the threads buy. Random weights (--preset, default SSD300,
+20 classes, written as a model_dir in the temporary folder) unless --model_dir. --runtime float32 /
+float16 / int8 converts that model to TFLite first (engine/tflite_export.py) and times the interpreter
+instead (its forward row: the bare interpreter call on the frame, in-graph resize included). Each figure is the best of --repeats rounds. The last stdout line is one JSON object.
 """
 
 import json
@@ -28,14 +31,20 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from apps.video import sources, streaming  # noqa: E402
-from engine import checkpoints, serving  # noqa: E402
+from engine import checkpoints, serving, tflite_export  # noqa: E402
 from model import presets  # noqa: E402
 from nets import ssd  # noqa: E402
 from preprocessing import inputs  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float("width_multiplier", 0.125, "Width of the random SSD300 (ignored with --model_dir).")
+flags.DEFINE_float("width_multiplier", 0.125, "Width of the random model (ignored with --model_dir).")
+flags.DEFINE_enum("preset", "ssd300_vgg16", presets.NAMES, "Preset of the random model (ignored with "
+                  "--model_dir), e.g. ssdlite320_mobilenet_v3_large.")
 flags.DEFINE_string("model_dir", None, "A trained model_dir to time instead of random weights.")
+flags.DEFINE_enum("runtime", "checkpoint", ("checkpoint",) + tflite_export.FORMATS,
+                  "What the pipeline runs: the checkpoint, or the model converted to that TFLite format "
+                  "(int8 calibrated on the clip's frames); with TFLite the forward row is the bare "
+                  "interpreter call on the frame.")
 flags.DEFINE_integer("num_classes", 20, "C of the random model (VOC: 20).")
 flags.DEFINE_integer("num_frames", 32, "Frames of the synthetic video.")
 flags.DEFINE_list("frame_size", ["320", "240"], "Width,height of the synthetic video.")
@@ -69,7 +78,7 @@ def _model_dir(folder):
     """--model_dir, or a model_dir of a random SSD300 with calibrated heads written into `folder`."""
     if FLAGS.model_dir:
         return FLAGS.model_dir
-    config = presets.get("ssd300_vgg16", FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
+    config = presets.get(FLAGS.preset, FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
     keras.utils.set_random_seed(0)
     model = ssd.build(config)
     _calibrate_heads(model, config.image_size, FLAGS.num_classes)
@@ -103,18 +112,26 @@ def main(argv):
         count = len(frames)
         side = config.image_size
         resized = inputs.resize(tf.constant(frames), config).numpy()   # float 0-255 [N, S, S, 3]
-        forward = tf.function(lambda x: model(x, training=False),
-                              input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+        if FLAGS.runtime == "checkpoint":
+            graph = tf.function(lambda x: model(x, training=False),
+                                input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+            forward = lambda i: tf.nest.map_structure(lambda t: t.numpy(), graph(resized[i:i + 1]))  # noqa: E731
+        else:
+            calibration = list(resized.astype(np.uint8))
+            tflite_path = tflite_export.export(detector.runtime, class_names, os.path.join(folder, "tflite"),
+                                               formats=(FLAGS.runtime,), calibration=calibration)[FLAGS.runtime]
+            detector = serving.load_detector(tflite_path)
+            forward = lambda i: detector.runtime(frames[i])   # noqa: E731  the bare interpreter call
         for batch in sorted(set(batch_sizes + [1])):  # tracing and first-call allocation, untimed
             detector(frames[:batch])
-            tf.nest.map_structure(lambda t: t.numpy(), forward(resized[:batch]))
+            forward(0)
         drawn = np.mean([len(found.select(FLAGS.score_threshold)) for found in detector(frames)])
-        logging.info("%d frames of %dx%d, SSD300 width %.3f, %.1f detections drawn a frame; timing", count,
-                     size[0], size[1], config.width_multiplier, drawn)
+        logging.info("%d frames of %dx%d, %s width %.3f (%s), %.1f detections drawn a frame; timing", count,
+                     size[0], size[1], config.name, config.width_multiplier, FLAGS.runtime, drawn)
 
         def run_forward():
             for i in range(count):
-                tf.nest.map_structure(lambda t: t.numpy(), forward(resized[i:i + 1]))
+                forward(i)
             return count
 
         def run_detector():
@@ -157,7 +174,7 @@ def main(argv):
     print(json.dumps({
         "benchmark": "stream_pipeline_vs_model",
         "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
-        "preset": config.name, "width_multiplier": config.width_multiplier,
+        "preset": config.name, "width_multiplier": config.width_multiplier, "runtime": FLAGS.runtime,
         "weights": FLAGS.model_dir or "random", "frames": count, "frame_size": list(size),
         "repeats": FLAGS.repeats, "frames_per_s": fps, "detections_drawn_per_frame": float(drawn),
         "pipeline_over_detector": {p: fps[p] / fps["detector"] for p in pipelines},

@@ -11,7 +11,12 @@ MIXED_PRECISION = ("none", "bfloat16", "float16")
 WEIGHT_DECAY_SCOPES = ("kernels", "all")
 # Training augmentation recipes, the default first: the names of preprocessing.augment.policy_names()
 # (tested equal), here so that --help needs no TensorFlow.
-AUGMENTATIONS = ("caffe", "mlperf")
+AUGMENTATIONS = ("caffe", "mlperf", "ssdlite")
+# Learning-rate schedules (engine.training.make_schedule): warm-up then piecewise-constant factors
+# (Caffe, MLPerf), or warm-up then a cosine stepped once per epoch (torchvision's detection recipes,
+# --lr-scheduler cosineannealinglr).
+PIECEWISE, COSINE_PER_EPOCH = "piecewise", "cosine_per_epoch"
+SCHEDULES = (PIECEWISE, COSINE_PER_EPOCH)
 
 
 def every(period, step, max_steps=None):
@@ -33,6 +38,8 @@ class Plan:
     warmup_steps: int                # 0: no warm-up
     warmup_start: float = 0.1        # the warm-up's first rate, as a fraction of learning_rate
     eval_every_steps: int = 0        # in-process evaluation cadence; 0: never
+    schedule: str = PIECEWISE        # SCHEDULES; COSINE_PER_EPOCH ignores the boundaries and factors
+    steps_per_epoch: int = 0         # COSINE_PER_EPOCH's epoch length in steps (> 0 there)
 
 
 # README's sample recipe: what trains from scratch (no pretrained backbone) on the embedded sample.

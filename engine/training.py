@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from dataset import fields, reader
-from engine import checkpoints
+from engine import checkpoints, train_config
 from engine.train_config import FROM_SCRATCH_COMMAND, OPTIMIZERS, WEIGHT_DECAY_SCOPES, backbone_present
 from model import losses as losses_lib
 from nets import backbone_loader
@@ -51,9 +51,53 @@ def is_chief(strategy):
 
 
 def make_schedule(plan):
-    """The WarmupPiecewiseSchedule of a train_config.Plan (from the flags or MLPerf mode)."""
+    """The schedule of a train_config.Plan (from the flags or MLPerf mode), by plan.schedule."""
+    if plan.schedule == train_config.COSINE_PER_EPOCH:
+        return WarmupCosinePerEpochSchedule(plan.learning_rate, plan.max_steps, plan.steps_per_epoch,
+                                            plan.warmup_steps, warmup_start=plan.warmup_start)
+    if plan.schedule != train_config.PIECEWISE:
+        raise ValueError(f"unknown schedule {plan.schedule!r}; known: {', '.join(train_config.SCHEDULES)}")
     return WarmupPiecewiseSchedule(plan.learning_rate, plan.decay_boundaries, plan.decay_factors,
                                    plan.warmup_steps, warmup_start=plan.warmup_start)
+
+
+class WarmupCosinePerEpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """torchvision's detection recipe (references/detection/train.py with --lr-scheduler cosineannealinglr,
+    engine.py train_one_epoch): lr(step) = base_lr * cosine(epoch) * warmup(step), where
+
+      epoch = step // steps_per_epoch, epochs = ceil(max_steps / steps_per_epoch),
+      cosine(epoch) = (1 + cos(pi * epoch / epochs)) / 2   (CosineAnnealingLR(T_max=epochs), eta_min 0,
+                                                            stepped once per epoch),
+      warmup(step) = start + (1 - start) * min(step / w, 1), w = min(warmup_steps, steps_per_epoch - 1)
+                                                           (LinearLR(start_factor, total_iters=w), which
+                                                            torchvision runs in the first epoch only).
+    """
+
+    def __init__(self, base_lr, max_steps, steps_per_epoch, warmup_steps=0, warmup_start=0.001):
+        super().__init__()
+        if steps_per_epoch < 1:
+            raise ValueError(f"the cosine-per-epoch schedule needs steps_per_epoch >= 1, got {steps_per_epoch}")
+        self.base_lr = float(base_lr)
+        self.max_steps = int(max_steps)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epochs = -(-self.max_steps // self.steps_per_epoch)
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_start = float(warmup_start)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        epoch = tf.floor(step / self.steps_per_epoch)
+        # (1 + cos x) / 2 written as cos(x / 2)^2: the same value, without float32's cancellation near
+        # the end of the run, where cos x is close to -1.
+        factor = tf.square(tf.cos(0.5 * math.pi * epoch / self.epochs))
+        warmup = min(self.warmup_steps, self.steps_per_epoch - 1)
+        if warmup > 0:
+            factor *= self.warmup_start + (1.0 - self.warmup_start) * tf.minimum(step / warmup, 1.0)
+        return self.base_lr * factor
+
+    def get_config(self):
+        return dict(base_lr=self.base_lr, max_steps=self.max_steps, steps_per_epoch=self.steps_per_epoch,
+                    warmup_steps=self.warmup_steps, warmup_start=self.warmup_start)
 
 
 class WarmupPiecewiseSchedule(keras.optimizers.schedules.LearningRateSchedule):

@@ -21,7 +21,7 @@ TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 # MLPerf reference divides each image's loss by its own positives and averages over the batch.
 BATCH_POSITIVES, PER_IMAGE = "batch_positives", "per_image"
 LOSS_NORMALIZATIONS = (BATCH_POSITIVES, PER_IMAGE)
-BACKBONES = ("vgg16", "resnet34")
+BACKBONES = ("vgg16", "resnet34", "mobilenet_v3_large")
 # Box-code variances of Caffe's PriorBox (ssd_pascal.py prior_variance): [ty, tx, th, tw].
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
@@ -90,6 +90,9 @@ class SSDConfig:
     # COCO crowd boxes in training, model/targets.py CROWD_RULES: "ignore" (not matched; unmatched anchors
     # mostly inside one are ignored) or "positive" (ordinary boxes, as the MLPerf reference trains them).
     crowd_boxes: str = "ignore"
+    # MobileNetV3-Large only (nets/mobilenet_v3.py): the reduced tail (paper Table 6) halves the last
+    # three blocks, as torchvision builds it without an ImageNet backbone; False is the full network.
+    reduced_tail: bool = False
 
     @property
     def num_anchors(self) -> int:
@@ -204,9 +207,60 @@ _SSD512_COCO = dict(_SSD512, feature_maps=tuple(
     for fm, lo, hi in zip(_SSD512["feature_maps"], (20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8),
                           (51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72))))
 
+
+# SSDLite320 with MobileNetV3-Large, torchvision's ssdlite320_mobilenet_v3_large
+# (torchvision/models/detection/ssdlite.py, anchor_utils.py DefaultBoxGenerator):
+# * feature maps C4 (20x20x672), C5 (10x10x480, reduced tail), then four depthwise extra blocks to 512,
+#   256, 256, 128 channels (mid = out // 2) at 5, 3, 2, 1; SSDLite heads (nets/ssdlite.py);
+# * DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95), clip=True: scales
+#   s_k = 0.2 + 0.75 k / 5 (0.2, 0.35, 0.5, 0.65, 0.8, 0.95) and s_6 = 1.0; per location the s_k square,
+#   the sqrt(s_k s_k+1) square and the pairs for ratios 2 and 3: 6 boxes, 3,234 anchors. Without `steps`
+#   torchvision centres cell j at (j + 0.5) / f_k, i.e. step = 320 / f_k pixels (16, 32, 64, 106.67,
+#   160, 320); min/max sizes are s_k x 320 and s_k+1 x 320 pixels. Only width and height are clamped
+#   to [0, 1] (anchor_clip "size");
+# * RGB to [-1, 1] ((x / 255 - 0.5) / 0.5, the SSD transform's image_mean = image_std = 0.5);
+# * torchvision's SSDMatcher (IoU 0.5, then every box claims its best anchor, a later box winning a
+#   shared one) is ssd.pytorch's rule; the loss divides by the batch's positives with 3:1 mining;
+# * postprocess_detections: decoded boxes clipped to the image, score > 0.001, top 300 per class, NMS
+#   0.55, 300 per image.
+SSDLITE_MIN_RATIO, SSDLITE_MAX_RATIO = 0.2, 0.95
+_SSDLITE_SIZES = (20, 10, 5, 3, 2, 1)
+_SSDLITE_SCALES = tuple(SSDLITE_MIN_RATIO + (SSDLITE_MAX_RATIO - SSDLITE_MIN_RATIO) * k / (len(_SSDLITE_SIZES) - 1.0)
+                        for k in range(len(_SSDLITE_SIZES))) + (1.0,)
+_SSDLITE320 = dict(
+    image_size=320,
+    feature_maps=_feature_maps(
+        ("c4", "c5", "extra_1", "extra_2", "extra_3", "extra_4"),
+        _SSDLITE_SIZES,
+        tuple(320 / size for size in _SSDLITE_SIZES),
+        tuple(320 * scale for scale in _SSDLITE_SCALES[:-1]),
+        tuple(320 * scale for scale in _SSDLITE_SCALES[1:]),
+        ((2, 3),) * len(_SSDLITE_SIZES),
+    ),
+    # ssdlite.py _extra_block(in, out): 1x1 to out // 2, depthwise 3x3 stride 2 padding 1, 1x1 to out.
+    extra_layers=(
+        ExtraLayerSpec("extra_1", 256, 512, 3, 2, 1),   # 10 -> 5
+        ExtraLayerSpec("extra_2", 128, 256, 3, 2, 1),   # 5 -> 3
+        ExtraLayerSpec("extra_3", 128, 256, 3, 2, 1),   # 3 -> 2
+        ExtraLayerSpec("extra_4", 64, 128, 3, 2, 1),    # 2 -> 1
+    ),
+    backbone="mobilenet_v3_large",
+    reduced_tail=True,
+    pixel_mean=(127.5, 127.5, 127.5),
+    pixel_std=(127.5, 127.5, 127.5),
+    anchor_clip="size",
+    matching="ssd_pytorch",
+    score_threshold=0.001,
+    nms_iou_threshold=0.55,
+    max_detections_per_class=300,
+    max_detections=300,
+    clip_boxes_before_nms=True,
+)
+
 _PRESETS = {"ssd300_vgg16": _SSD300, "ssd512_vgg16": _SSD512,
             "ssd300_vgg16_coco": _SSD300_COCO, "ssd512_vgg16_coco": _SSD512_COCO,
-            "ssd300_resnet34": _SSD300_RESNET34}
+            "ssd300_resnet34": _SSD300_RESNET34,
+            "ssdlite320_mobilenet_v3_large": _SSDLITE320}
 
 
 # torchvision's SSD300-VGG16 (torchvision/models/detection/ssd.py ssd300_vgg16, the published

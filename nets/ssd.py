@@ -5,6 +5,10 @@ single_stage_detector/ssd/ssd300.py): nets.resnet34 through layer3 (38x38x256), 
 blocks (1x1 then 3x3, each with ReLU; batch norm after each conv only with `config.extra_batch_norm`,
 which the reference does not have), the same 3x3 heads.
 
+`config.backbone` "mobilenet_v3_large" builds torchvision's SSDLite (nets/ssdlite.py): MobileNetV3-Large
+taps C4 and C5 (nets/mobilenet_v3.py), depthwise extra blocks and the SSDLite heads (depthwise 3x3 + BN +
+ReLU6, then 1x1), flattened in the same anchor order.
+
 `build(config)` maps an image batch [B, S, S, 3], RGB 0-255, uint8 or float, to
     {CLS_LOGITS: [B, A, C + 1], BOX_CODES: [B, A, 4]}
 in float32 whatever the Keras dtype policy, where A = config.num_anchors and C = config.num_classes.
@@ -24,7 +28,7 @@ then row, then column, then box spec. Each head emits [B, H, W, boxes * k] and a
 import keras
 
 from dataset import fields
-from nets import resnet34, vgg16
+from nets import resnet34, ssdlite, vgg16
 
 BOX_CODE_SIZE = 4                # [ty, tx, th, tw]
 HEAD_KERNEL_SIZE = 3             # ssd_pascal.py CreateMultiBoxHead: kernel_size=3, pad=1
@@ -109,8 +113,11 @@ def backbone_features(images, config):
         features = resnet34.resnet34_layer3(images, config)
         features.update(extra_layers(features[resnet34.OUTPUT], config))
         return features
+    if config.backbone == "mobilenet_v3_large":
+        return ssdlite.backbone_features(images, config)
     if config.backbone != "vgg16":
-        raise ValueError(f"{config.name}: unknown backbone {config.backbone!r}; known: vgg16, resnet34")
+        raise ValueError(f"{config.name}: unknown backbone {config.backbone!r}; known: vgg16, resnet34, "
+                         "mobilenet_v3_large")
     features = vgg16.reduced_fc_vgg16(images, config)
     features.update(extra_layers(features[vgg16.FC7], config))
     return features
@@ -171,7 +178,8 @@ def build(config, dtype_policy=None):
     normalized = PixelNormalization(config.pixel_mean, config.pixel_std, name=NORMALIZATION_LAYER)(images)
     features = backbone_features(normalized, config)
     _check_feature_sizes(features, config)
-    cls_logits, box_codes = multibox_heads(features, config)
+    heads = ssdlite.multibox_heads if config.backbone == "mobilenet_v3_large" else multibox_heads
+    cls_logits, box_codes = heads(features, config)
     outputs = {
         fields.CLS_LOGITS: keras.layers.Activation("linear", dtype="float32", name=fields.CLS_LOGITS)(cls_logits),
         fields.BOX_CODES: keras.layers.Activation("linear", dtype="float32", name=fields.BOX_CODES)(box_codes),

@@ -33,6 +33,7 @@ import tensorflow as tf
 from preprocessing import geometric
 from preprocessing import mlperf_augment
 from preprocessing import photometric
+from preprocessing import ssdlite_augment
 from preprocessing.geometric import CropConfig, ZoomOutConfig
 from preprocessing.photometric import PhotometricConfig
 
@@ -42,7 +43,10 @@ _NUM_STEPS = 3  # photometric, zoom-out + crop, flip
 # `augment`), the default everywhere. Every other recipe's module is imported here and its function
 # listed in POLICIES under its name; each takes augment's arguments and returns what augment returns.
 CAFFE = "caffe"
-POLICIES = {mlperf_augment.NAME: mlperf_augment.augment}
+POLICIES = {
+    mlperf_augment.NAME: mlperf_augment.augment,   # the MLPerf SSD-ResNet34 reference's recipe
+    "ssdlite": ssdlite_augment.augment,            # torchvision's SSDLite320 recipe: IoU crop + flip only
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ from nets import ssd
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.flags")))
 # Object classes of each recipe's dataset (VOC 20, COCO 80); train_ssd.py reads them from the label map.
-CLASSES = {"ssd300_voc0712": 20, "ssd512_voc0712": 20, "ssd300_coco": 80, "mlperf_ssd_resnet34_1x8": 80}
+CLASSES = {"ssd300_voc0712": 20, "ssd512_voc0712": 20, "ssd300_coco": 80, "mlperf_ssd_resnet34_1x8": 80,
+           "ssdlite320_mobilenet_v3_large": 80}
 # In its own process, so no other script's flags clash: train_ssd.py's flags parse the file as
 # `train_ssd.py --flagfile` does. The recipes' data is not here, so the data folder is pointed at a stand-in
 # holding a label map and the backbone requirement is lifted; every other value is the file's.
@@ -48,7 +49,7 @@ def test_every_recipe_is_here():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 def test_config_parses_and_builds(path, tmp_path):
     values = _parse(path, tmp_path)
-    assert values["model_dir"].startswith("logs/") and values["batch_size"] in (32, 1024)
+    assert values["model_dir"].startswith("logs/") and values["batch_size"] in (32, 192, 1024)
     name = os.path.basename(path)[:-len(".flags")]
     config = presets.get(values["model"], CLASSES[name])
     model = ssd.build(config)
