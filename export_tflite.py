@@ -61,12 +61,7 @@ def main(argv):
     logging.info("exported %s (%s, %d classes) to %s", checkpoint, config.name, config.num_classes,
                  ", ".join(paths.values()))
     if FLAGS.evaluate_split:
-        sources = {"checkpoint": checkpoint, **paths}
-        for name, path in sources.items():
-            results = tflite_export.evaluate_detector(serving.load_detector(path), FLAGS.data_dir,
-                                                      FLAGS.evaluate_split)
-            logging.info("%s on %s (%d images): VOC07 mAP %.4f, VOC2010+ mAP %.4f", name, FLAGS.evaluate_split,
-                         results["num_images"], results["voc07"]["mAP"] or 0.0, results["voc12"]["mAP"] or 0.0)
+        serving.log_evaluations({"checkpoint": checkpoint, **paths}, FLAGS.data_dir, FLAGS.evaluate_split)
 
 
 if __name__ == "__main__":

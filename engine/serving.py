@@ -69,6 +69,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from dataset import atomic, fields
 from dataset.voc import MAX_IMAGE_PIXELS
@@ -376,3 +377,13 @@ def detections_record(detections, class_names, height, width, min_score=0.0, cla
             "detections": [{"class_id": int(c), "class_name": class_names[int(c) - 1], "score": float(s),
                             "box": [float(v) for v in box], "box_pixels": [float(v) for v in pixel_box]}
                            for c, s, box, pixel_box in zip(shown.classes, shown.scores, shown.boxes, pixels)]}
+
+
+def log_evaluations(sources, data_dir, split):
+    """Evaluates each of `sources` ({name: a path the detector door opens}) on `split` and logs its mAPs:
+    what export_tflite.py and export_onnx.py --evaluate_split print for the checkpoint and its exports."""
+    from engine import tflite_export
+    for name, path in sources.items():
+        results = tflite_export.evaluate_detector(load_detector(path), data_dir, split)
+        logging.info("%s on %s (%d images): VOC07 mAP %.4f, VOC2010+ mAP %.4f", name, split,
+                     results["num_images"], results["voc07"]["mAP"] or 0.0, results["voc12"]["mAP"] or 0.0)
