@@ -126,7 +126,7 @@ def main(argv):
     import tensorflow as tf
 
     from dataset import label_map
-    from engine import anchor_file, checkpoints, summaries, training
+    from engine import anchor_file, checkpoints, divergence, summaries, training
     from model import anchors as anchors_lib
 
     training.set_up(FLAGS.mixed_precision, FLAGS.seed, FLAGS.deterministic)   # before the model is built
@@ -161,10 +161,10 @@ def main(argv):
     step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
                                        FLAGS.jit_compile)
     iterator = iter(dataset)
+    watch = divergence.Watch(FLAGS.model_dir if chief else None, plan.learning_rate)   # a non-finite loss
     run.progress.rate(step, time.time())
     while step < plan.max_steps:
-        values = training.check_finite(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir),
-                                       FLAGS.model_dir if chief else None)
+        values = watch.check(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir))
         previous, step = step, int(optimizer.iterations.numpy())
         if step == previous:  # float16 loss scaling skipped an overflowing step and lowered its scale
             continue
@@ -215,6 +215,7 @@ def restore(run, checkpoint, optimizer):
     if run.chief:
         for stale in checkpoints.remove_stale_temp(FLAGS.model_dir):
             logging.info("removed %s, left by a run killed while saving", stale)
+        checkpoints.unprotect(FLAGS.model_dir)   # what a run killed while watching a divergence kept
     latest = tf.train.latest_checkpoint(FLAGS.model_dir)
     if latest:
         checkpoints.restore_training(checkpoint, latest, optimizer)

@@ -11,7 +11,6 @@ on the whole global batch. The weight-decay term is divided by the number of rep
 
 import collections
 import json
-import math
 import os
 
 import keras
@@ -19,7 +18,6 @@ import tensorflow as tf
 from absl import logging
 
 from dataset import fields, reader
-from engine import checkpoints
 from engine.train_config import FROM_SCRATCH_COMMAND, OPTIMIZERS, backbone_present
 from model import losses as losses_lib
 from nets import backbone_loader
@@ -147,7 +145,7 @@ def make_optimizer(schedule, momentum, mixed_precision, name="sgd"):
 def make_train_step(model, optimizer, config, strategy, weight_decay, jit_compile=False):
     """A tf.function running one distributed step on `next(iterator)`; returns the global loss dict.
 
-    The caller checks the losses of every step (`check_finite`) before it may save, so weights touched by
+    The caller checks the losses of every step (engine.divergence.Watch) before it may save, so weights touched by
     a non-finite step are never written over the last good checkpoint.
     """
     decayed = decayed_variables(model)
@@ -241,27 +239,6 @@ def run_step(step_fn, iterator, data_dir):
         found = reader.find_corrupt_shard(reader.shard_files(data_dir, "train"))
         where = f"{found[0]} is corrupted ({found[1]})" if found else f"a shard is corrupted ({e.message})"
         raise ValueError(f"{where}: reconvert the dataset (python3 convert_voc_sample_tfrecords.py)") from None
-
-
-def check_finite(step, loss_dict, model_dir=None):
-    """Stop on a non-finite loss, naming the step, the losses and the last good checkpoint.
-
-    The loss of `step` is computed with the weights left by step - 1, so a checkpoint of step - 1 (or
-    later) holds the weights that produced it and is no good: with `model_dir` (the chief's) those
-    checkpoints are removed first (engine.checkpoints.discard_from), so the latest left is one whose
-    weights gave a finite loss, and a restart resumes from it.
-    """
-    values = {k: float(v) for k, v in loss_dict.items()}
-    if all(math.isfinite(v) for v in values.values()):
-        return values
-    last_good, removed = None, []
-    if model_dir:
-        last_good, removed = checkpoints.discard_from(model_dir, step - 1)
-    removed_note = f" (removed {', '.join(removed)}: its weights gave this loss)" if removed else ""
-    raise FloatingPointError(
-        f"non-finite loss at step {step}: {values}; stopped without saving{removed_note}, so the last good "
-        f"checkpoint {last_good or '(none yet)'} remains the latest. Lower --learning_rate or raise "
-        f"--warmup_steps.")
 
 
 class ProgressLogger:

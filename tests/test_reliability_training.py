@@ -119,26 +119,30 @@ def test_resumed_input_stream_continues_with_the_next_batches(sample_records):
 @pytest.mark.slow
 def test_after_a_non_finite_loss_the_named_checkpoint_continues(sample_records, tmp_path):
     model_dir = str(tmp_path / "run")
-    # Three sane steps, then the rate jumps to 1e12: the update of step 4 blows the weights up, and the
-    # loss those weights give (step 5, or a little later) is not finite.
+    # Three sane steps, then the rate jumps to 1: the update of step 4 ruins the weights, step 5's loss
+    # leaves the band (finite, ~1e29), a later one is not finite. --keep_checkpoints 2 would have
+    # rotated ckpt-3 away by then; it is kept aside and put back.
     exploding = _train(sample_records, model_dir, "--max_steps", "30", "--save_checkpoints_steps", "1",
-                       "--learning_rate", "1e-3", "--decay_boundaries", "3", "--lr_decay_factors", "1,1e12")
+                       "--keep_checkpoints", "2", "--learning_rate", "1e-3", "--decay_boundaries", "3",
+                       "--lr_decay_factors", "1,1000")
     assert exploding.returncode == 2
-    match = re.search(r"non-finite loss at step (\d+): .*the last good checkpoint (\S+) remains the latest",
+    match = re.search(r"non-finite loss at step (\d+): .*the divergence began at step (\d+).* the last "
+                      r"checkpoint written before it, (\S+) \(step 3, (\d+) steps back\), is now the latest",
                       exploding.stderr)
     assert match, exploding.stderr[-3000:]
-    bad_step, named = int(match.group(1)), match.group(2)
-    assert bad_step >= 5
-    # The weights of step bad_step - 1 gave the non-finite loss: that checkpoint is gone.
-    assert named.endswith(f"ckpt-{bad_step - 2}") and tf.train.latest_checkpoint(model_dir) == named
-    assert _saved_steps(model_dir)[-1] == bad_step - 2
+    bad_step, began, named, back = (int(match.group(1)), int(match.group(2)), match.group(3),
+                                    int(match.group(4)))
+    assert began == 5 and bad_step > began and back == bad_step - 3
+    assert named.endswith("ckpt-3") and tf.train.latest_checkpoint(model_dir) == named
+    assert _saved_steps(model_dir) == [3]
+    assert "--learning_rate 0.0001 (a tenth of 0.001)" in exploding.stderr
     # A kill during a save leaves ckpt-N_temp; the next start removes it.
     os.makedirs(os.path.join(model_dir, f"ckpt-{bad_step}_temp"))
 
-    sane = _train(sample_records, model_dir, "--max_steps", str(bad_step + 1), "--save_checkpoints_steps",
-                  "100", "--learning_rate", "1e-4")
+    # Resumed at the base rate without the jump, it trains on.
+    sane = _train(sample_records, model_dir, "--max_steps", "8", "--save_checkpoints_steps", "100")
     assert sane.returncode == 0, sane.stderr[-3000:]
     losses = {int(m.group(1)): float(m.group(2)) for m in STEP_LINE.finditer(sane.stderr)}
-    assert sorted(losses) == list(range(bad_step - 1, bad_step + 2))
-    assert all(np.isfinite(v) for v in losses.values()), losses
+    assert sorted(losses) == list(range(4, 9))
+    assert all(np.isfinite(v) and v < 100 for v in losses.values()), losses
     assert not glob.glob(os.path.join(model_dir, "*_temp"))
