@@ -50,6 +50,8 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, shuffling and augmentation.")
 flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops: the same --seed gives bit-identical "
                   "checkpoints (slower on GPU).")
+flags.DEFINE_integer("stall_timeout_s", 1800, "Multi-worker runs: stop (exit 43) when no step finishes for this "
+                     "long, the backstop for a lost or hung worker; 0: never. Above the chief's evaluation time.")
 flags.DEFINE_integer("eval_every_steps", 0, "Evaluate the val shards every N steps (and at the end); 0: never.")
 flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation.")
 flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
@@ -64,7 +66,7 @@ for _name in ("batch_size", "max_steps", "learning_rate", "width_multiplier", "k
               "eval_batch_size"):
     cli.positive(_name)
 for _name in ("warmup_steps", "save_checkpoints_steps", "log_every_n_steps", "save_summary_steps",
-              "image_summary_steps", "eval_every_steps", "weight_decay"):
+              "image_summary_steps", "eval_every_steps", "weight_decay", "stall_timeout_s"):
     flags.register_validator(_name, lambda v: v >= 0, message=f"--{_name} must be >= 0")
 cli.list_of("decay_boundaries", int, "a whole step number (write 1000, not 1k)")
 cli.list_of("lr_decay_factors", float, "a number")
@@ -162,12 +164,19 @@ def main(argv):
                                        FLAGS.jit_compile)
     iterator = iter(dataset)
     watch = divergence.Watch(FLAGS.model_dir if chief else None, plan.learning_rate)   # a non-finite loss
+    # SIGTERM: every worker saves at one step boundary and exits 42; a lost worker: one line and exit 43.
+    preemption = training.make_preemption_handler(strategy, checkpoint, run.manager,
+                                                  lambda: stop_preempted(run, write_dir))
+    cluster = training.cluster_of(strategy)
+    watchdog = training.Watchdog(FLAGS.stall_timeout_s if cluster else 0,
+                                 lambda seconds, at: training.exit_after_stall("train_ssd.py", seconds, at))
     run.progress.rate(step, time.time())
     while step < plan.max_steps:
-        values = watch.check(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir))
+        values = watch.check(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir, cluster))
         previous, step = step, int(optimizer.iterations.numpy())
         if step == previous:  # float16 loss scaling skipped an overflowing step and lowered its scale
             continue
+        watchdog.beat(step)
         report(run, step, values)
         if every(FLAGS.save_checkpoints_steps, step, plan.max_steps):
             run.last_saved = run.manager.save(checkpoint_number=step)
@@ -177,8 +186,20 @@ def main(argv):
         if session and session.after_step(step, lambda: evaluate(run, step)):   # reached --target_map
             run.last_saved = run.manager.save(checkpoint_number=step)
             break
+        preemption.save_checkpoint_if_preempted(checkpoint_number=step)
+    watchdog.stop()
     run.writer.close()
     if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def stop_preempted(run, write_dir):
+    """What a preempted run does after the handler saved, before it exits with cli.EXIT_PREEMPTED."""
+    run.writer.close()
+    if run.chief:
+        logging.warning("preempted: saved %s; exiting with %d, start the run again to continue",
+                        run.manager.latest_checkpoint, cli.EXIT_PREEMPTED)
+    else:
         shutil.rmtree(write_dir, ignore_errors=True)
 
 

@@ -91,6 +91,32 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_r
     # same order (Adam on any other batch, or the same batches in another order, ends elsewhere).
     _assert_identical(_weights(f"{straight}/ckpt-6"), _weights(f"{killed}/ckpt-6"))
 
+    # Preemption (issue 27): SIGTERM after step 3 saves at the next step boundary and exits 42; the
+    # restart continues there and ends with the same weights (save_counter differs: one save more).
+    preempted = str(tmp_path / "preempted")
+    proc = subprocess.Popen(_command(sample_records, preempted, *flags), cwd=REPO, env=_env(),
+                            stderr=subprocess.PIPE, text=True)
+    output = []
+    for line in proc.stderr:
+        output.append(line)
+        if re.search(r"step 3/6 ", line):
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 42, "".join(output)[-3000:]
+    # The handler saves after the step that follows the one where it saw the signal: 4, or 5 when the
+    # signal came in after step 3's check.
+    saved = re.search(rf"preempted: saved {re.escape(preempted)}/ckpt-(\d+); exiting with 42", "".join(output))
+    assert saved and int(saved.group(1)) in (4, 5), "".join(output)[-3000:]
+    at = int(saved.group(1))
+    assert _saved_steps(preempted) == [2, at]
+    resumed = _train(sample_records, preempted, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {preempted}/ckpt-{at} at step {at}" in resumed.stderr
+    assert [int(m.group(1)) for m in STEP_LINE.finditer(resumed.stderr)] == list(range(at + 1, 7))
+    counters = "save_counter/.ATTRIBUTES/VARIABLE_VALUE"
+    straight_weights, preempted_weights = _weights(f"{straight}/ckpt-6"), _weights(f"{preempted}/ckpt-6")
+    assert preempted_weights.pop(counters) == straight_weights.pop(counters) + 1
+    _assert_identical(straight_weights, preempted_weights)
+
     # The comparisons above can fail: another seed gives other weights at the first checkpoint.
     other = str(tmp_path / "other_seed")
     result = _train(sample_records, other, "--max_steps", "2", "--save_checkpoints_steps", "2", "--seed", "4")
