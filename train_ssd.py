@@ -148,6 +148,8 @@ def main(argv):
     model, optimizer, checkpoint = training.build_model_and_optimizer(
         strategy, config, schedule, FLAGS.momentum, FLAGS.mixed_precision, FLAGS.optimizer)
 
+    if chief:   # events a killed run wrote past its last checkpoint are written again: dropped first
+        summaries.purge_past_checkpoint(FLAGS.model_dir)
     # Non-chief workers must take part in every save (it is collective) but write to a scratch dir.
     write_dir = FLAGS.model_dir if chief else tempfile.mkdtemp(prefix="ssd_worker_")
     run = Run(plan, config, class_names, anchors, model, schedule,
@@ -179,6 +181,7 @@ def main(argv):
         watchdog.beat(step)
         report(run, step, values)
         if every(FLAGS.save_checkpoints_steps, step, plan.max_steps):
+            run.writer.flush()   # the scalars up to this checkpoint are on disk before it
             run.last_saved = run.manager.save(checkpoint_number=step)
             logging.info("saved %s", run.last_saved)
         if run.chief and every(plan.eval_every_steps, step, plan.max_steps):
