@@ -75,7 +75,8 @@ SAMPLE = open(SAMPLE_JPEG, "rb").read()
 CORPUS = {
     "truncated.jpg": (SAMPLE[:len(SAMPLE) // 2], "corrupt or truncated JPEG data"),
     "zero_bytes.jpg": (b"", "not a JPEG, PNG, GIF or BMP image (0 bytes)"),
-    "text.jpg": (b"this is a text file, not a photo\n", "not a JPEG, PNG, GIF or BMP image (33 bytes, starting b'this is a te')"),
+    "text.jpg": (b"this is a text file, not a photo\n",
+                 "not a JPEG, PNG, GIF or BMP image (33 bytes, starting b'this is a te')"),
     "huge.png": (_png_header_only(20000, 20000), "400,000,000 pixels is over the 50,000,000-pixel cap"),
     "big.png": (_png_header_only(9000, 9000), "9000 x 9000 pixels is over the 50,000,000-pixel cap"),
     # Pillow refuses this one itself when it reads the header (over twice its own limit); same line.

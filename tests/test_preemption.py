@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -68,7 +69,7 @@ def _free_ports(n):
     return ports
 
 
-def _start_pair(data_dir, model_dir, max_steps):
+def _start_pair(data_dir, model_dir, max_steps, save_every=100):
     """Two train_ssd.py workers on localhost; returns the processes."""
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     procs = []
@@ -79,7 +80,8 @@ def _start_pair(data_dir, model_dir, max_steps):
             [sys.executable, os.path.join(REPO, "train_ssd.py"), "--data_dir", data_dir, "--model_dir", model_dir,
              "--width_multiplier", "0.125", "--batch_size", "2", "--image_summary_steps", "0",
              "--log_every_n_steps", "1", "--optimizer", "adam", "--warmup_steps", "0", "--deterministic",
-             "--max_steps", str(max_steps), "--save_checkpoints_steps", "100", "--stall_timeout_s", "120"],
+             "--max_steps", str(max_steps), "--save_checkpoints_steps", str(save_every),
+             "--stall_timeout_s", "120"],
             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -112,14 +114,14 @@ def _signal_at(procs, step, signum, timeout=400):
 @pytest.mark.slow
 def test_two_workers_save_on_sigterm_resume_there_and_name_a_lost_worker(sample_records, tmp_path):
     model_dir = str(tmp_path / "run")
-    # SIGTERM to the non-chief after step 2: both save at the next step boundary and exit 42.
+    # SIGTERM to the non-chief after step 3: both save at the next step boundary and exit 42.
     procs = _start_pair(sample_records, model_dir, max_steps=8)
-    outputs, _ = _signal_at(procs, 2, signal.SIGTERM)
+    outputs, _ = _signal_at(procs, 3, signal.SIGTERM)
     assert [p.returncode for p in procs] == [cli.EXIT_PREEMPTED] * 2, outputs[0][-3000:] + outputs[1][-3000:]
     saved = re.search(r"preempted: saved (\S+ckpt-(\d+)); exiting with 42", outputs[0])
     assert saved, outputs[0][-3000:]
     step = int(saved.group(2))
-    assert step in (3, 4, 5) and tf.train.latest_checkpoint(model_dir) == saved.group(1)
+    assert step in (4, 5) and tf.train.latest_checkpoint(model_dir) == saved.group(1)
     # The run's own manager saved it (the handler's own would keep one checkpoint and add a counter).
     assert "checkpointed_runs" not in str(tf.train.list_variables(saved.group(1)))
     assert "Traceback" not in outputs[0] + outputs[1]
@@ -136,3 +138,34 @@ def test_two_workers_save_on_sigterm_resume_there_and_name_a_lost_worker(sample_
     assert seconds[0] < 60, seconds
     print(f"chief stopped {seconds[0]:.1f} s after SIGKILL of worker 1")
     assert tf.train.latest_checkpoint(model_dir) == saved.group(1)   # nothing half-written
+
+
+def _finish(procs):
+    """Waits for both workers, reading their logs (a full pipe would stall one); both must end with 0."""
+    outputs = [[], []]
+    readers = [threading.Thread(target=lambda i=i: outputs[i].extend(procs[i].stderr), daemon=True)
+               for i in range(2)]
+    for reader in readers:
+        reader.start()
+    for p, reader in zip(procs, readers):
+        p.wait(timeout=900)
+        reader.join(10)
+    assert [p.returncode for p in procs] == [0, 0], "".join(outputs[0])[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SSD_MWMS_BIT_IDENTICAL"), reason="a long measurement, opt-in: "
+                    "SSD_MWMS_BIT_IDENTICAL=1 python3 -m pytest -q -s tests/test_preemption.py -k uninterrupted")
+def test_two_workers_preempted_killed_and_resumed_equal_an_uninterrupted_pair(sample_records, tmp_path):
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    _finish(_start_pair(sample_records, straight, max_steps=8, save_every=3))
+    _signal_at(_start_pair(sample_records, interrupted, 8, save_every=3), 3, signal.SIGTERM)   # exit 42
+    _signal_at(_start_pair(sample_records, interrupted, 8, save_every=3), 6, signal.SIGKILL)   # exit 43
+    _finish(_start_pair(sample_records, interrupted, max_steps=8, save_every=3))
+    ours, theirs = (tf.train.load_checkpoint(f"{d}/ckpt-8") for d in (interrupted, straight))
+    names = [n for n in ours.get_variable_to_shape_map() if n not in ("_CHECKPOINTABLE_OBJECT_GRAPH",
+                                                                      "save_counter/.ATTRIBUTES/VARIABLE_VALUE")]
+    assert sorted(names) == sorted(n for n in theirs.get_variable_to_shape_map() if n in names)
+    different = [n for n in names if not np.array_equal(ours.get_tensor(n), theirs.get_tensor(n))]
+    assert not different, different[:5]
+    print(f"{len(names)} tensors, {sum(ours.get_tensor(n).nbytes for n in names)} bytes identical")
