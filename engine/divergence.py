@@ -119,7 +119,8 @@ class Watch:
         if self.model_dir:
             named, removed = checkpoints.discard_from(self.model_dir, began - 1, keep=self.protected)
             checkpoints.unprotect(self.model_dir)
-        removed_note = f"; removed {', '.join(removed)}: written after it began" if removed else ""
+        removed_note = (f"; removed {', '.join(removed)}: written at or after step {began - 1}, whose weights "
+                        f"gave the first loss outside the band" if removed else "")
         if named:
             saved_at = checkpoints.checkpoint_number(named)
             outcome = (f"the last checkpoint written before it, {named} (step {saved_at}, {step - saved_at} "
