@@ -128,7 +128,7 @@ def main(argv):
     import tensorflow as tf
 
     from dataset import label_map
-    from engine import anchor_file, checkpoints, divergence, summaries, training
+    from engine import anchor_file, checkpoints, divergence, preemption, summaries, training
     from model import anchors as anchors_lib
 
     training.set_up(FLAGS.mixed_precision, FLAGS.seed, FLAGS.deterministic)   # before the model is built
@@ -167,11 +167,11 @@ def main(argv):
     iterator = iter(dataset)
     watch = divergence.Watch(FLAGS.model_dir if chief else None, plan.learning_rate)   # a non-finite loss
     # SIGTERM: every worker saves at one step boundary and exits 42; a lost worker: one line and exit 43.
-    preemption = training.make_preemption_handler(strategy, checkpoint, run.manager,
-                                                  lambda: stop_preempted(run, write_dir))
-    cluster = training.cluster_of(strategy)
-    watchdog = training.Watchdog(FLAGS.stall_timeout_s if cluster else 0,
-                                 lambda seconds, at: training.exit_after_stall("train_ssd.py", seconds, at))
+    handler = preemption.make_preemption_handler(strategy, checkpoint, run.manager,
+                                                 lambda: stop_preempted(run, write_dir))
+    cluster = preemption.cluster_of(strategy)
+    watchdog = preemption.Watchdog(FLAGS.stall_timeout_s if cluster else 0,
+                                   lambda seconds, at: preemption.exit_after_stall("train_ssd.py", seconds, at))
     run.progress.rate(step, time.time())
     while step < plan.max_steps:
         values = watch.check(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir, cluster))
@@ -189,7 +189,7 @@ def main(argv):
         if session and session.after_step(step, lambda: evaluate(run, step)):   # reached --target_map
             run.last_saved = run.manager.save(checkpoint_number=step)
             break
-        preemption.save_checkpoint_if_preempted(checkpoint_number=step)
+        handler.save_checkpoint_if_preempted(checkpoint_number=step)
     watchdog.stop()
     run.writer.close()
     if not chief:

@@ -30,9 +30,9 @@ unquoted glob: `--input photos/*.jpg` reaches the script as `--input photos/a.jp
 an ordinary mistake found later (a missing file, a file that is no label map, a corrupted shard, a
 checkpoint of another run; the project raises these as FileNotFoundError / ValueError / ... with a
 message naming the file and what to do at the boundary where it is found) all end as ONE line on
-stderr, `<script>: error: <message>`, and EXIT_ERROR, without a traceback. An error that carries an
-`exit_status` attribute (engine.training.WorkerLost) ends the same way with that status. `--traceback` shows the full
-one (for bugs, not for mistakes). A script that takes positional arguments says so:
+stderr, `<script>: error: <message>`, and EXIT_ERROR, without a traceback (an error that carries an
+`exit_status` attribute, engine.preemption.WorkerLost, ends with that status). `--traceback` shows the
+full one (for bugs, not for mistakes). A script that takes positional arguments says so:
 `cli.run(main, positionals=True)`.
 
 Importing this module does not import TensorFlow, so `--help` of a script that imports TensorFlow

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import cli, training
+from engine import cli, preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
@@ -32,22 +32,22 @@ def test_the_lost_worker_is_named_from_the_task_in_the_error():
     message = ("Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at ...\n"
                "The tasks have crashed. Check the task logs for an earlier error ... "
                "/job:worker/replica:0/task:1 heartbeat timeout\n")
-    line = training.lost_worker_message(message, CLUSTER)
+    line = preemption.lost_worker_message(message, CLUSTER)
     assert line.startswith("lost worker worker:1 (127.0.0.1:2223): The tasks have crashed.")
     assert f"(exit {cli.EXIT_WORKER_LOST})" in line and "\n" not in line
 
 
 def test_without_a_task_the_address_in_the_error_names_the_worker():
-    line = training.lost_worker_message("Socket closed\nfrom peer ipv4:127.0.0.1:2222", CLUSTER)
+    line = preemption.lost_worker_message("Socket closed\nfrom peer ipv4:127.0.0.1:2222", CLUSTER)
     assert line.startswith("lost worker worker:0 (127.0.0.1:2222): Socket closed")
-    assert training.lost_worker_message("Graph execution error:", CLUSTER).startswith(
+    assert preemption.lost_worker_message("Graph execution error:", CLUSTER).startswith(
         "lost a peer worker: Graph execution error:")
 
 
 def test_watchdog_fires_only_after_timeout_without_a_beat():
     now = [100.0]
     stalls = []
-    dog = training.Watchdog(30, lambda seconds, step: stalls.append((seconds, step)), clock=lambda: now[0],
+    dog = preemption.Watchdog(30, lambda seconds, step: stalls.append((seconds, step)), clock=lambda: now[0],
                             poll_s=0)   # no thread: `check` is called by hand
     dog.beat(7)
     now[0] = 129.0
