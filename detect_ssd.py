@@ -21,8 +21,10 @@ engine.serving.detections_record's, with "file" and, for a split, "ground_truth"
       "ground_truth": [{"class_id", "class_name", "box", "difficult"}, ...]   (--data_dir only)}, ...]
 
 --tensorboard_dir writes each drawn image as a TensorBoard image (tag detections/<stem>) whose
-description gives the counts. A file that cannot be read or decoded is named in an error line, skipped
-and counted; the exit status is then 3 (engine/cli.EXIT_SKIPPED).
+description gives the counts. A file that cannot be read, is no image, is truncated or is over the
+converter's pixel cap (read from its header, before decoding) is named in one error line with the
+problem, skipped and counted, and the rest are processed; the exit status is then 3
+(engine/cli.EXIT_SKIPPED). EXIF rotations are applied, CMYK converted (engine.serving.read_image).
 """
 
 import glob
@@ -159,8 +161,6 @@ def detect_files(paths, detector, output_dir, score_threshold, output_format="pn
     Returns (records for detections.json, number of skipped files). Writes drawn images and
     detections.json into `output_dir` (and TensorBoard images into `tensorboard_dir`).
     """
-    import tensorflow as tf
-
     from engine import serving
 
     writer = _Writer(detector, output_dir, score_threshold, output_format, tensorboard_dir)
@@ -169,11 +169,13 @@ def detect_files(paths, detector, output_dir, score_threshold, output_format="pn
     for index, path in enumerate(paths):
         try:
             with open(path, "rb") as f:
-                image = serving.decode_image(tf.constant(f.read())).numpy()
-        except (OSError, tf.errors.InvalidArgumentError) as e:
-            reason = getattr(e, "message", None) or str(e)
-            logging.error("skipping %s: cannot read it as an image (%s)", path,
-                          reason.split("}} ")[-1])  # drop TF's "{{function_node ...}}" prefix
+                image = serving.read_image(f.read())
+        except OSError as e:
+            logging.error("skipping %s: cannot read it (%s)", path, e.strerror or e)
+            skipped += 1
+            continue
+        except serving.BadImage as e:
+            logging.error("skipping %s: %s", path, e)
             skipped += 1
             continue
         writer.add(path, image)

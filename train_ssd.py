@@ -69,6 +69,8 @@ flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, shuffling and augmentation.")
 flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops: the same --seed gives bit-identical "
                   "checkpoints (slower on GPU).")
+flags.DEFINE_integer("stall_timeout_s", 1800, "Multi-worker runs: stop (exit 43) when no step finishes for this "
+                     "long, the backstop for a lost or hung worker; 0: never. Above the chief's evaluation time.")
 flags.DEFINE_integer("eval_every_steps", 0, "Evaluate the val shards every N steps (and at the end); 0: never.")
 flags.DEFINE_integer("eval_batch_size", 16, "Batch size of in-process evaluation.")
 flags.DEFINE_bool("exclude_difficult", False, "Drop difficult boxes from training (Caffe keeps them).")
@@ -83,7 +85,7 @@ for _name in ("batch_size", "learning_rate", "width_multiplier", "keep_checkpoin
               "eval_batch_size"):
     cli.positive(_name)
 for _name in ("warmup_steps", "save_checkpoints_steps", "log_every_n_steps", "save_summary_steps",
-              "image_summary_steps", "eval_every_steps", "weight_decay"):
+              "image_summary_steps", "eval_every_steps", "weight_decay", "stall_timeout_s"):
     flags.register_validator(_name, lambda v: v >= 0, message=f"--{_name} must be >= 0")
 cli.list_of("decay_boundaries", int, "a whole step number (write 1000, not 1k)")
 cli.list_of("lr_decay_factors", float, "a number")
@@ -162,7 +164,7 @@ def main(argv):
     import tensorflow as tf
 
     from dataset import label_map
-    from engine import anchor_file, checkpoints, summaries, training
+    from engine import anchor_file, checkpoints, divergence, preemption, summaries, training
     from model import anchors as anchors_lib
 
     training.set_up(FLAGS.mixed_precision, FLAGS.seed, FLAGS.deterministic)   # before the model is built
@@ -182,6 +184,8 @@ def main(argv):
     model, optimizer, checkpoint = training.build_model_and_optimizer(
         strategy, config, schedule, FLAGS.momentum, FLAGS.mixed_precision, FLAGS.optimizer)
 
+    if chief:   # events a killed run wrote past its last checkpoint are written again: dropped first
+        summaries.purge_past_checkpoint(FLAGS.model_dir)
     # Non-chief workers must take part in every save (it is collective) but write to a scratch dir.
     write_dir = FLAGS.model_dir if chief else tempfile.mkdtemp(prefix="ssd_worker_")
     run = Run(plan, config, class_names, anchors, model, schedule,
@@ -202,15 +206,23 @@ def main(argv):
     step_fn = training.make_train_step(model, optimizer, config, strategy, FLAGS.weight_decay,
                                        FLAGS.jit_compile, weight_decay_on=weight_decay_on)
     iterator = iter(dataset)
+    watch = divergence.Watch(FLAGS.model_dir if chief else None, plan.learning_rate)   # a non-finite loss
+    # SIGTERM: every worker saves at one step boundary and exits 42; a lost worker: one line and exit 43.
+    handler = preemption.make_preemption_handler(strategy, checkpoint, run.manager,
+                                                 lambda: stop_preempted(run, write_dir))
+    cluster = preemption.cluster_of(strategy)
+    watchdog = preemption.Watchdog(FLAGS.stall_timeout_s if cluster else 0,
+                                   lambda seconds, at: preemption.exit_after_stall("train_ssd.py", seconds, at))
     run.progress.rate(step, time.time())
     while step < plan.max_steps:
-        values = training.check_finite(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir),
-                                       FLAGS.model_dir if chief else None)
+        values = watch.check(step + 1, training.run_step(step_fn, iterator, FLAGS.data_dir, cluster))
         previous, step = step, int(optimizer.iterations.numpy())
         if step == previous:  # float16 loss scaling skipped an overflowing step and lowered its scale
             continue
+        watchdog.beat(step)
         report(run, step, values)
         if every(FLAGS.save_checkpoints_steps, step, plan.max_steps):
+            run.writer.flush()   # the scalars up to this checkpoint are on disk before it
             run.last_saved = run.manager.save(checkpoint_number=step)
             logging.info("saved %s", run.last_saved)
         if run.chief and every(plan.eval_every_steps, step, plan.max_steps):
@@ -218,8 +230,20 @@ def main(argv):
         if session and session.after_step(step, lambda: evaluate_mlperf(run, step, strategy)):   # reached --target_map
             run.last_saved = run.manager.save(checkpoint_number=step)
             break
+        handler.save_checkpoint_if_preempted(checkpoint_number=step)
+    watchdog.stop()
     run.writer.close()
     if not chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def stop_preempted(run, write_dir):
+    """What a preempted run does after the handler saved, before it exits with cli.EXIT_PREEMPTED."""
+    run.writer.close()
+    if run.chief:
+        logging.warning("preempted: saved %s; exiting with %d, start the run again to continue",
+                        run.manager.latest_checkpoint, cli.EXIT_PREEMPTED)
+    else:
         shutil.rmtree(write_dir, ignore_errors=True)
 
 
@@ -260,6 +284,7 @@ def restore(run, checkpoint, optimizer):
     if run.chief:
         for stale in checkpoints.remove_stale_temp(FLAGS.model_dir):
             logging.info("removed %s, left by a run killed while saving", stale)
+        checkpoints.unprotect(FLAGS.model_dir)   # what a run killed while watching a divergence kept
     latest = tf.train.latest_checkpoint(FLAGS.model_dir)
     if latest:
         checkpoints.restore_training(checkpoint, latest, optimizer)

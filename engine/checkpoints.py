@@ -27,6 +27,8 @@ RUN_SETTINGS_FILENAME = "run_settings.json"
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 _CHECKPOINT_NUMBER = re.compile(r"-(\d+)$")
 _OPTIMIZER_VARIABLES = "optimizer/_variables/"
+# Where engine.divergence keeps the last checkpoint before a divergence out of rotation's reach.
+PROTECTED_DIRNAME = "protected"
 
 
 def write(model_dir, config, class_names):
@@ -127,32 +129,65 @@ def remove_stale_temp(model_dir):
     return stale
 
 
-def _checkpoint_number(prefix):
+def checkpoint_number(prefix):
+    """The N of a `ckpt-N` prefix, or None."""
     match = _CHECKPOINT_NUMBER.search(prefix)
     return int(match.group(1)) if match else None
 
 
-def discard_from(model_dir, first_bad_step):
-    """Removes the checkpoints of `model_dir` numbered >= `first_bad_step` and points the checkpoint
-    state at the newest one left; returns (that checkpoint or None, the prefixes removed).
+def latest_at_or_before(model_dir, step):
+    """The newest checkpoint of `model_dir` numbered <= `step`, or None."""
+    older = [p for p in _listed_checkpoints(model_dir) if (checkpoint_number(p) or 0) <= step]
+    return max(older, key=checkpoint_number, default=None)
 
-    For a non-finite loss (engine.training.check_finite): the checkpoints it removes hold weights that
-    produced it, so resuming from one would fail again at once.
+
+def protect(model_dir, prefix):
+    """Keeps the files of checkpoint `prefix` out of CheckpointManager's rotation: hard links (copies
+    where the file system has none) in <model_dir>/protected/, which `discard_from(keep=prefix)` puts
+    back. One checkpoint at a time: what was protected before is released."""
+    unprotect(model_dir)
+    folder = os.path.join(model_dir, PROTECTED_DIRNAME)
+    os.makedirs(folder)
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        target = os.path.join(folder, os.path.basename(path))
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def unprotect(model_dir):
+    """Releases the checkpoint `protect` kept (also what a killed run left)."""
+    shutil.rmtree(os.path.join(model_dir, PROTECTED_DIRNAME), ignore_errors=True)
+
+
+def discard_from(model_dir, first_bad_step, keep=None):
+    """Removes the checkpoints of `model_dir` numbered >= `first_bad_step` and points the checkpoint
+    state at the newest one left; returns (that checkpoint or None, the names removed).
+
+    For a non-finite loss (engine.divergence): the checkpoints it removes hold weights that were
+    already diverging, so resuming from one would fail again. `keep`: a checkpoint `protect`ed from
+    rotation; put back first if the rotation deleted it.
     """
     state = tf.train.get_checkpoint_state(model_dir)
-    if state is None:
-        return None, []
-    paths = list(state.all_model_checkpoint_paths)
-    bad = [p for p in paths if (_checkpoint_number(p) or 0) >= first_bad_step]
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    if keep and not tf.io.gfile.exists(keep + ".index"):
+        folder = os.path.join(model_dir, PROTECTED_DIRNAME)
+        for path in glob.glob(os.path.join(glob.escape(folder), glob.escape(os.path.basename(keep)) + ".*")):
+            shutil.copy2(path, os.path.join(os.path.dirname(keep), os.path.basename(path)))
+        logging.info("put back %s, which --keep_checkpoints rotation had deleted", keep)
+    if keep and keep not in paths and tf.io.gfile.exists(keep + ".index"):
+        paths.append(keep)
+    paths.sort(key=lambda p: checkpoint_number(p) or 0)
+    bad = [p for p in paths if (checkpoint_number(p) or 0) >= first_bad_step]
     good = [p for p in paths if p not in bad]
-    if bad:
-        if good:
-            tf.compat.v1.train.update_checkpoint_state(model_dir, good[-1], all_model_checkpoint_paths=good)
-        else:
-            os.remove(os.path.join(model_dir, "checkpoint"))
-        for prefix in bad:
-            for path in glob.glob(glob.escape(prefix) + ".*"):
-                os.remove(path)
+    if good:
+        tf.compat.v1.train.update_checkpoint_state(model_dir, good[-1], all_model_checkpoint_paths=good)
+    elif state is not None:
+        os.remove(os.path.join(model_dir, "checkpoint"))
+    for prefix in bad:
+        for path in glob.glob(glob.escape(prefix) + ".*"):
+            os.remove(path)
     return (good[-1] if good else None), [os.path.basename(p) for p in bad]
 
 

@@ -18,17 +18,21 @@ The exit statuses, the one table every script uses (by these names, never by the
                          traceback of a bug, and a caller must tell "done, some skipped" from "crashed".
     EXIT_ERROR       2   a usage or input error: a wrong flag, an argument no flag takes, a missing or
                          malformed file; one line and nothing (more) written.
-    EXIT_PREEMPTED  42   a preempted training run saved a checkpoint and stopped: start it again to
-                         continue (tf.distribute.experimental.PreemptionCheckpointHandler's default).
-                         Reserved: no run exits with it until preemption handling lands.
+    EXIT_PREEMPTED  42   a preempted training run (SIGTERM to any worker) saved a checkpoint at a step
+                         boundary and stopped: start it again to continue
+                         (tf.distribute.experimental.PreemptionCheckpointHandler's default code).
+    EXIT_WORKER_LOST 43   a multi-worker training run lost a worker (its collectives failed, or no step
+                          finished within --stall_timeout_s) and stopped without saving: start every
+                          worker again; it resumes from the last complete checkpoint.
 
 A wrong flag (absl validators, run at parse time), an argument that no flag takes (the rest of an
 unquoted glob: `--input photos/*.jpg` reaches the script as `--input photos/a.jpg photos/b.jpg ...`) and
 an ordinary mistake found later (a missing file, a file that is no label map, a corrupted shard, a
 checkpoint of another run; the project raises these as FileNotFoundError / ValueError / ... with a
 message naming the file and what to do at the boundary where it is found) all end as ONE line on
-stderr, `<script>: error: <message>`, and EXIT_ERROR, without a traceback. `--traceback` shows the full
-one (for bugs, not for mistakes). A script that takes positional arguments says so:
+stderr, `<script>: error: <message>`, and EXIT_ERROR, without a traceback (an error that carries an
+`exit_status` attribute, engine.preemption.WorkerLost, ends with that status). `--traceback` shows the
+full one (for bugs, not for mistakes). A script that takes positional arguments says so:
 `cli.run(main, positionals=True)`.
 
 Importing this module does not import TensorFlow, so `--help` of a script that imports TensorFlow
@@ -48,12 +52,14 @@ EXIT_OK = 0
 EXIT_SKIPPED = 3
 EXIT_ERROR = 2
 EXIT_PREEMPTED = 42
+EXIT_WORKER_LOST = 43
 # The table of the module docstring, for tests and for scripts that explain a status.
 EXIT_CODES = {
     "EXIT_OK": (EXIT_OK, "finished; every input was processed"),
     "EXIT_SKIPPED": (EXIT_SKIPPED, "finished, but some inputs were skipped (each named in the log)"),
     "EXIT_ERROR": (EXIT_ERROR, "a usage or input error, told in one line"),
     "EXIT_PREEMPTED": (EXIT_PREEMPTED, "a preempted training run saved a checkpoint: start it again"),
+    "EXIT_WORKER_LOST": (EXIT_WORKER_LOST, "a multi-worker run lost a worker: start every worker again"),
 }
 # Leftover arguments named in the error line; an expanded glob may be thousands.
 _LISTED_ARGUMENTS = 5
@@ -157,7 +163,7 @@ def run(main, argv=None, positionals=False):
                 raise
             sys.stderr.write(error_line(os.path.basename(raw_argv[0]), e) + "\n")
             sys.stderr.flush()
-            sys.exit(EXIT_ERROR)
+            sys.exit(getattr(e, "exit_status", EXIT_ERROR))
     app.run(guarded, argv=raw_argv, flags_parser=_parse_flags)
 
 

@@ -29,8 +29,10 @@ and every kind answers the same Python contract, with TRIMMED rows:
   detector.path (for a checkpoint: its ckpt-N prefix). A wrong input raises ValueError. Every kind
   gives the same detections (checkpoint and SavedModel within 1e-5; float32 ONNX and any-size
   float32 TFLite within 1e-4; a fixed-input float32 TFLite file within 1e-4 on S x S images, up to
-  the uint8 rounding of the resized image on others; float16 and int8 files approximately). Not
-  thread-safe: one detector per thread.
+  the uint8 rounding of the resized image on others; float16 and int8 files approximately). Safe to
+  call from several threads: checkpoint, SavedModel and ONNX Runtime calls run concurrently, a TFLite
+  file's (one interpreter) one at a time. `read_image` turns a file's bytes into the uint8 RGB input,
+  or a BadImage naming the problem (pixel cap from the header).
 
 `detections_record` turns one image's Detections into the JSON dict that detect_ssd.py's
 detections.json and stream_ssd.py's JSON lines hold.
@@ -66,6 +68,7 @@ input are normalized boxes of the original image.
 
 import dataclasses
 import os
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -101,6 +104,88 @@ def decode_image(encoded):
     image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
     image.set_shape([None, None, RGB_CHANNELS])
     return image
+
+
+class BadImage(ValueError):
+    """Bytes that are no usable image; the message names the problem (the caller adds the file name)."""
+
+
+def read_image(data, max_pixels=MAX_IMAGE_PIXELS):
+    """Encoded image bytes -> uint8 [H, W, 3] RGB as the model should see it, or BadImage naming why not.
+
+    What detect_ssd.py (and any caller of the door with files) does with each kind of input:
+    - not an image (zero bytes, text named .jpg, another format): BadImage from the header;
+    - over `max_pixels` (the converter's decompression-bomb cap, dataset/voc.py), read from the header
+      before anything is decoded: BadImage (20,000 x 20,000 RGB would take 1.2 GB decoded);
+    - truncated or corrupt data: BadImage (the whole file is decoded once by Pillow to find out);
+    - an EXIF rotation is applied and CMYK converted to RGB (Pillow's pixels), as the converter does,
+      since boxes refer to the upright image a viewer shows;
+    - everything else (RGB or grey JPEG, progressive JPEG, 8- or 16-bit PNG, the first frame of an
+      animated GIF, BMP, 1 x 1) is decoded by `decode_image`, the eval records' decode, so a file's
+      detections equal those of the same image in a record.
+    """
+    import io
+    import re
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    over_cap = "{} pixels is over the %s-pixel cap (read from the header; not decoded)" % f"{max_pixels:,}"
+    try:
+        with warnings.catch_warnings():   # Pillow's own, milder bomb warning: refused below anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=["JPEG", "PNG", "GIF", "BMP"])
+    except Image.DecompressionBombError as e:   # Pillow refuses over 2 x its own limit, from the header too
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        raise BadImage(over_cap.format(f"{int(declared.group(1)):,}" if declared else "its")) from None
+    except Image.UnidentifiedImageError:
+        raise BadImage(f"not a JPEG, PNG, GIF or BMP image ({len(data)} bytes"
+                       + (f", starting {data[:12]!r})" if data else ")")) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImage(f"not a readable JPEG, PNG, GIF or BMP image ({e})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadImage(over_cap.format(f"{width} x {height}"))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImage(f"corrupt or truncated {image.format} data ({e})") from None
+    rotated = image.getexif().get(0x0112, 1) not in (0, 1)   # EXIF Orientation
+    if rotated or image.mode == "CMYK":
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    try:
+        return decode_image(tf.constant(data)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        raise BadImage(f"cannot decode this {image.format} ({e.message.split('}} ')[-1]})") from None
+
+
+def header_pixels(encoded):
+    """Width x height (int64 []) that encoded image bytes (string []) declare in their header, read
+    without decoding: JPEG (extract_jpeg_shape), PNG (IHDR, big-endian at byte 16), GIF (logical
+    screen, little-endian at byte 6), BMP (info header, little-endian int32 at byte 18; a top-down
+    BMP's height is negative); 0 for anything else (its decode fails with its own message)."""
+    padded = tf.strings.join([encoded, "\0" * 26])   # every field below lies inside
+
+    def unsigned(offset, length, big_endian):
+        digits = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, offset, length), tf.uint8), tf.int64)
+        weights = tf.constant([256 ** i for i in range(length)], tf.int64)
+        return tf.reduce_sum((digits[::-1] if big_endian else digits) * weights)
+
+    def jpeg():
+        return tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64))
+
+    def other():
+        magic = tf.strings.substr(padded, 0, 4)
+        png = unsigned(16, 4, True) * unsigned(20, 4, True)
+        gif = unsigned(6, 2, False) * unsigned(8, 2, False)
+        bmp_height = unsigned(22, 4, False)
+        bmp_height = tf.where(bmp_height >= 2 ** 31, 2 ** 32 - bmp_height, bmp_height)
+        bmp = unsigned(18, 4, False) * bmp_height
+        return tf.where(tf.equal(magic, b"\x89PNG"), png,
+                        tf.where(tf.strings.regex_full_match(magic, "GIF8"), gif,
+                                 tf.where(tf.strings.substr(magic, 0, 2) == "BM", bmp, tf.constant(0, tf.int64))))
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
 def _check_images(images):
@@ -164,11 +249,10 @@ class DetectionModule(tf.Module):
                                              message="encoded_images: empty batch (batch size 0)")
 
         def decode_and_resize(encoded):
-            # The converter's decompression-bomb cap (dataset/voc.py), from the JPEG header before decoding.
-            pixels = tf.cond(tf.io.is_jpeg(encoded), lambda: tf.reduce_prod(tf.io.extract_jpeg_shape(encoded)[:2]),
-                             lambda: tf.constant(0, tf.int32))
+            # The converter's decompression-bomb cap (dataset/voc.py), from the header before decoding.
             with tf.control_dependencies([tf.debugging.assert_less_equal(
-                    pixels, MAX_IMAGE_PIXELS, message=f"encoded image over the {MAX_IMAGE_PIXELS}-pixel cap")]):
+                    header_pixels(encoded), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+                    message=f"encoded image over the {MAX_IMAGE_PIXELS}-pixel cap (its header)")]):
                 image = decode_image(encoded)
             with tf.control_dependencies([tf.debugging.assert_less_equal(
                     tf.shape(image)[0] * tf.shape(image)[1], MAX_IMAGE_PIXELS,
@@ -263,13 +347,16 @@ class Detector:
     SavedModel, a TFLiteRunner, an ONNXRunner), kept for inspection (e.g. a TFLite file's ops).
     """
 
-    def __init__(self, kind, path, config, class_names, run_batch, runtime=None):
+    def __init__(self, kind, path, config, class_names, run_batch, runtime=None, thread_safe=True):
         self.kind = kind                      # "checkpoint", "saved_model", "tflite" or "onnx"
         self.path = path                      # what was loaded (for a checkpoint: its ckpt-N prefix)
         self.config = config
         self.class_names = tuple(class_names)
         self.runtime = runtime
         self._run_batch = run_batch
+        # A runtime that is not thread-safe (a TFLite interpreter's tensors are shared) runs one call at
+        # a time; tf.function and SavedModel signatures take concurrent calls.
+        self._lock = None if thread_safe else threading.Lock()
 
     def class_name(self, class_id):
         """The label-map name of class id 1..C."""
@@ -283,7 +370,11 @@ class Detector:
             raise ValueError(f"detector input must be uint8 [H, W, 3] or [B, H, W, 3] RGB with no empty "
                              f"axis, got {images.dtype} {list(images.shape)}")
         batch = images if images.ndim == 4 else images[None]
-        outputs = self._run_batch(batch)
+        if self._lock is None:
+            outputs = self._run_batch(batch)
+        else:
+            with self._lock:
+                outputs = self._run_batch(batch)
         found = [Detections.from_padded(outputs, i) for i in range(len(batch))]
         return found if images.ndim == 4 else found[0]
 
@@ -303,7 +394,7 @@ def _open_tflite(path, num_threads):
     def run_batch(images):   # the file takes batch 1
         rows = [runner(image) for image in images]
         return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-    return Detector("tflite", path, config, class_names, run_batch, runner)
+    return Detector("tflite", path, config, class_names, run_batch, runner, thread_safe=False)
 
 
 def _open_onnx(path, num_threads):

@@ -1,10 +1,13 @@
 """TensorBoard writing for training and evaluation: named scalars and images with boxes drawn."""
 
+import glob
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from dataset import fields
-from engine import inference
+from engine import checkpoints, inference
 from engine.drawing import GROUND_TRUTH_RGB, MIN_DRAWN_SCORE, draw_boxes, draw_detections
 from model import box_coder
 
@@ -84,6 +87,54 @@ class Writer:
                                          detections[fields.DETECTION_CLASSES][i], class_names, min_score))
         self.images(step, name, drawn)
 
+    def flush(self):
+        """Writes what is buffered: before each checkpoint, so a kill loses no step it keeps."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def close(self):
         if self._writer is not None:
             self._writer.close()
+
+
+def purge_past_checkpoint(model_dir):
+    """`purge_after` on train/ and eval/ of `model_dir` with the step of its latest checkpoint (0 when
+    none: a run killed before its first checkpoint starts again from step 1). Call it before a writer
+    opens a new event file there."""
+    latest = tf.train.latest_checkpoint(model_dir)
+    step = checkpoints.checkpoint_step(latest) if latest else 0
+    return sum(purge_after(os.path.join(model_dir, folder), step) for folder in ("train", "eval"))
+
+
+def purge_after(logdir, step):
+    """Drops the events past `step` from the event files of `logdir` (and a last record cut short by a
+    kill); returns the number of events dropped.
+
+    A run killed after step N's scalars but before its next checkpoint resumes at that checkpoint's
+    step k < N and writes steps k+1..N again. TF2 summary writers record no purge marker (TF1's
+    SessionLog START), so TensorBoard would show those steps twice: the resumed run calls this with k
+    first. Each file that changes is rewritten beside itself and renamed over it (a kill meanwhile
+    leaves it whole).
+    """
+    # Not named like an event file: TensorBoard reads every file whose name holds "tfevents".
+    staged = os.path.join(logdir, "purging.tmp")
+    if os.path.exists(staged):   # a kill during an earlier purge: its file was not renamed yet
+        os.remove(staged)
+    dropped = 0
+    for path in sorted(glob.glob(os.path.join(glob.escape(logdir), "events.out.tfevents.*"))):
+        kept, changed = [], False
+        try:
+            for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                if tf.compat.v1.Event.FromString(record).step > step:
+                    dropped, changed = dropped + 1, True
+                else:
+                    kept.append(record)
+        except tf.errors.DataLossError:   # the last record, cut short by a kill
+            changed = True
+        if not changed:
+            continue
+        with tf.io.TFRecordWriter(staged) as writer:
+            for record in kept:
+                writer.write(record)
+        os.replace(staged, path)
+    return dropped

@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from dataset import fields, reader
-from engine import checkpoints, train_config
+from engine import cli, preemption, train_config
 from engine.train_config import FROM_SCRATCH_COMMAND, OPTIMIZERS, WEIGHT_DECAY_SCOPES, backbone_present
 from model import losses as losses_lib
 from nets import backbone_loader
@@ -199,7 +199,7 @@ def make_train_step(model, optimizer, config, strategy, weight_decay, jit_compil
                     weight_decay_on="kernels"):
     """A tf.function running one distributed step on `next(iterator)`; returns the global loss dict.
 
-    The caller checks the losses of every step (`check_finite`) before it may save, so weights touched by
+    The caller checks the losses of every step (engine.divergence.Watch) before it may save, so weights touched by
     a non-finite step are never written over the last good checkpoint.
     """
     decayed = decayed_variables(model, weight_decay_on)
@@ -310,36 +310,25 @@ def average_batch_norm_statistics(model, strategy):
     tf.function(lambda: strategy.run(replica_fn))()
 
 
-def run_step(step_fn, iterator, data_dir):
+def run_step(step_fn, iterator, data_dir, cluster=None):
     """step_fn(iterator), with a corrupted shard named: TF's DataLossError ("corrupted record at N")
-    does not say which file, so the shards are checked to find it (only on that error)."""
+    does not say which file, so the shards are checked to find it (only on that error).
+
+    `cluster`: the multi-worker run's {job: [addresses]}; there any other TensorFlow error of the step
+    is a lost peer (its collectives failed: UnavailableError, AbortedError, ...) and raises
+    engine.preemption.WorkerLost.
+    """
     try:
         return step_fn(iterator)
     except tf.errors.DataLossError as e:
         found = reader.find_corrupt_shard(reader.shard_files(data_dir, "train"))
         where = f"{found[0]} is corrupted ({found[1]})" if found else f"a shard is corrupted ({e.message})"
         raise ValueError(f"{where}: reconvert the dataset (python3 convert_voc_sample_tfrecords.py)") from None
-
-
-def check_finite(step, loss_dict, model_dir=None):
-    """Stop on a non-finite loss, naming the step, the losses and the last good checkpoint.
-
-    The loss of `step` is computed with the weights left by step - 1, so a checkpoint of step - 1 (or
-    later) holds the weights that produced it and is no good: with `model_dir` (the chief's) those
-    checkpoints are removed first (engine.checkpoints.discard_from), so the latest left is one whose
-    weights gave a finite loss, and a restart resumes from it.
-    """
-    values = {k: float(v) for k, v in loss_dict.items()}
-    if all(math.isfinite(v) for v in values.values()):
-        return values
-    last_good, removed = None, []
-    if model_dir:
-        last_good, removed = checkpoints.discard_from(model_dir, step - 1)
-    removed_note = f" (removed {', '.join(removed)}: its weights gave this loss)" if removed else ""
-    raise FloatingPointError(
-        f"non-finite loss at step {step}: {values}; stopped without saving{removed_note}, so the last good "
-        f"checkpoint {last_good or '(none yet)'} remains the latest. Lower --learning_rate or raise "
-        f"--warmup_steps.")
+    except tf.errors.OpError as e:
+        if not cluster:
+            raise
+        raise preemption.WorkerLost(preemption.lost_worker_message(cli.strip_function_node(e.message),
+                                                                   cluster)) from None
 
 
 class ProgressLogger:

@@ -170,9 +170,10 @@ ALL_SCRIPTS = ["train_ssd.py", "eval_ssd.py", "detect_ssd.py", "export_saved_mod
 
 
 def test_exit_code_table_is_distinct_and_documented():
-    assert (cli.EXIT_OK, cli.EXIT_SKIPPED, cli.EXIT_ERROR, cli.EXIT_PREEMPTED) == (0, 3, 2, 42)
+    assert (cli.EXIT_OK, cli.EXIT_SKIPPED, cli.EXIT_ERROR, cli.EXIT_PREEMPTED, cli.EXIT_WORKER_LOST) == (
+        0, 3, 2, 42, 43)
     codes = [code for code, _ in cli.EXIT_CODES.values()]
-    assert len(set(codes)) == len(codes) == 4
+    assert len(set(codes)) == len(codes) == 5
     for name, (code, meaning) in cli.EXIT_CODES.items():
         assert getattr(cli, name) == code and meaning
         # The module docstring's table: "    EXIT_SKIPPED     3   finished, but ..."

@@ -91,6 +91,32 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_r
     # same order (Adam on any other batch, or the same batches in another order, ends elsewhere).
     _assert_identical(_weights(f"{straight}/ckpt-6"), _weights(f"{killed}/ckpt-6"))
 
+    # Preemption (issue 27): SIGTERM after step 3 saves at the next step boundary and exits 42; the
+    # restart continues there and ends with the same weights (save_counter differs: one save more).
+    preempted = str(tmp_path / "preempted")
+    proc = subprocess.Popen(_command(sample_records, preempted, *flags), cwd=REPO, env=_env(),
+                            stderr=subprocess.PIPE, text=True)
+    output = []
+    for line in proc.stderr:
+        output.append(line)
+        if re.search(r"step 3/6 ", line):
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 42, "".join(output)[-3000:]
+    # The handler saves after the step that follows the one where it saw the signal: 4, or 5 when the
+    # signal came in after step 3's check.
+    saved = re.search(rf"preempted: saved {re.escape(preempted)}/ckpt-(\d+); exiting with 42", "".join(output))
+    assert saved and int(saved.group(1)) in (4, 5), "".join(output)[-3000:]
+    at = int(saved.group(1))
+    assert _saved_steps(preempted) == [2, at]
+    resumed = _train(sample_records, preempted, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {preempted}/ckpt-{at} at step {at}" in resumed.stderr
+    assert [int(m.group(1)) for m in STEP_LINE.finditer(resumed.stderr)] == list(range(at + 1, 7))
+    counters = "save_counter/.ATTRIBUTES/VARIABLE_VALUE"
+    straight_weights, preempted_weights = _weights(f"{straight}/ckpt-6"), _weights(f"{preempted}/ckpt-6")
+    assert preempted_weights.pop(counters) == straight_weights.pop(counters) + 1
+    _assert_identical(straight_weights, preempted_weights)
+
     # The comparisons above can fail: another seed gives other weights at the first checkpoint.
     other = str(tmp_path / "other_seed")
     result = _train(sample_records, other, "--max_steps", "2", "--save_checkpoints_steps", "2", "--seed", "4")
@@ -119,26 +145,30 @@ def test_resumed_input_stream_continues_with_the_next_batches(sample_records):
 @pytest.mark.slow
 def test_after_a_non_finite_loss_the_named_checkpoint_continues(sample_records, tmp_path):
     model_dir = str(tmp_path / "run")
-    # Three sane steps, then the rate jumps to 1e12: the update of step 4 blows the weights up, and the
-    # loss those weights give (step 5, or a little later) is not finite.
+    # Three sane steps, then the rate jumps to 1: the update of step 4 ruins the weights, step 5's loss
+    # leaves the band (finite, ~1e29), a later one is not finite. --keep_checkpoints 2 would have
+    # rotated ckpt-3 away by then; it is kept aside and put back.
     exploding = _train(sample_records, model_dir, "--max_steps", "30", "--save_checkpoints_steps", "1",
-                       "--learning_rate", "1e-3", "--decay_boundaries", "3", "--lr_decay_factors", "1,1e12")
+                       "--keep_checkpoints", "2", "--learning_rate", "1e-3", "--decay_boundaries", "3",
+                       "--lr_decay_factors", "1,1000")
     assert exploding.returncode == 2
-    match = re.search(r"non-finite loss at step (\d+): .*the last good checkpoint (\S+) remains the latest",
+    match = re.search(r"non-finite loss at step (\d+): .*the divergence began at step (\d+).* the last "
+                      r"checkpoint written before it, (\S+) \(step 3, (\d+) steps back\), is now the latest",
                       exploding.stderr)
     assert match, exploding.stderr[-3000:]
-    bad_step, named = int(match.group(1)), match.group(2)
-    assert bad_step >= 5
-    # The weights of step bad_step - 1 gave the non-finite loss: that checkpoint is gone.
-    assert named.endswith(f"ckpt-{bad_step - 2}") and tf.train.latest_checkpoint(model_dir) == named
-    assert _saved_steps(model_dir)[-1] == bad_step - 2
+    bad_step, began, named, back = (int(match.group(1)), int(match.group(2)), match.group(3),
+                                    int(match.group(4)))
+    assert began == 5 and bad_step > began and back == bad_step - 3
+    assert named.endswith("ckpt-3") and tf.train.latest_checkpoint(model_dir) == named
+    assert _saved_steps(model_dir) == [3]
+    assert "--learning_rate 0.0001 (a tenth of 0.001)" in exploding.stderr
     # A kill during a save leaves ckpt-N_temp; the next start removes it.
     os.makedirs(os.path.join(model_dir, f"ckpt-{bad_step}_temp"))
 
-    sane = _train(sample_records, model_dir, "--max_steps", str(bad_step + 1), "--save_checkpoints_steps",
-                  "100", "--learning_rate", "1e-4")
+    # Resumed at the base rate without the jump, it trains on.
+    sane = _train(sample_records, model_dir, "--max_steps", "8", "--save_checkpoints_steps", "100")
     assert sane.returncode == 0, sane.stderr[-3000:]
     losses = {int(m.group(1)): float(m.group(2)) for m in STEP_LINE.finditer(sane.stderr)}
-    assert sorted(losses) == list(range(bad_step - 1, bad_step + 2))
-    assert all(np.isfinite(v) for v in losses.values()), losses
+    assert sorted(losses) == list(range(4, 9))
+    assert all(np.isfinite(v) and v < 100 for v in losses.values()), losses
     assert not glob.glob(os.path.join(model_dir, "*_temp"))

@@ -86,22 +86,6 @@ def test_two_replicas_take_the_same_step_as_one():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5)
 
 
-def test_check_finite_names_step_losses_and_removes_the_checkpoint_that_produced_the_loss(tmp_path):
-    assert training.check_finite(3, {"total_loss": tf.constant(1.5)}, None) == {"total_loss": 1.5}
-    model_dir = str(tmp_path)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), model_dir, max_to_keep=5)
-    for step in (4, 5, 6):
-        manager.save(checkpoint_number=step)
-    with pytest.raises(FloatingPointError) as info:
-        training.check_finite(7, {"total_loss": tf.constant(float("nan")), "box_loss": 2.0}, model_dir)
-    message = str(info.value)
-    # The loss of step 7 came from the weights after step 6: ckpt-6 is removed, ckpt-5 is the last good.
-    assert "step 7" in message and "'total_loss': nan" in message
-    assert "removed ckpt-6" in message and f"{model_dir}/ckpt-5 remains the latest" in message
-    assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-5")
-    assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-5.index"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_steps_train_and_float16_skips_overflows(policy):
