@@ -78,6 +78,11 @@ flags.DEFINE_string("anchor_config", None, "Anchor file from analyze_dataset.py 
 mlperf.define_flags()
 flags.DEFINE_string("data_service", "", "HOST:PORT of a tf.data service dispatcher whose workers make the "
                     "training batches (python3 -m engine.data_service); empty: this process makes them.")
+flags.DEFINE_enum("data_service_sharding", "dynamic", ("dynamic", "off"),
+                  "With --data_service: dynamic hands shard files to any number of workers (no fixed order; a "
+                  "restart rejoins the dispatcher's job or starts the stream over); off: one worker makes the "
+                  "local pipeline's stream from the resume position, so a restart sees an uninterrupted run's "
+                  "batches.")
 FLAGS = flags.FLAGS
 
 # Every flag that cannot work fails at parse time, in one line (engine/cli.py).
@@ -263,7 +268,9 @@ def make_datasets(strategy, config, anchors, augmentation, start_step, chief):
     from preprocessing import augment, inputs
     input_config = inputs.TrainInputConfig(
         augment=augment.AugmentConfig(policy=augmentation), exclude_difficult=FLAGS.exclude_difficult,
-        seed=FLAGS.seed, data_service=FLAGS.data_service)
+        seed=FLAGS.seed, data_service=FLAGS.data_service, data_service_sharding=FLAGS.data_service_sharding)
+    if FLAGS.data_service:
+        logging.info("%s", data_service_resume_note(start_step))
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: inputs.train_input_fn(FLAGS.data_dir, config, anchors, FLAGS.batch_size, ctx,
                                           input_config, start_step=start_step))
@@ -272,6 +279,16 @@ def make_datasets(strategy, config, anchors, augmentation, start_step, chief):
         local = dataclasses.replace(input_config, data_service="")
         image_batches = iter(inputs.train_input_fn(FLAGS.data_dir, config, anchors, 4, None, local))
     return dataset, image_batches
+
+
+def data_service_resume_note(start_step):
+    """What a restart of this run gets from the tf.data service (preprocessing/inputs.from_data_service)."""
+    if FLAGS.data_service_sharding == "off":
+        return (f"data service, sharding off: batches from step {start_step + 1} on, exactly as an uninterrupted "
+                f"run's (one worker; several would each send the whole stream)")
+    return ("data service, dynamic sharding: the input position is the dispatcher's job; a restart rejoins it "
+            "while the dispatcher keeps it (batches in flight are lost), else the stream starts over, and the "
+            "order is not deterministic (--data_service_sharding off with one worker resumes exactly)")
 
 
 def restore(run, checkpoint, optimizer):

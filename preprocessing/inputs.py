@@ -61,6 +61,10 @@ class TrainInputConfig:
     # "host:port" of a tf.data service dispatcher (engine/data_service.py): its workers run this whole
     # pipeline, batches included, and training only receives batches. "" runs it in this process.
     data_service: str = ""
+    # DATA_SERVICE_SHARDINGS (from_data_service): "dynamic" hands shard files to the workers as they ask
+    # (several workers, no fixed order); "off" has every worker make the whole stream, which with one
+    # worker is the local pipeline's, from the resume position on.
+    data_service_sharding: str = "dynamic"
 
 
 def to_uint8(image):
@@ -193,7 +197,8 @@ def train_input_fn(data_dir, config, anchors, global_batch_size, input_context=N
         # Each pipeline feeds num_replicas / num_pipelines replicas one batch each per step.
         images_per_step = batch_size * (input_context.num_replicas_in_sync // input_context.num_input_pipelines)
     if input_config.data_service:
-        return from_data_service(data_dir, config, anchors, batch_size, input_config, split)
+        return from_data_service(data_dir, config, anchors, batch_size, input_config, split,
+                                 start_element=start_step * images_per_step)
     if input_context is not None:
         # Different pipelines, different augmentations.
         input_config = dataclasses.replace(input_config, seed=input_config.seed + input_context.input_pipeline_id)
@@ -211,27 +216,47 @@ def _batches(data_dir, config, anchors, batch_size, input_config, split, input_c
                   deterministic=True)
 
 
-def data_service_job_name(batch_size, split="train"):
-    """One shared job per (split, batch size): every trainer pipeline asking for it splits its batches."""
-    return f"ssd_{split}_batch{batch_size}"
+DATA_SERVICE_SHARDINGS = ("dynamic", "off")
 
 
-def from_data_service(data_dir, config, anchors, batch_size, input_config, split="train"):
+def data_service_job_name(batch_size, split="train", sharding="dynamic", start_element=0):
+    """One shared job per (split, batch size), which every trainer pipeline asking for it splits. With
+    sharding off the job also names its start element: a resumed run gets a fresh job that begins where
+    it stopped, never the old job's position."""
+    name = f"ssd_{split}_batch{batch_size}"
+    return name if sharding == "dynamic" else f"{name}_off_from{start_element}"
+
+
+def from_data_service(data_dir, config, anchors, batch_size, input_config, split="train", start_element=0):
     """The training batches of this process's pipeline, made by the workers of a tf.data service.
 
     The whole pipeline (reading, augmentation, batching, target encoding) is sent to the dispatcher at
     `input_config.data_service` and runs on its workers, which must see `data_dir` at the same path.
-    Sharding is DYNAMIC ("distributed epoch"): the dispatcher hands the shard files out to the workers
-    one at a time, so each record goes to one worker per epoch, and every trainer pipeline consuming the
-    job (one per host under tf.distribute) receives different batches. With one worker the batches are
-    exactly those of the local pipeline with the same seed (tested); with several, which worker reads a
-    file depends on timing, and each worker keys its augmentation by its own element count.
-    Resuming does not restore the input position (the service's job keeps its own).
+    `input_config.data_service_sharding`:
+      "dynamic" ("distributed epoch"): the dispatcher hands the shard files out to the workers one at a
+        time, so each record goes to one worker per epoch, and every trainer pipeline consuming the job
+        (one per host under tf.distribute) receives different batches. With one worker the batches are
+        exactly those of the local pipeline with the same seed (tested); with several, which worker
+        reads a file depends on timing, and each worker keys its augmentation by its own element count.
+        The input position is the dispatcher's: a restart rejoins the job of the same name while the
+        dispatcher keeps it (the batches in flight at the kill are lost), else the stream starts over.
+      "off": every worker makes the whole stream from `start_element` (the resume position, baked in
+        before `distribute`) under a job named after it; with one worker a killed and restarted run
+        sees exactly the batches an uninterrupted run sees (tested). Several workers would each send
+        the whole stream: use one.
     """
-    ds = _batches(data_dir, config, anchors, batch_size, input_config, split)
+    sharding = input_config.data_service_sharding
+    if sharding not in DATA_SERVICE_SHARDINGS:
+        raise ValueError(f"unknown data service sharding {sharding!r}; known: {', '.join(DATA_SERVICE_SHARDINGS)}")
+    policy = tf.data.experimental.service.ShardingPolicy
+    if sharding == "dynamic":
+        ds, mode = _batches(data_dir, config, anchors, batch_size, input_config, split), policy.DYNAMIC
+    else:
+        ds = _batches(data_dir, config, anchors, batch_size, input_config, split, start_element=start_element)
+        mode = policy.OFF
     return ds.apply(tf.data.experimental.service.distribute(
-        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
-        service=input_config.data_service, job_name=data_service_job_name(batch_size, split)))
+        processing_mode=mode, service=input_config.data_service,
+        job_name=data_service_job_name(batch_size, split, sharding, start_element)))
 
 
 def augmented_examples(data_dir, config, input_config=TrainInputConfig(), split="train"):

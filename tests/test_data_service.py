@@ -84,3 +84,23 @@ def test_train_ssd_trains_from_the_data_service(sample_records, cluster, tmp_pat
     steps = [int(s) for s in re.findall(r"step (\d+)/3 cls_loss", result.stderr)]
     assert steps == [1, 2, 3]
     assert os.path.exists(tmp_path / "run" / "ckpt-3.index")
+
+
+@pytest.mark.slow
+def test_sharding_off_resumes_at_the_uninterrupted_runs_batches(sample_records, cluster):
+    """A run restarted at step 2 through the service with sharding off gets the batches an uninterrupted
+    run trains steps 3 and 4 on (the local pipeline's; test_reliability_training proves its resume exact)."""
+    config = _config(sample_records)
+    anchors = anchors_lib.generate(config)
+    local = inputs.train_input_fn(sample_records, config, anchors, BATCH,
+                                  input_config=inputs.TrainInputConfig(seed=5))
+    uninterrupted = [images.numpy() for images, _ in local.take(4)]
+    remote_config = inputs.TrainInputConfig(seed=5, data_service=cluster, data_service_sharding="off")
+    resumed = [images.numpy() for images, _ in inputs.train_input_fn(
+        sample_records, config, anchors, BATCH, input_config=remote_config, start_step=2).take(2)]
+    np.testing.assert_array_equal(resumed[0], uninterrupted[2])
+    np.testing.assert_array_equal(resumed[1], uninterrupted[3])
+    # A fresh job per start position: the dispatcher never hands the restart the old job's position.
+    assert (inputs.data_service_job_name(BATCH, "train", "off", 4) !=
+            inputs.data_service_job_name(BATCH, "train", "off", 0))
+    assert inputs.data_service_job_name(BATCH) == "ssd_train_batch2"
