@@ -178,6 +178,11 @@ def main(argv):
     class_names = label_map.read_label_map(os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME))
     config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier,
                          **anchor_file.overrides(FLAGS.anchor_config, FLAGS.model))
+    if (config.backbone == "mobilenet_v3_large" and not FLAGS.fine_tune_checkpoint
+            and backbone_present(FLAGS.checkpoint_path)):
+        # As torchvision's ssdlite320_mobilenet_v3_large: the full tail with an ImageNet backbone
+        # (nets/torchvision_ssdlite.load_imagenet_backbone), the reduced tail from scratch.
+        config = dataclasses.replace(config, reduced_tail=False)
     if chief:
         checkpoints.write(FLAGS.model_dir, config, class_names)
         checkpoints.check_run_settings(FLAGS.model_dir, {"optimizer": FLAGS.optimizer})

@@ -74,6 +74,22 @@ def _calibrate_heads(model, image_size, num_classes):
             layer.set_weights([kernel / spread, bias / spread])
 
 
+def _set_batch_norm_statistics(model, image_size):
+    """Each BatchNormalization's moving mean and variance from its input on eight sample images: with the
+    initial 0 and 1 a random MobileNetV3 is dead (activations 0 from the fourth block on, every head its
+    bias), and _calibrate_heads would divide by a spread of 0 (tests/test_export.py does the same)."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return
+    names = sorted(n for n in os.listdir(SAMPLE_IMAGES) if n.endswith(".jpg"))[:8]
+    images = tf.stack([tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(os.path.join(SAMPLE_IMAGES, n))),
+                                       [image_size, image_size]) for n in names])
+    for layer, x in zip(norms, keras.Model(model.input, [layer.input for layer in norms])(images, training=True)):
+        axes = list(range(len(x.shape) - 1))
+        layer.moving_mean.assign(tf.reduce_mean(x, axes))
+        layer.moving_variance.assign(tf.math.reduce_variance(x, axes))
+
+
 def _model_dir(folder):
     """--model_dir, or a model_dir of a random SSD300 with calibrated heads written into `folder`."""
     if FLAGS.model_dir:
@@ -81,6 +97,7 @@ def _model_dir(folder):
     config = presets.get(FLAGS.preset, FLAGS.num_classes, width_multiplier=FLAGS.width_multiplier)
     keras.utils.set_random_seed(0)
     model = ssd.build(config)
+    _set_batch_norm_statistics(model, config.image_size)
     _calibrate_heads(model, config.image_size, FLAGS.num_classes)
     model_dir = os.path.join(folder, "model_dir")
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), model_dir, max_to_keep=1).save()

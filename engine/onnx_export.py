@@ -18,7 +18,7 @@ the SavedModel's names (by name, not position), dtypes and K. Formats:
   int8      ONNX Runtime static quantization (QDQ, per-channel int8 weights, uint8 activations,
             MinMax calibration on uint8 images) of the network's Conv and MaxPool only: the
             resize, the input normalization, the L2-norm, the decode, softmax, top-k and NMS stay
-            float32, as the TFLite int8 file keeps them (engine/tflite_export.INT8_FLOAT_OPS).
+            float32, as the TFLite int8 file keeps them (engine/tflite_export.INT8_FLOAT_LAYERS).
 """
 
 import os

@@ -5,9 +5,11 @@ Formats:
   float32   weights and activations float32; detections equal the SavedModel's (tests/test_tflite.py)
   float16   weights stored float16 (half the file), computed in float32 after dequantization
   int8      full integer post-training quantization of the network: weights and activations int8
-            (every conv, pooling, the L2 norm), calibrated on uint8 images (e.g. N records of the
-            training split); the heads' outputs are dequantized where they are concatenated and the
-            post-processing runs in float32 (INT8_FLOAT_OPS). Quantizing it too (the converter's
+            (every conv, pooling, MobileNetV3's hard-swish, squeeze-excitation and residual adds),
+            calibrated on uint8 images (e.g. N records of the training split); the heads' outputs are
+            dequantized where they are concatenated, and the post-processing and the normalization
+            layers (input scaling, SSD300's L2 norm) run in float32 (INT8_FLOAT_LAYERS, chosen by node
+            name; the file runs whole in LiteRT's XNNPACK delegate). Quantizing it too (the converter's
             default) rounds softmax scores to steps of 1/256: ties everywhere, and on the sample
             the VOC07 mAP of a trained model fell from 0.178 to 0.095; with it in float, 0.182.
 
@@ -49,6 +51,7 @@ tf.Variables themselves, which the converter does freeze.
 
 import itertools
 import os
+import re
 import time
 
 import numpy as np
@@ -58,16 +61,24 @@ from absl import logging
 from dataset import atomic, fields
 from engine import checkpoints, tflite_metadata
 from model import box_coder
+from nets import ssd, vgg16
 from preprocessing import inputs
 
 INPUT_NAME = "input_tensor"
 FORMATS = ("float32", "float16", "int8")
 OUTPUT_KEYS = (fields.DETECTION_BOXES, fields.DETECTION_SCORES, fields.DETECTION_CLASSES,
                fields.NUM_DETECTIONS)
-# Ops kept in float32 in the int8 file: everything from the heads' concatenation on (decode, softmax,
-# top-k, NMS) and the two elementwise ops of the network (input mean subtraction, L2-norm scale).
-INT8_FLOAT_OPS = ("CONCATENATION", "RESHAPE", "SOFTMAX", "EXP", "MUL", "ADD", "SUB", "PACK", "UNPACK",
-                  "TOPK_V2", "GATHER", "MINIMUM", "RELU", "SELECT_V2", "SUM", "TRANSPOSE", "STRIDED_SLICE")
+# Nodes kept in float32 in the int8 file, chosen by name (_float_nodes), not by op type: everything
+# from the heads' concatenation on (the post-processing runs under POSTPROCESS_SCOPE) and the network's
+# own elementwise normalization layers (input mean/std, SSD300's L2 norm). Keeping op TYPES in float
+# (MUL, ADD, ...) also kept MobileNetV3's squeeze-excitation products and residual sums in float: 26
+# XNNPACK fragments between QUANTIZE/DEQUANTIZE pieces, every int8 conv on TFLite's own kernels, 5x
+# slower than the float32 file (docs/performance.md).
+INT8_FLOAT_LAYERS = (ssd.NORMALIZATION_LAYER, vgg16.CONV4_3_NORM, "mbox_conf", "mbox_loc")
+# The quantizer does not match ops of several outputs by any of their names; these occur only in the
+# post-processing, so they are kept in float by type.
+INT8_FLOAT_OPS = ("TOPK_V2", "UNPACK")
+POSTPROCESS_SCOPE = "postprocess"
 _INVALID_SCORE = -1.0   # marks NMS padding rows; every kept score is > config.score_threshold >= 0
 
 
@@ -124,8 +135,9 @@ class TFLiteGraph(tf.Module):
             # ResizeBilinear has no uint8-input TFLite kernel; on float input its result is the same.
             resized = inputs.resize(tf.cast(input_tensor, tf.float32), config)        # [1, S, S, 3]
             outputs = model(resized, training=False)   # the model normalizes (nets/ssd.py)
-            return postprocess_batch1(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
-                                      tf.constant(anchors), config)
+            with tf.name_scope(POSTPROCESS_SCOPE):   # the int8 file keeps it in float (_float_nodes)
+                return postprocess_batch1(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],
+                                          tf.constant(anchors), config)
         self.serve = serve
 
 
@@ -138,7 +150,7 @@ def convert(model, anchors, config, fmt, calibration_images=None, input_size=Non
     graph = TFLiteGraph(model, anchors, config, input_size)
     if input_size and calibration_images is not None:
         calibration_images = [resize_uint8(image, input_size) for image in calibration_images]
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.serve.get_concrete_function()], graph)
+    converter = _float_converter(graph)
     if fmt == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -154,9 +166,30 @@ def convert(model, anchors, config, fmt, calibration_images=None, input_size=Non
         # quantization); its debug dataset is not run for the model it returns.
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=lambda: _calibration_steps(itertools.islice(calibration_images, 1)),
-            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(INT8_FLOAT_OPS)))
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=list(INT8_FLOAT_OPS), denylisted_nodes=_float_nodes(_float_converter(graph).convert())))
         return debugger.get_nondebug_quantized_model()
     return converter.convert()
+
+
+def _float_converter(graph):
+    return tf.lite.TFLiteConverter.from_concrete_functions([graph.serve.get_concrete_function()], graph)
+
+
+def _float_nodes(float_model):
+    """The output tensor names, in the float32 conversion of the same graph, of the nodes the int8 file
+    keeps in float (INT8_FLOAT_LAYERS): the quantizer matches the calibrated model's names, which are the
+    same conversion's."""
+    interpreter = tf.lite.Interpreter(model_content=float_model)
+    float_layer = re.compile(r"/(%s)(_\d+)?/" % "|".join(map(re.escape, INT8_FLOAT_LAYERS)))
+    outputs = {detail["index"] for detail in interpreter.get_output_details()}
+    names = []
+    for op in interpreter._get_ops_details():
+        op_names = [interpreter._get_tensor_details(index, 0)["name"] for index in op["outputs"]]
+        if (outputs.intersection(op["outputs"]) or any(name.startswith(POSTPROCESS_SCOPE + "/") for name in op_names)
+                or any(float_layer.search(name) for name in op_names)):
+            names += op_names
+    return names
 
 
 def _calibration_steps(images):

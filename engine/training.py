@@ -253,7 +253,8 @@ def _normalizer(config, global_positives, features):
 
 
 def init_backbone(model, path, require_pretrained, optimizer_name=None):
-    """Loads the VGG16 backbone from `path` when it holds one; otherwise warns (or fails if required).
+    """Loads the backbone from `path` when it holds one; otherwise warns (or fails if required). The
+    SSDLite presets, trained from scratch by their recipe, get an info line instead of the warnings.
 
     Without a backbone and with SGD (the default), the warning also says that SGD at the paper's rate
     diverges from scratch right after the warm-up, and gives README's from-scratch command. (Chosen over
@@ -261,10 +262,18 @@ def init_backbone(model, path, require_pretrained, optimizer_name=None):
     """
     if backbone_present(path):
         return backbone_loader.load_backbone(model, path)
-    message = (f"no pretrained backbone at --checkpoint_path={path!r}: put the reduced-fc VGG16 checkpoint "
-               f"(or Keras VGG16 .h5) there; training from scratch")
+    # The SSDLite presets' recipe (configs/ssdlite320_coco.flags, torchvision's) trains from scratch
+    # with SGD by design: no backbone is expected, and its SGD does not diverge.
+    ssdlite = getattr(model, "name", "").startswith("ssdlite")
+    weights = ("torchvision's ImageNet mobilenet_v3_large-*.pth" if ssdlite
+               else "the reduced-fc VGG16 checkpoint (or Keras VGG16 .h5)")
+    message = f"no pretrained backbone at --checkpoint_path={path!r}: put {weights} there; training from scratch"
     if require_pretrained:
         raise FileNotFoundError(message.replace("; training from scratch", " (--require_pretrained is set)"))
+    if ssdlite:
+        logging.info("no backbone at --checkpoint_path=%r: training %s from scratch, as its recipe does "
+                     "(an ImageNet mobilenet_v3_large-*.pth there would be loaded)", path, model.name)
+        return 0
     logging.warning("%s. Expect far lower mAP than the paper's.", message)
     if optimizer_name == "sgd":
         logging.warning("SGD from scratch diverges after the warm-up (raw-pixel gradients; see "

@@ -13,7 +13,9 @@ them (model/pretrained/ by default), and loads by the file's kind (suffixes in n
   receptive field; fc2 keeps every fourth input and output -> [1,1,1024,1024]; biases likewise: VGG16.
 * PyTorch `.pth` / `.pt` and `.safetensors` files: handed to `nets.torch_weights.load`, which reads
   torchvision's ResNet34 (`resnet34-333f7ec4.pth`, for ssd300_resnet34) and ssd.pytorch's VGG16
-  (`vgg16_reducedfc.pth`, or the `vgg.*` part of a whole ssd.pytorch checkpoint).
+  (`vgg16_reducedfc.pth`, or the `vgg.*` part of a whole ssd.pytorch checkpoint); for a MobileNetV3
+  model (the SSDLite presets) to `nets.torchvision_ssdlite.load_imagenet_backbone`, which reads
+  torchvision's ImageNet `mobilenet_v3_large-*.pth` into a full-tail backbone.
 
 Both VGG16 files here were trained on BGR input (Caffe-derived weights; Keras's 'caffe' preprocessing),
 while our pipeline feeds RGB (DESIGN.md), so conv1_1's input-channel axis is reversed at load
@@ -31,7 +33,7 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from nets import torch_weights, vgg16
+from nets import mobilenet_v3, torch_weights, torchvision_ssdlite, vgg16
 from nets.weight_table import (BIAS, H5_SUFFIXES, KERNEL, TF_CHECKPOINT_INDEX_SUFFIX, TORCH_WEIGHTS_SUFFIXES,
                                WEIGHTS_FILE_SUFFIXES, Entry, assign, identity, reverse_input_channels)
 
@@ -155,6 +157,8 @@ def load_backbone(model, path=DEFAULT_CHECKPOINT_DIR, bgr_checkpoint=True) -> in
     """
     resolved = _resolve(path)
     if resolved.endswith(TORCH_WEIGHTS_SUFFIXES):
+        if any(layer.name == mobilenet_v3.FIRST_LAYER for layer in model.layers):   # the SSDLite presets
+            return torchvision_ssdlite.load_imagenet_backbone(model, resolved)
         return torch_weights.load(model, resolved, bgr_checkpoint)
     if resolved.endswith(H5_SUFFIXES):
         return assign(model, read_keras_h5(resolved), keras_h5_table(bgr_checkpoint), resolved)

@@ -36,6 +36,7 @@ BN_MOMENTUM = 0.97              # = 1 - torch momentum 0.03
 INIT_STDDEV = 0.03              # ssdlite.py _normal_init
 CHANNEL_DIVISOR = 8             # torchvision _make_divisible
 STEM_CHANNELS = 16
+FIRST_LAYER = "features_0_conv"                     # its stem conv; nets/backbone_loader.py finds the backbone by it
 LAST_CONV_EXPANSION = 6         # features[16]: 6 x the last block's output channels
 C4_BLOCK = 13                   # features index of the first stride-2 block of the 1/32 stage
 C4, C5 = "c4", "c5"             # the two taps (sources of the first two SSDLite heads)
@@ -149,7 +150,7 @@ def mobilenet_v3_large_taps(images, width_multiplier=1.0, reduced_tail=True):
     Returns {C4: [B, S/16, S/16, 672 * w], C5: [B, S/32, S/32, 480 or 960 * w]} (20 and 10 at S = 320).
     """
     settings = block_settings(width_multiplier, reduced_tail)
-    x = conv_bn(images, make_divisible(STEM_CHANNELS * width_multiplier), 3, "features_0_conv", stride=2,
+    x = conv_bn(images, make_divisible(STEM_CHANNELS * width_multiplier), 3, FIRST_LAYER, stride=2,
                 activation="hard_silu")
     taps = {}
     for index, setting in enumerate(settings, start=1):

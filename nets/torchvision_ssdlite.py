@@ -149,6 +149,17 @@ def load_state(model, config, weights, source_description):
                      f"ImageNet MobileNetV3-Large ({IMAGENET_KEY})")
 
 
+def load_imagenet_backbone(model, path):
+    """The --checkpoint_path route (nets/backbone_loader.load_backbone for a MobileNetV3 model): torchvision's
+    ImageNet MobileNetV3-Large file into a full-tail model's backbone; returns the count assigned."""
+    weights = torch_weights.read_weights(path)
+    if IMAGENET_KEY not in weights:
+        raise ValueError(f"{path}: not torchvision's ImageNet MobileNetV3-Large ({IMAGENET_KEY} missing)"
+                         + ("; a whole SSDLite detector loads with --fine_tune_checkpoint" if DETECTOR_KEY in weights
+                            else ""))
+    return assign(model, weights, imagenet_backbone_table(), path)
+
+
 def load(model, config, path):
     """Reads `path` (.pth, .pt or .safetensors) with nets.torch_weights and loads it (load_state)."""
     return load_state(model, config, torch_weights.read_weights(path), path)

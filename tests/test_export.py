@@ -25,12 +25,14 @@ from preprocessing import inputs
 CLASS_NAMES = ("cat", "dog", "person")
 WIDTH = 0.125
 TOLERANCE = 1e-5
+SAMPLE_IMAGES = os.path.join(REPO_ROOT, "dataset", "sample", "JPEGImages")
 
 
-def _calibrate_heads(model, image_size):
+def _calibrate_heads(model, image_size, image=None):
     """Scales each random head so its outputs have unit spread on a noise image: untrained heads give
     logits in the hundreds (every score 1.0, ties everywhere), which would make parity tests weak."""
-    image = tf.random.stateless_normal([1, image_size, image_size, 3], seed=[1, 2], stddev=60.0)
+    if image is None:
+        image = tf.random.stateless_normal([1, image_size, image_size, 3], seed=[1, 2], stddev=60.0)
     for layer in model.layers:
         if layer.name.endswith((ssd.CONF_SUFFIX, ssd.LOC_SUFFIX)):
             spread = float(tf.math.reduce_std(keras.Model(model.input, layer.output)(image)))
@@ -38,12 +40,31 @@ def _calibrate_heads(model, image_size):
             layer.set_weights([kernel / spread, bias])
 
 
-def write_random_model_dir(path, seed=0, class_names=CLASS_NAMES):
+def _calibrate_batch_norm(model, image_size):
+    """Sets each BatchNormalization's moving mean and variance to its input's on eight sample images (the
+    inference pass then equals a training pass on them). With the initial 0 and 1, a random MobileNetV3
+    is dead: its activations shrink to 0 by the fourth block and every head outputs its bias alone.
+    Returns the images, or None for a model without batch norm (SSD300 VGG16: left as it was)."""
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return None
+    names = sorted(os.listdir(SAMPLE_IMAGES))[:8]
+    images = tf.stack([tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(os.path.join(SAMPLE_IMAGES, name))),
+                                       [image_size, image_size]) for name in names])
+    for layer, x in zip(norms, keras.Model(model.input, [layer.input for layer in norms])(images, training=True)):
+        axes = list(range(len(x.shape) - 1))
+        layer.moving_mean.assign(tf.reduce_mean(x, axes))
+        layer.moving_variance.assign(tf.math.reduce_variance(x, axes))
+    return images
+
+
+def write_random_model_dir(path, seed=0, class_names=CLASS_NAMES, preset="ssd300_vgg16", width=WIDTH):
     """A model_dir as train_ssd.py leaves it (checkpoint, config.json, label map), random weights."""
-    config = presets.get("ssd300_vgg16", len(class_names), width_multiplier=WIDTH)
+    config = presets.get(preset, len(class_names), width_multiplier=width)
     keras.utils.set_random_seed(seed)
     model = ssd.build(config)
-    _calibrate_heads(model, config.image_size)
+    images = _calibrate_batch_norm(model, config.image_size)
+    _calibrate_heads(model, config.image_size, None if images is None else images[:1])
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(path), max_to_keep=1).save()
     checkpoints.write(str(path), config, class_names)
     return config

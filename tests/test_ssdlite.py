@@ -232,3 +232,40 @@ def test_block_settings_follow_torchvision_s_rules():
     # _make_divisible: 16 * 0.25 = 4 -> 8 (at least the divisor); 72 * 0.5 = 36 -> 40 (nearest multiple).
     assert mobilenet_v3.make_divisible(4) == 8 and mobilenet_v3.make_divisible(36) == 40
     assert mobilenet_v3.make_divisible(18) == 24
+
+
+_TO_TORCH_AXES = {"oihw_to_hwio": (3, 2, 0, 1), "depthwise_oihw_to_hwcm": (2, 3, 0, 1)}
+
+
+@pytest.mark.slow
+def test_train_ssd_s_backbone_route_loads_torchvision_s_imagenet_mobilenet_v3(tmp_path):
+    """--checkpoint_path with torchvision's ImageNet mobilenet_v3_large-*.pth (full tail, `features.*`):
+    training.init_backbone -> nets/backbone_loader -> torchvision_ssdlite.load_imagenet_backbone, every
+    backbone weight assigned in our layout. The file is seeded (tests/reference/seeded_weights.py) and
+    written without torch; its tensors take torch's layouts, the inverse of each row's conversion."""
+    from engine import training
+
+    config = presets.get(NAME, 3, reduced_tail=False)
+    model = ssd.build(config)
+    table = torchvision_ssdlite.imagenet_backbone_table()
+    shapes = []
+    for entry in table:
+        shape = tuple(getattr(model.get_layer(entry.layer), entry.kind).shape)
+        axes = _TO_TORCH_AXES.get(entry.convert.__name__)
+        shapes.append(tuple(shape[a] for a in axes) if axes else shape)
+    names = [entry.source for entry in table]
+    state = seeded_weights.seeded_state(names, shapes, 7)
+    state["classifier.0.weight"] = np.zeros([1280, 960], np.float32)   # in the file, not used
+    path = str(tmp_path / "mobilenet_v3_large-8738ca79.pth")
+    torch_files.write_zip(path, state)
+
+    assert training.init_backbone(model, path, True, "sgd") == len(table)
+    stem = model.get_layer(mobilenet_v3.FIRST_LAYER).kernel.numpy()
+    np.testing.assert_array_equal(stem, state["features.0.0.weight"].transpose(2, 3, 1, 0))
+    depthwise = model.get_layer("features_1_dw").kernel.numpy()
+    np.testing.assert_array_equal(depthwise, state["features.1.block.0.0.weight"].transpose(2, 3, 0, 1))
+    np.testing.assert_array_equal(model.get_layer("features_16_conv_bn").moving_mean.numpy(),
+                                  state["features.16.1.running_mean"])
+    # The reduced-tail model (the preset's default, from scratch) is refused, naming the mismatch.
+    with pytest.raises(ValueError, match="features.16.0.weight"):
+        training.init_backbone(ssd.build(presets.get(NAME, 3)), path, True, "sgd")

@@ -88,3 +88,23 @@ def test_the_recipe_trains_the_sample(sample_records, tmp_path):
     # Epoch 1 (steps 3-5) runs at (1 + cos(pi / 2)) / 2 = half the base rate.
     assert rates[4] == pytest.approx(0.15 * 4 / 192 / 2, rel=1e-4)
     assert os.path.exists(tmp_path / "run" / "ckpt-6.index")
+
+
+def test_no_backbone_warnings_are_preset_aware(tmp_path, caplog):
+    """SSDLite trains from scratch with SGD by its recipe: no VGG16 advice and no divergence warning;
+    SSD300 still gets both."""
+    import logging
+    import types
+
+    missing = str(tmp_path / "no_backbone")
+    with caplog.at_level(logging.INFO, logger="absl"):
+        assert training.init_backbone(types.SimpleNamespace(name="ssdlite320_mobilenet_v3_large"), missing, False, "sgd") == 0
+    assert "from scratch, as its recipe does" in caplog.text
+    assert "VGG16" not in caplog.text and "diverges" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with pytest.raises(FileNotFoundError, match="mobilenet_v3_large"):
+        training.init_backbone(types.SimpleNamespace(name="ssdlite320_mobilenet_v3_large"), missing, True, "sgd")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="absl"):
+        training.init_backbone(types.SimpleNamespace(name="ssd300_vgg16"), missing, False, "sgd")
+    assert "reduced-fc VGG16" in caplog.text and "diverges" in caplog.text

@@ -1,0 +1,118 @@
+"""The ssdlite320_mobilenet_v3_large preset through the deploy paths (issues 23 and 25): a random
+narrow model as a model_dir, exported to TFLite float32 and int8 (fixed input, with metadata) and to ONNX
+float32, every file opened through the detector door (engine.serving.load_detector) and compared with
+the checkpoint's detections on the sample's val images. The int8 file must run in LiteRT with its
+XNNPACK delegate (the MobileNetV3 blocks quantized whole: engine/tflite_export.py keeps only the
+normalization layer and the post-processing in float)."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from dataset import fields, reader
+from engine import onnx_export, serving, tflite_export, tflite_metadata
+from model import box_ops
+from test_export import CLASS_NAMES, write_random_model_dir
+
+pytestmark = pytest.mark.slow  # builds TFLite and ONNX exports (pytest.ini)
+
+PRESET = "ssdlite320_mobilenet_v3_large"
+WIDTH = 0.25
+PARITY_TOLERANCE = 1e-4
+NUM_VAL_IMAGES = 4
+# Only the top rows: on val image 000307 the TFLite float32 file repeats its row 10 (class, box, score
+# 0.99996316) as rows 11-13 where the checkpoint has other boxes: scores saturated near 1 (this random
+# model) make the TFLite NMS/top-k path return one anchor several times. Found here; open (see
+# docs/deployment.md).
+TOP_ROWS = 10
+INT8_TOP = 10
+NUM_CALIBRATION_RECORDS = 4
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, sample_records):
+    root = tmp_path_factory.mktemp("ssdlite_deploy")
+    config = write_random_model_dir(root / "model_dir", seed=3, preset=PRESET, width=WIDTH)
+    module, _, _, _ = serving.from_checkpoint(str(root / "model_dir"))
+    calibration = tflite_export.calibration_images(sample_records, "train", NUM_CALIBRATION_RECORDS)
+    return {"config": config, "model_dir": str(root / "model_dir"),
+            "tflite": tflite_export.export(module, CLASS_NAMES, str(root / "tflite"), ["float32", "int8"],
+                                           calibration=calibration),
+            "onnx": onnx_export.export(module, CLASS_NAMES, str(root / "onnx"), ["float32"])}
+
+
+@pytest.fixture(scope="module")
+def val_images(sample_records, exports):
+    """The first val images resized to S x S (the door's resize_uint8), where every runtime sees the same
+    pixels as the checkpoint."""
+    size = exports["config"].image_size
+    return [(example[fields.IMAGE_ID].numpy().decode(), tflite_export.resize_uint8(example[fields.IMAGE].numpy(), size))
+            for example in reader.read_split(sample_records, "val").take(NUM_VAL_IMAGES)]
+
+
+@pytest.fixture(scope="module")
+def detectors(exports):
+    loaded = {f"tflite_{fmt}": serving.load_detector(path) for fmt, path in exports["tflite"].items()}
+    loaded["onnx_float32"] = serving.load_detector(exports["onnx"]["float32"])
+    loaded["checkpoint"] = serving.load_detector(exports["model_dir"])
+    return loaded
+
+
+def test_float_files_equal_the_checkpoint(exports, detectors, val_images):
+    """The top TOP_ROWS rows: scores by position within PARITY_TOLERANCE (measured <= 6e-6), and each row's
+    class and box found among ours' top rows with a score within the tolerance (this random model's
+    scores crowd near 1, so near-ties may trade places)."""
+    assert exports["config"].name == PRESET
+    for image_id, image in val_images:
+        reference = detectors["checkpoint"](image)
+        assert len(reference) == exports["config"].max_detections, image_id
+        for kind in ("tflite_float32", "onnx_float32"):
+            ours = detectors[kind](image)
+            assert len(ours) == len(reference), kind
+            np.testing.assert_allclose(ours.scores[:TOP_ROWS], reference.scores[:TOP_ROWS], atol=PARITY_TOLERANCE, err_msg=kind)
+            for j in range(TOP_ROWS):
+                same = ((ours.classes == reference.classes[j]) & (np.abs(ours.scores - reference.scores[j]) <= PARITY_TOLERANCE)
+                        & (np.abs(ours.boxes - reference.boxes[j]).max(-1) <= PARITY_TOLERANCE))
+                assert same.any(), (kind, image_id, j)
+
+
+def test_fixed_files_carry_metadata_and_the_preset_s_input(exports, detectors):
+    for fmt, path in exports["tflite"].items():
+        with open(path, "rb") as f:
+            metadata, files = tflite_metadata.read(f.read())
+        assert metadata and files == {"labelmap.txt": b"???\ncat\ndog\nperson\n"}, fmt
+        details = detectors[f"tflite_{fmt}"].runtime.interpreter.get_input_details()[0]
+        assert list(details["shape"]) == [1, 320, 320, 3] and details["dtype"] == np.uint8, fmt
+
+
+def test_int8_runs_quantized_in_litert_and_agrees_with_float32(detectors, val_images):
+    interpreter = detectors["tflite_int8"].runtime.interpreter
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    dtypes = collections.defaultdict(set)
+    for op in ops:
+        if len(op["outputs"]):
+            dtypes[op["op_name"]].add(tensors[op["outputs"][0]]["dtype"])
+    # The MobileNetV3 blocks stay int8 end to end: convolutions, hard-swish, squeeze-excitation
+    # (MEAN, MUL) and residual adds; the post-processing stays float32.
+    for name in ("CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH", "MEAN"):
+        assert dtypes[name] == {np.int8}, name
+    assert np.int8 in dtypes["MUL"] and np.int8 in dtypes["ADD"]
+    for name in ("SOFTMAX", "TOPK_V2", "UNPACK", "EXP"):
+        assert dtypes[name] == {np.float32}, name
+    # Only the normalized input is quantized, and the heads' outputs dequantized (one per head map).
+    assert sum(op["op_name"] == "QUANTIZE" for op in ops) <= 2
+    assert sum(op["op_name"] == "DEQUANTIZE" for op in ops) <= 13
+    # Detections against float32: of the float file's top INT8_TOP rows, the share the int8 file also
+    # finds (same class, IoU >= 0.5). Measured 0.6 on these images (0.3-0.9 per image): this random
+    # narrow net amplifies rounding (its int8 head outputs correlate 0.79 with float32's), so the bar
+    # is loose; a trained model's int8 cost is measured in docs/deployment.md.
+    found = []
+    for image_id, image in val_images:
+        reference, ours = detectors["tflite_float32"](image), detectors["tflite_int8"](image)
+        assert len(ours) == len(reference) and np.all(np.diff(ours.scores) <= 0), image_id
+        overlap = box_ops.iou(reference.boxes[:INT8_TOP], ours.boxes).numpy()
+        same_class = reference.classes[:INT8_TOP, None] == ours.classes[None, :]
+        found.append(((overlap >= 0.5) & same_class).any(axis=1).mean())
+    assert np.mean(found) >= 0.4, found
