@@ -10,7 +10,6 @@ box, same run) is the number to compare across runs. The last stdout line is one
 """
 
 import json
-import os
 import time
 
 import numpy as np  # noqa: E402

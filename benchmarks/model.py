@@ -11,7 +11,6 @@ across runs. The last stdout line is one JSON object.
 """
 
 import json
-import os
 import statistics
 import time
 
