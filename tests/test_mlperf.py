@@ -201,7 +201,10 @@ def test_counts_after_run_start_decide_the_division(tmp_path, sample_records):
 def test_batch_norm_statistics_are_averaged_over_replicas():
     import keras
     import tensorflow as tf
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Reduced through one device, not collective ops: a second two-CPU strategy in the same pytest process
+    # (tests/test_training.py) would reuse these collectives' instance keys and fail on shape mismatch.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
+                                              cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.5)])
     # Replica 0 sees zeros, replica 1 fours: moving means 0.5 * 0 + 0.5 * mean = 0 and 2.
