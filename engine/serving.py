@@ -383,32 +383,27 @@ class Detector:
         return f"Detector({self.kind}, {self.path}, {name}, {len(self.class_names)} classes)"
 
 
-def _open_tflite(path, num_threads):
-    from engine import tflite_export
-
+def _open_file(kind, path, runner, thread_safe=True):
+    """A Detector over a single-image exported file (.tflite, .onnx) whose model_dir files sit beside it."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such .tflite file")
+        raise FileNotFoundError(f"{path}: no such .{kind} file")
     config, class_names = checkpoints.read(os.path.dirname(os.path.abspath(path)))
-    runner = tflite_export.TFLiteRunner(path, num_threads)
+    runner = runner(path)
 
     def run_batch(images):   # the file takes batch 1
         rows = [runner(image) for image in images]
         return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-    return Detector("tflite", path, config, class_names, run_batch, runner, thread_safe=False)
+    return Detector(kind, path, config, class_names, run_batch, runner, thread_safe=thread_safe)
+
+
+def _open_tflite(path, num_threads):
+    from engine import tflite_export
+    return _open_file("tflite", path, lambda p: tflite_export.TFLiteRunner(p, num_threads), thread_safe=False)
 
 
 def _open_onnx(path, num_threads):
     from engine import onnx_export
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such .onnx file")
-    config, class_names = checkpoints.read(os.path.dirname(os.path.abspath(path)))
-    runner = onnx_export.ONNXRunner(path, num_threads)
-
-    def run_batch(images):   # the file takes batch 1
-        rows = [runner(image) for image in images]
-        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
-    return Detector("onnx", path, config, class_names, run_batch, runner)
+    return _open_file("onnx", path, lambda p: onnx_export.ONNXRunner(p, num_threads))
 
 
 def _open_saved_model(path):
