@@ -4,6 +4,7 @@ detections.json, and optionally every drawn image in TensorBoard.
     python3 detect_ssd.py --model_dir logs/ --input photos/,extra/*.jpg --output_dir detected/
     python3 detect_ssd.py --saved_model_dir exported/ssd300 --input cat.png --output_dir detected/
     python3 detect_ssd.py --tflite_path exported/tflite/model_int8.tflite --input cat.png --output_dir detected/
+    python3 detect_ssd.py --model exported/onnx/model_float32.onnx --input cat.png --output_dir detected/
     python3 detect_ssd.py --model_dir logs/ --data_dir dataset/tfrecords --split val --max_images 8 \
         --output_dir detected/ --tensorboard_dir detected/tensorboard
 
@@ -45,6 +46,8 @@ flags.DEFINE_string("model_dir", "logs/", "Training model_dir; its latest checkp
 flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (ckpt-N) instead of the latest.")
 flags.DEFINE_string("saved_model_dir", None, "An export of export_saved_model.py, instead of a checkpoint.")
 flags.DEFINE_string("tflite_path", None, "A .tflite file of export_tflite.py, instead of a checkpoint.")
+flags.DEFINE_string("model", None, "Any model the detector door opens (engine.serving.load_detector), instead of "
+                    "a checkpoint: a SavedModel folder, a .tflite or .onnx file, a model_dir or a ckpt-N prefix.")
 flags.DEFINE_string("tensorboard_dir", None, "Also write every drawn image as a TensorBoard image here.")
 flags.DEFINE_float("score_threshold", 0.3, "Detections scoring below this are neither drawn nor listed.")
 flags.DEFINE_enum("output_format", "png", ["png", "jpg"], "Format of the drawn images.")
@@ -212,14 +215,14 @@ def main(argv):
     del argv
     if bool(FLAGS.input) == bool(FLAGS.data_dir):
         raise ValueError("give exactly one of --input (image files) and --data_dir (a record split)")
-    if FLAGS.saved_model_dir and FLAGS.tflite_path:
-        raise ValueError("give at most one of --saved_model_dir and --tflite_path")
+    if sum(bool(f) for f in (FLAGS.model, FLAGS.saved_model_dir, FLAGS.tflite_path)) > 1:
+        raise ValueError("give at most one of --model, --saved_model_dir and --tflite_path")
     paths = expand_inputs(FLAGS.input) if FLAGS.input else None  # before loading the model: a typo fails at once
     from engine import serving
 
     # One door for every kind; the most specific flag wins (the model_dir has a default).
-    detector = serving.load_detector(FLAGS.saved_model_dir or FLAGS.tflite_path or FLAGS.checkpoint_path or
-                                     FLAGS.model_dir)
+    detector = serving.load_detector(FLAGS.model or FLAGS.saved_model_dir or FLAGS.tflite_path or
+                                     FLAGS.checkpoint_path or FLAGS.model_dir)
     skipped = 0
     if FLAGS.data_dir:
         logging.info("detecting in the %s split of %s with %s", FLAGS.split, FLAGS.data_dir, detector)

@@ -141,7 +141,7 @@ def test_record_split_with_ground_truth_into_tensorboard(model_and_export, sampl
     tflite_path = tflite_export.export(module, sample_classes, str(tmp_path / "tflite"), ["float32"])["float32"]
     output_dir, board = tmp_path / "split", tmp_path / "board"
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "detect_ssd.py"), "--tflite_path", tflite_path,
+        [sys.executable, os.path.join(REPO_ROOT, "detect_ssd.py"), "--model", tflite_path,   # the door's flag
          "--data_dir", sample_records, "--split", "val", "--max_images", "3", "--output_dir", str(output_dir),
          "--tensorboard_dir", str(board), "--score_threshold", "0.5"],
         capture_output=True, text=True, cwd=REPO_ROOT)

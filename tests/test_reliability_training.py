@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -58,41 +57,18 @@ def _saved_steps(model_dir):
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_records, tmp_path):
+def test_preempted_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_records, tmp_path):
+    # A SIGKILL at a random moment and the resume after it: tests/test_soak.py (the same claims, bit for
+    # bit, with summaries and an evaluation in flight). Here: seeds, and SIGTERM's save and restart.
     flags = ["--max_steps", "6", "--save_checkpoints_steps", "2", "--seed", "3"]
     straight = str(tmp_path / "straight")
     result = _train(sample_records, straight, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _saved_steps(straight) == [2, 4, 6]
 
-    # The same command, SIGKILLed once its first checkpoint is written, then started again.
-    killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(_command(sample_records, killed, *flags), cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and not tf.train.latest_checkpoint(killed):
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    saved = _saved_steps(killed)
-    assert saved and saved[0] == 2, saved
-    # Item 2: two fresh runs of one --seed with --deterministic write bit-identical checkpoints.
-    _assert_identical(_weights(f"{straight}/ckpt-2"), _weights(f"{killed}/ckpt-2"))
-
-    resumed = _train(sample_records, killed, *flags)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    resumed_from = int(re.search(r"resumed from \S+ckpt-(\d+) at step", resumed.stderr).group(1))
-    steps = [int(m.group(1)) for m in STEP_LINE.finditer(resumed.stderr)]
-    assert steps == list(range(resumed_from + 1, 7))
-    # Item 1: same weights after the resume, so the resumed run trained on the same batches, in the
-    # same order (Adam on any other batch, or the same batches in another order, ends elsewhere).
-    _assert_identical(_weights(f"{straight}/ckpt-6"), _weights(f"{killed}/ckpt-6"))
-
     # Preemption (issue 27): SIGTERM after step 3 saves at the next step boundary and exits 42; the
     # restart continues there and ends with the same weights (save_counter differs: one save more).
+    # (The same command, so item 2: two fresh runs of one --seed write bit-identical checkpoints.)
     preempted = str(tmp_path / "preempted")
     proc = subprocess.Popen(_command(sample_records, preempted, *flags), cwd=REPO, env=_env(),
                             stderr=subprocess.PIPE, text=True)
@@ -108,6 +84,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(sample_r
     assert saved and int(saved.group(1)) in (4, 5), "".join(output)[-3000:]
     at = int(saved.group(1))
     assert _saved_steps(preempted) == sorted({2, 4, at})   # the periodic saves, and the handler's
+    _assert_identical(_weights(f"{straight}/ckpt-2"), _weights(f"{preempted}/ckpt-2"))
     resumed = _train(sample_records, preempted, *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {preempted}/ckpt-{at} at step {at}" in resumed.stderr
