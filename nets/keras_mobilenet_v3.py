@@ -126,7 +126,9 @@ def build_network(model, weights, include_top=False):
     `weights` ("imagenet", a weights file or None)."""
     import keras
 
-    with warnings.catch_warnings():   # "input_shape ... is not 224": the weights do not depend on the size
+    # Quiet: "input_shape ... is not 224" (the weights do not depend on it), and Keras 3's warning per
+    # container of a .weights.h5 it cannot match (the ValueError that follows says it in one line).
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return keras.applications.MobileNetV3Large(input_shape=_input_shape(model), include_top=include_top,
                                                     weights=weights, minimalistic=False, alpha=1.0)
@@ -174,9 +176,7 @@ def load_file(model, path):
         raise ValueError(f"{path}: weights of a minimalistic MobileNetV3Large (no squeeze-excitation convs); "
                          "SSDLite's backbone is the full network (minimalistic=False)")
     try:
-        with warnings.catch_warnings():   # Keras 3 warns per container it cannot match, then raises
-            warnings.simplefilter("ignore", UserWarning)
-            network = build_network(model, path, include_top=_TOP_CONV_KERNEL in shapes)
+        network = build_network(model, path, include_top=_TOP_CONV_KERNEL in shapes)
     except ValueError as error:
         raise ValueError(f"{path}: not the weights of Keras's MobileNetV3Large(alpha=1.0, minimalistic=False): "
                          f"{_first_line(error)}") from None
