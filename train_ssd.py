@@ -180,8 +180,11 @@ def main(argv):
     class_names = label_map.read_label_map(os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME))
     config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier,
                          **anchor_file.overrides(FLAGS.anchor_config, FLAGS.model))
-    if (config.backbone == "mobilenet_v3_large" and not FLAGS.fine_tune_checkpoint
-            and backbone_present(FLAGS.checkpoint_path)):
+    if config.backbone == "mobilenet_v3_large" and FLAGS.fine_tune_checkpoint:
+        # The tail and padding of the detector fine-tuned from (engine/fine_tune.py), which no flag sets.
+        from engine import fine_tune
+        config = dataclasses.replace(config, **fine_tune.source_backbone_fields(FLAGS.fine_tune_checkpoint))
+    elif config.backbone == "mobilenet_v3_large" and backbone_present(FLAGS.checkpoint_path):
         # As torchvision's ssdlite320_mobilenet_v3_large: the full tail with an ImageNet backbone, the
         # reduced tail from scratch; Keras's weights also want Keras's padding (nets/backbone_loader).
         from nets import backbone_loader
