@@ -144,9 +144,12 @@ def test_torchvision_padding_with_the_same_weights_differs(network, keras_taps, 
 
 @pytest.fixture(scope="module")
 def reduced_backbone():
-    """A tiny reduced-tail backbone (32 px, C5 480 channels): a model the Keras weights do not fit."""
+    """The layers the loader inspects (stem, its padding, the last conv) of a 32-px reduced-tail backbone,
+    480 channels at C5: a model the Keras weights do not fit, built in milliseconds."""
     inputs = keras.Input((32, 32, 3))
-    return keras.Model(inputs, mobilenet_v3.mobilenet_v3_large_taps(inputs, reduced_tail=True))
+    x = keras.layers.ZeroPadding2D(1, name=f"{mobilenet_v3.FIRST_LAYER}_pad")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, name=mobilenet_v3.FIRST_LAYER)(x)
+    return keras.Model(inputs, keras.layers.Conv2D(480, 1, name="features_16_conv")(x))
 
 
 def test_download_failure_is_one_line_asking_for_a_local_file(monkeypatch, reduced_backbone):
@@ -173,17 +176,17 @@ def test_wrong_files_and_networks_are_refused_in_one_line(tmp_path, network, red
     minimalistic = keras.applications.MobileNetV3Large(input_shape=(32, 32, 3), include_top=False, weights=None,
                                                        minimalistic=True)
     minimalistic.save_weights(str(tmp_path / "minimalistic.weights.h5"))
-    narrow = keras.applications.MobileNetV3Large(input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.75)
-    narrow.save_weights(str(tmp_path / "narrow.weights.h5"))
+    # Another alpha's file takes the dense file's branch (no 1x1 160->960 conv): not written again here.
     for name, message in (("notes.h5", "notes.h5: not an HDF5 weights file"),
-                          ("dense.weights.h5", r"not the weights of Keras's MobileNetV3Large\(alpha=1.0\): no 1x1"),
-                          ("minimalistic.weights.h5", "a minimalistic MobileNetV3Large"),
-                          ("narrow.weights.h5", r"MobileNetV3Large\(alpha=1.0\): no 1x1 160->960 conv \(another alpha")):
+                          ("dense.weights.h5", r"not the weights of Keras's MobileNetV3Large\(alpha=1.0\): no 1x1 "
+                                               r"160->960 conv \(another alpha"),
+                          ("minimalistic.weights.h5", "a minimalistic MobileNetV3Large")):
         with pytest.raises(ValueError, match=message) as error:
             backbone_loader.load_backbone(reduced_backbone, str(tmp_path / name))
         assert "\n" not in str(error.value), name
     with pytest.raises(ValueError, match="minimalistic"):
         keras_mobilenet_v3.load_network(reduced_backbone, minimalistic)
+    narrow = keras.applications.MobileNetV3Large(input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.75)
     with pytest.raises(ValueError, match="C4 528, C5 720 channels"):
         keras_mobilenet_v3.load_network(reduced_backbone, narrow)
     # The right network into the reduced tail (the preset's default: 480 channels at C5) is refused too.
