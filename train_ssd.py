@@ -52,7 +52,9 @@ flags.DEFINE_enum("augmentation", AUGMENTATIONS[0], AUGMENTATIONS,
                   "--mlperf picks for ssd300_resnet34 unless this flag is given.")
 flags.DEFINE_string("checkpoint_path", os.path.join(cli.REPO_DIR, "model", "pretrained"),
                     "Backbone weights: reduced-fc VGG16 as a slim TF checkpoint (prefix or dir), Keras VGG16 .h5 "
-                    "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors).")
+                    "or ssd.pytorch's vgg16_reducedfc.pth; torchvision resnet34-333f7ec4.pth (.pth/.safetensors); "
+                    "for the SSDLite presets torchvision's mobilenet_v3_large-*.pth, Keras's MobileNetV3Large "
+                    ".h5 / .weights.h5, or keras:imagenet (Keras downloads it).")
 flags.DEFINE_bool("require_pretrained", False, "Fail instead of training from scratch without a backbone.")
 flags.DEFINE_string("fine_tune_checkpoint", None,
                     "Start from a whole trained detector (step 0, fresh optimizer): a model_dir or ckpt-N of this "
@@ -178,11 +180,18 @@ def main(argv):
     class_names = label_map.read_label_map(os.path.join(FLAGS.data_dir, label_map.LABEL_MAP_FILENAME))
     config = presets.get(FLAGS.model, len(class_names), width_multiplier=FLAGS.width_multiplier,
                          **anchor_file.overrides(FLAGS.anchor_config, FLAGS.model))
-    if (config.backbone == "mobilenet_v3_large" and not FLAGS.fine_tune_checkpoint
-            and backbone_present(FLAGS.checkpoint_path)):
-        # As torchvision's ssdlite320_mobilenet_v3_large: the full tail with an ImageNet backbone
-        # (nets/torchvision_ssdlite.load_imagenet_backbone), the reduced tail from scratch.
-        config = dataclasses.replace(config, reduced_tail=False)
+    if config.backbone == "mobilenet_v3_large" and FLAGS.fine_tune_checkpoint:
+        # The tail and padding of the detector fine-tuned from (engine/fine_tune.py), which no flag sets.
+        from engine import fine_tune
+        config = dataclasses.replace(config, **fine_tune.source_backbone_fields(FLAGS.fine_tune_checkpoint))
+    elif config.backbone == "mobilenet_v3_large" and backbone_present(FLAGS.checkpoint_path):
+        # As torchvision's ssdlite320_mobilenet_v3_large: the full tail with an ImageNet backbone, the
+        # reduced tail from scratch; Keras's weights also want Keras's padding (nets/backbone_loader).
+        from nets import backbone_loader
+        overrides = backbone_loader.mobilenet_v3_overrides(FLAGS.checkpoint_path)
+        config = dataclasses.replace(config, **overrides)
+        logging.info("ImageNet backbone from --checkpoint_path=%s: building %s with %s", FLAGS.checkpoint_path,
+                     config.name, ", ".join(f"{k}={v!r}" for k, v in overrides.items()))
     if chief:
         checkpoints.write(FLAGS.model_dir, config, class_names)
         checkpoints.check_run_settings(FLAGS.model_dir, {"optimizer": FLAGS.optimizer})

@@ -1,6 +1,14 @@
 """Forward speed of SSD300/SSD512 per dtype policy, and post-processing time against the forward.
 
     python3 -m benchmarks.model [--batch_size 4 --warmup 2 --iterations 5 --presets ... --policies ...]
+    python3 -m benchmarks.model --presets ssdlite320_mobilenet_v3_large --policies float32 \
+        --ssdlite_full_tail --backbone_paddings torch,keras      # what Keras's padding costs in speed
+
+A MobileNetV3 preset is timed once per --backbone_paddings entry (config.backbone_padding: "torch" or
+"keras", the padding Keras's ImageNet weights need), as `<preset>[<padding>]` when more than one is
+given. Their forward calls are then also timed interleaved (one call of each variant per round, so a
+shared machine's changing load falls on all alike): "forward_interleaved_images_per_s" and
+"forward_vs_first_padding", the ratio to the first entry's interleaved speed.
 
 Randomly initialised weights (speed does not depend on their values, except post-processing: an
 untrained head scores nearly every anchor ~1/(C+1) > 0.01, so NMS sees its worst-case candidate count,
@@ -33,6 +41,10 @@ flags.DEFINE_integer("warmup", 2, "Untimed calls first (tracing, allocation).")
 flags.DEFINE_integer("iterations", 5, "Timed calls; the median is reported.")
 flags.DEFINE_integer("num_classes", 20, "C, object classes (VOC: 20).")
 flags.DEFINE_integer("seed", 0, "Seed for weights and images.")
+flags.DEFINE_list("backbone_paddings", [presets.TORCH_PADDING],
+                  "MobileNetV3 presets: the backbone paddings to time (presets.BACKBONE_PADDINGS).")
+flags.DEFINE_bool("ssdlite_full_tail", False, "MobileNetV3 presets: build the full tail (reduced_tail=False), "
+                  "as an ImageNet backbone does (Keras's always).")
 
 # Spread of mean-subtracted 0-255 pixels, so activations are in a realistic range.
 _PIXEL_STDDEV = 60.0
@@ -49,9 +61,27 @@ def _median_seconds(fn, args, warmup, iterations):
     return statistics.median(seconds)
 
 
-def benchmark(preset, policy):
-    """Timings of one preset under one dtype policy: a dict of named numbers."""
-    config = presets.get(preset, FLAGS.num_classes)
+def interleaved_forward_seconds(configs, policy):
+    """Median forward seconds of each config's model, timed in rounds of one call per model."""
+    forwards = []
+    for config in configs:
+        keras.utils.set_random_seed(FLAGS.seed)
+        model = ssd.build(config, policy)
+        forwards.append(tf.function(lambda x, model=model: model(x, training=False)))
+    size = configs[0].image_size
+    images = tf.random.normal([FLAGS.batch_size, size, size, 3], stddev=_PIXEL_STDDEV, seed=FLAGS.seed)
+    for forward in forwards:
+        _median_seconds(forward, (images,), FLAGS.warmup, 1)
+    seconds = [[] for _ in forwards]
+    for _ in range(FLAGS.iterations):
+        for times, forward in zip(seconds, forwards):
+            times.append(_median_seconds(forward, (images,), 0, 1))
+    return [statistics.median(times) for times in seconds]
+
+
+def benchmark(preset, policy, overrides=None):
+    """Timings of one preset (with config `overrides`) under one dtype policy: a dict of named numbers."""
+    config = presets.get(preset, FLAGS.num_classes, **(overrides or {}))
     keras.utils.set_random_seed(FLAGS.seed)
     model = ssd.build(config, policy)
     images = tf.random.normal([FLAGS.batch_size, config.image_size, config.image_size, 3],
@@ -82,11 +112,24 @@ def main(argv):
     del argv
     results = {}
     for preset in FLAGS.presets:
-        results[preset] = {policy: benchmark(preset, policy) for policy in FLAGS.policies}
-        if "float32" in results[preset]:
-            base = results[preset]["float32"]["forward_images_per_s"]
-            for policy, numbers in results[preset].items():
-                numbers["forward_speedup_vs_float32"] = numbers["forward_images_per_s"] / base
+        variants = {preset: {}}
+        if presets.get(preset, FLAGS.num_classes).backbone == "mobilenet_v3_large":
+            tail = {"reduced_tail": False} if FLAGS.ssdlite_full_tail else {}
+            variants = {(f"{preset}[{padding}]" if len(FLAGS.backbone_paddings) > 1 else preset):
+                        dict(tail, backbone_padding=padding) for padding in FLAGS.backbone_paddings}
+        for name, overrides in variants.items():
+            results[name] = {policy: benchmark(preset, policy, overrides) for policy in FLAGS.policies}
+            if "float32" in results[name]:
+                base = results[name]["float32"]["forward_images_per_s"]
+                for policy, numbers in results[name].items():
+                    numbers["forward_speedup_vs_float32"] = numbers["forward_images_per_s"] / base
+        if len(variants) > 1:
+            for policy in FLAGS.policies:
+                configs = [presets.get(preset, FLAGS.num_classes, **o) for o in variants.values()]
+                seconds = interleaved_forward_seconds(configs, policy)
+                for name, forward_s in zip(variants, seconds):
+                    results[name][policy]["forward_interleaved_images_per_s"] = FLAGS.batch_size / forward_s
+                    results[name][policy]["forward_vs_first_padding"] = seconds[0] / forward_s
     summary = {
         "benchmark": "model_forward_and_postprocess",
         "device": "cpu" if not tf.config.list_physical_devices("GPU") else "gpu",

@@ -103,9 +103,24 @@ def load_torchvision(model, config, class_names, path):
     return _carried_line(path, class_names, columns, loaded)
 
 
+# MobileNetV3 fields that a run fine-tuned from this project's model_dir takes from its config.json
+# (train_ssd.py), since no flag sets them: the tail shapes the weights, the padding is how they were trained.
+SOURCE_BACKBONE_FIELDS = ("reduced_tail", "backbone_padding")
+
+
+def source_backbone_fields(path):
+    """{field: value} of SOURCE_BACKBONE_FIELDS in the config.json of the model_dir or ckpt-N `path`;
+    {} for a weights file (its loader says what it needs)."""
+    if str(path).endswith(TORCH_WEIGHTS_SUFFIXES):
+        return {}
+    source_config, _ = checkpoints.read(path)
+    return {field: getattr(source_config, field) for field in SOURCE_BACKBONE_FIELDS}
+
+
 def _architecture(config):
-    """What shapes the weights (anchor sizes, thresholds and the like do not)."""
+    """What shapes the weights, or how they compute (anchor sizes, thresholds and the like do not)."""
     return {"backbone": config.backbone, "width_multiplier": config.width_multiplier,
+            "reduced_tail": config.reduced_tail, "backbone_padding": config.backbone_padding,
             "image_size": config.image_size, "extra_batch_norm": config.extra_batch_norm,
             "extra layers": tuple((e.name, e.mid_channels, e.out_channels, e.kernel_size, e.stride)
                                   for e in config.extra_layers),

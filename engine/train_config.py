@@ -3,6 +3,8 @@ stays fast)."""
 
 import dataclasses
 
+from model import presets
+
 # engine.training.make_optimizer builds each: SGD is the paper's; Adam trains from scratch.
 OPTIMIZERS = ("sgd", "adam")
 # Keras dtype policies: "none" is float32; float16 adds dynamic loss scaling.
@@ -49,7 +51,10 @@ FROM_SCRATCH_COMMAND = ("python3 train_ssd.py --batch_size 16 --model_dir logs/s
 
 
 def backbone_present(path):
-    """True when `path` holds a backbone file: a file, a checkpoint prefix, or a non-empty folder."""
+    """True when `path` holds a backbone file: a file, a checkpoint prefix, or a non-empty folder; or is
+    `keras:imagenet` (Keras downloads its MobileNetV3Large, nets/keras_mobilenet_v3.py)."""
     import os
+    if path == presets.KERAS_IMAGENET:
+        return True
     return bool(path) and (os.path.isfile(path) or os.path.isfile(path + ".index") or
                            (os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path))))

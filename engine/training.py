@@ -265,14 +265,16 @@ def init_backbone(model, path, require_pretrained, optimizer_name=None):
     # The SSDLite presets' recipe (configs/ssdlite320_coco.flags, torchvision's) trains from scratch
     # with SGD by design: no backbone is expected, and its SGD does not diverge.
     ssdlite = getattr(model, "name", "").startswith("ssdlite")
-    weights = ("torchvision's ImageNet mobilenet_v3_large-*.pth" if ssdlite
+    weights = ("torchvision's ImageNet mobilenet_v3_large-*.pth or Keras's MobileNetV3Large .h5" if ssdlite
                else "the reduced-fc VGG16 checkpoint (or Keras VGG16 .h5)")
     message = f"no pretrained backbone at --checkpoint_path={path!r}: put {weights} there; training from scratch"
     if require_pretrained:
         raise FileNotFoundError(message.replace("; training from scratch", " (--require_pretrained is set)"))
     if ssdlite:
         logging.info("no backbone at --checkpoint_path=%r: training %s from scratch, as its recipe does "
-                     "(an ImageNet mobilenet_v3_large-*.pth there would be loaded)", path, model.name)
+                     "(an ImageNet mobilenet_v3_large-*.pth or Keras MobileNetV3Large .h5 there, or keras:imagenet, "
+                     "would be loaded)",
+                     path, model.name)
         return 0
     logging.warning("%s. Expect far lower mAP than the paper's.", message)
     if optimizer_name == "sgd":

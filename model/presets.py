@@ -22,6 +22,14 @@ TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 BATCH_POSITIVES, PER_IMAGE = "batch_positives", "per_image"
 LOSS_NORMALIZATIONS = (BATCH_POSITIVES, PER_IMAGE)
 BACKBONES = ("vgg16", "resnet34", "mobilenet_v3_large")
+# How the MobileNetV3-Large backbone pads its convs (nets/mobilenet_v3.py): symmetrically as PyTorch
+# does, for torchvision's weights, or as keras.applications.MobileNetV3Large does ('same' / correct_pad:
+# the odd pixel after), for Keras's ImageNet weights.
+TORCH_PADDING, KERAS_PADDING = "torch", "keras"
+BACKBONE_PADDINGS = (TORCH_PADDING, KERAS_PADDING)
+# The --checkpoint_path value that takes the backbone from keras.applications.MobileNetV3Large's ImageNet
+# download (nets/keras_mobilenet_v3.py) rather than from a file.
+KERAS_IMAGENET = "keras:imagenet"
 # Box-code variances of Caffe's PriorBox (ssd_pascal.py prior_variance): [ty, tx, th, tw].
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
@@ -93,6 +101,9 @@ class SSDConfig:
     # MobileNetV3-Large only (nets/mobilenet_v3.py): the reduced tail (paper Table 6) halves the last
     # three blocks, as torchvision builds it without an ImageNet backbone; False is the full network.
     reduced_tail: bool = False
+    # MobileNetV3-Large only: BACKBONE_PADDINGS, "keras" for Keras's ImageNet weights (a model_dir's
+    # config written before this field existed reads as "torch", which is what it was built with).
+    backbone_padding: str = TORCH_PADDING
 
     @property
     def num_anchors(self) -> int:

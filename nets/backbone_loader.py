@@ -16,6 +16,10 @@ them (model/pretrained/ by default), and loads by the file's kind (suffixes in n
   (`vgg16_reducedfc.pth`, or the `vgg.*` part of a whole ssd.pytorch checkpoint); for a MobileNetV3
   model (the SSDLite presets) to `nets.torchvision_ssdlite.load_imagenet_backbone`, which reads
   torchvision's ImageNet `mobilenet_v3_large-*.pth` into a full-tail backbone.
+* For a MobileNetV3 model, a Keras `.h5` / `.weights.h5` file is keras.applications.MobileNetV3Large's
+  (`nets.keras_mobilenet_v3.load_file`), and the value `keras:imagenet` (presets.KERAS_IMAGENET) has Keras
+  download its ImageNet weights (`nets.keras_mobilenet_v3.load_imagenet`). Both want the full tail and
+  Keras's padding: `mobilenet_v3_overrides` names the config fields a backbone source needs.
 
 Both VGG16 files here were trained on BGR input (Caffe-derived weights; Keras's 'caffe' preprocessing),
 while our pipeline feeds RGB (DESIGN.md), so conv1_1's input-channel axis is reversed at load
@@ -33,7 +37,8 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-from nets import mobilenet_v3, torch_weights, torchvision_ssdlite, vgg16
+from model import presets
+from nets import keras_mobilenet_v3, mobilenet_v3, torch_weights, torchvision_ssdlite, vgg16
 from nets.weight_table import (BIAS, H5_SUFFIXES, KERNEL, TF_CHECKPOINT_INDEX_SUFFIX, TORCH_WEIGHTS_SUFFIXES,
                                WEIGHTS_FILE_SUFFIXES, Entry, assign, identity, reverse_input_channels)
 
@@ -147,20 +152,36 @@ def _resolve(path):
     return candidates[0]
 
 
+def mobilenet_v3_overrides(path):
+    """The config fields (presets.SSDConfig) a MobileNetV3 backbone from `path` needs: the full tail
+    (reduced_tail=False, as torchvision builds it around an ImageNet backbone), and for Keras's weights
+    (keras:imagenet, a .h5 / .weights.h5 file) backbone_padding="keras"."""
+    if path == presets.KERAS_IMAGENET or _resolve(path).endswith(H5_SUFFIXES):
+        return {"reduced_tail": False, "backbone_padding": presets.KERAS_PADDING}
+    return {"reduced_tail": False}
+
+
 def load_backbone(model, path=DEFAULT_CHECKPOINT_DIR, bgr_checkpoint=True) -> int:
     """Loads backbone weights from `path` into `model` (built by nets.ssd.build); returns the count loaded.
 
     `path`: a TF checkpoint prefix, a Keras .h5, a .pth/.pt/.safetensors file (module docstring), or a
-    directory holding exactly one of them.
+    directory holding exactly one of them; for the SSDLite presets also `keras:imagenet`.
     `bgr_checkpoint`: the weights expect BGR input, so conv1_1's input channels are reversed.
     Raises ValueError listing every variable that is missing or of the wrong shape.
     """
+    mobilenet = any(layer.name == mobilenet_v3.FIRST_LAYER for layer in model.layers)   # the SSDLite presets
+    if path == presets.KERAS_IMAGENET:
+        if not mobilenet:
+            raise ValueError(f"--checkpoint_path {path} is Keras's MobileNetV3Large: only the SSDLite presets take it")
+        return keras_mobilenet_v3.load_imagenet(model)
     resolved = _resolve(path)
     if resolved.endswith(TORCH_WEIGHTS_SUFFIXES):
-        if any(layer.name == mobilenet_v3.FIRST_LAYER for layer in model.layers):   # the SSDLite presets
+        if mobilenet:
             return torchvision_ssdlite.load_imagenet_backbone(model, resolved)
         return torch_weights.load(model, resolved, bgr_checkpoint)
     if resolved.endswith(H5_SUFFIXES):
+        if mobilenet:
+            return keras_mobilenet_v3.load_file(model, resolved)
         return assign(model, read_keras_h5(resolved), keras_h5_table(bgr_checkpoint), resolved)
     table = slim_checkpoint_table(bgr_checkpoint)
     return assign(model, read_tf_checkpoint(resolved, [e.source for e in table]), table, resolved)

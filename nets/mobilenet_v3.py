@@ -22,7 +22,12 @@ Layer names are torchvision's module paths: `features_<i>_conv` / `_bn` for feat
 
 PyTorch pads symmetrically ((k - 1) // 2 each side); TF's 'same' puts the odd pixel at the end of a
 stride-2 conv on an even input (320 -> 160 with k 3: 0 before, 1 after), which shifts the whole grid
-against torchvision's. So every conv with a spatial kernel pads explicitly and runs 'valid'.
+against torchvision's. So every conv with a spatial kernel pads explicitly and runs 'valid', by
+`padding` (config.backbone_padding): "torch" (the default) pads as above, for torchvision's weights;
+"keras" pads every stride-2 conv as keras.applications.MobileNetV3Large does, for Keras's ImageNet weights
+(nets/keras_mobilenet_v3.py): its stem conv runs 'same' and its stride-2 depthwise convs pad
+`imagenet_utils.correct_pad`, both (k // 2 - 1, k // 2) on an even input and (k // 2, k // 2) on an odd
+one (`keras_padding`). Stride-1 convs pad (k - 1) // 2 each side in both modes ('same' for odd k).
 
 Batch norm: eps 0.001, torch momentum 0.03 (= Keras momentum 0.97), what ssdlite320_mobilenet_v3_large
 passes as its norm_layer. Initialisation: torchvision's ssdlite re-initialises a backbone it did not
@@ -30,6 +35,8 @@ load (`_normal_init`): every conv weight N(0, 0.03), biases 0; BN weight 1, bias
 """
 
 import keras
+
+from model import presets
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.97              # = 1 - torch momentum 0.03
@@ -95,13 +102,35 @@ def _init():
     return keras.initializers.RandomNormal(stddev=INIT_STDDEV)
 
 
-def conv_bn(x, filters, kernel_size, name, stride=1, activation=None, depthwise=False):
-    """torchvision Conv2dNormActivation: (depthwise) conv without bias, symmetric padding, BN, activation.
+def keras_padding(size, kernel_size, stride):
+    """(before, after) zero padding of one spatial axis of `size` pixels where Keras pads 'same' or
+    `correct_pad`: for a stride-2 odd kernel both give (k // 2 - 1, k // 2) on an even size and
+    (k // 2, k // 2) on an odd one (3x3 on 320: 0, 1; 5x5 on 80: 1, 2); stride 1 is symmetric."""
+    if stride == 1:
+        return ((kernel_size - 1) // 2,) * 2
+    if size is None:
+        raise ValueError("Keras-style padding of a stride-2 conv needs a static input size")
+    return (kernel_size // 2 - (1 - size % 2), kernel_size // 2)
+
+
+def _padding(x, kernel_size, stride, padding):
+    """ZeroPadding2D's ((top, bottom), (left, right)) for a conv on x, by `padding` (module docstring)."""
+    if padding == presets.TORCH_PADDING:
+        return (((kernel_size - 1) // 2,) * 2,) * 2
+    if padding == presets.KERAS_PADDING:
+        return tuple(keras_padding(size, kernel_size, stride) for size in x.shape[1:3])
+    raise ValueError(f"unknown backbone padding {padding!r}; known: {', '.join(presets.BACKBONE_PADDINGS)}")
+
+
+def conv_bn(x, filters, kernel_size, name, stride=1, activation=None, depthwise=False,
+            padding=presets.TORCH_PADDING):
+    """torchvision Conv2dNormActivation: (depthwise) conv without bias, explicit padding, BN, activation.
 
     `activation`: a Keras activation name ("relu", "relu6", "hard_silu") or None (linear projection).
+    `padding`: presets.BACKBONE_PADDINGS, "torch" (symmetric) or "keras" (module docstring).
     """
     if kernel_size > 1:
-        x = keras.layers.ZeroPadding2D((kernel_size - 1) // 2, name=f"{name}_pad")(x)
+        x = keras.layers.ZeroPadding2D(_padding(x, kernel_size, stride, padding), name=f"{name}_pad")(x)
     if depthwise:
         x = keras.layers.DepthwiseConv2D(kernel_size, strides=stride, use_bias=False,
                                          depthwise_initializer=_init(), name=name)(x)
@@ -126,7 +155,7 @@ def _squeeze_excitation(x, name):
     return keras.layers.Multiply(name=f"{name}_scale")([x, scale])
 
 
-def _inverted_residual(x, setting, name, taps=None):
+def _inverted_residual(x, setting, name, padding, taps=None):
     """One InvertedResidual on x; with `taps` (a dict) records the expansion output as taps[C4]."""
     inp, kernel, expanded, out, se, hs, stride = setting
     activation = "hard_silu" if hs else "relu"
@@ -135,7 +164,8 @@ def _inverted_residual(x, setting, name, taps=None):
         y = conv_bn(y, expanded, 1, f"{name}_expand", activation=activation)
         if taps is not None:
             taps[C4] = y
-    y = conv_bn(y, expanded, kernel, f"{name}_dw", stride=stride, activation=activation, depthwise=True)
+    y = conv_bn(y, expanded, kernel, f"{name}_dw", stride=stride, activation=activation, depthwise=True,
+                padding=padding)
     if se:
         y = _squeeze_excitation(y, f"{name}_se")
     y = conv_bn(y, out, 1, f"{name}_project")
@@ -144,17 +174,18 @@ def _inverted_residual(x, setting, name, taps=None):
     return y
 
 
-def mobilenet_v3_large_taps(images, width_multiplier=1.0, reduced_tail=True):
-    """Applies the backbone to `images` [B, S, S, 3] (already scaled to [-1, 1]).
+def mobilenet_v3_large_taps(images, width_multiplier=1.0, reduced_tail=True, padding=presets.TORCH_PADDING):
+    """Applies the backbone to `images` [B, S, S, 3] (already scaled to [-1, 1]), its convs padded by
+    `padding` (presets.BACKBONE_PADDINGS: "torch" or "keras", module docstring).
 
     Returns {C4: [B, S/16, S/16, 672 * w], C5: [B, S/32, S/32, 480 or 960 * w]} (20 and 10 at S = 320).
     """
     settings = block_settings(width_multiplier, reduced_tail)
     x = conv_bn(images, make_divisible(STEM_CHANNELS * width_multiplier), 3, FIRST_LAYER, stride=2,
-                activation="hard_silu")
+                activation="hard_silu", padding=padding)
     taps = {}
     for index, setting in enumerate(settings, start=1):
-        x = _inverted_residual(x, setting, f"features_{index}", taps if index == C4_BLOCK else None)
+        x = _inverted_residual(x, setting, f"features_{index}", padding, taps if index == C4_BLOCK else None)
     last = len(settings) + 1
     taps[C5] = conv_bn(x, LAST_CONV_EXPANSION * settings[-1][3], 1, f"features_{last}_conv",
                        activation="hard_silu")

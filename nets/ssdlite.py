@@ -42,8 +42,13 @@ def extra_blocks(c5, config):
 
 
 def backbone_features(images, config):
-    """{source name: features}: the MobileNetV3-Large taps C4, C5 and the extra blocks."""
-    features = mobilenet_v3.mobilenet_v3_large_taps(images, config.width_multiplier, config.reduced_tail)
+    """{source name: features}: the MobileNetV3-Large taps C4, C5 and the extra blocks.
+
+    config.backbone_padding applies to the MobileNetV3 features only: the extra blocks and heads are
+    torchvision's, padded symmetrically in both modes (no Keras weights exist for them).
+    """
+    features = mobilenet_v3.mobilenet_v3_large_taps(images, config.width_multiplier, config.reduced_tail,
+                                                    config.backbone_padding)
     features.update(extra_blocks(features[mobilenet_v3.C5], config))
     return features
 

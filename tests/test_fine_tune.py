@@ -86,6 +86,8 @@ def test_a_ckpt_prefix_and_the_same_classes(source_dir):
     ("ssd300_vgg16", dict(width_multiplier=0.25), "width_multiplier 0.125 (this run: 0.25)"),
     ("ssd512_vgg16", TINY, "image_size 300 (this run: 512)"),
     ("ssd300_resnet34", TINY, "backbone vgg16 (this run: resnet34)"),
+    # Same weights' shapes, another padding: computed otherwise, so refused too (nets/mobilenet_v3.py).
+    ("ssd300_vgg16", dict(TINY, backbone_padding=presets.KERAS_PADDING), "backbone_padding torch (this run: keras)"),
 ])
 def test_another_architecture_is_one_line(source_dir, name, overrides, expected):
     model_dir, _ = source_dir
@@ -101,6 +103,13 @@ def test_other_anchor_sizes_are_the_same_architecture(source_dir):
     config = presets.get("ssd300_vgg16_coco", 2, **TINY)   # the COCO anchors 21..315, same layers
     line = fine_tune.load(ssd.build(config), config, ("dog", "cat"), model_dir)
     assert "classes carried over: 1 of 2 (dog); new, initialised: cat" in line
+
+
+def test_a_run_takes_the_source_s_tail_and_padding(source_dir):
+    """train_ssd.py builds a fine-tuned MobileNetV3 run with these (no flag sets them)."""
+    model_dir, _ = source_dir
+    assert fine_tune.source_backbone_fields(model_dir) == {"reduced_tail": False, "backbone_padding": "torch"}
+    assert fine_tune.source_backbone_fields("ssdlite320_mobilenet_v3_large_coco-a79551df.pth") == {}
 
 
 def test_missing_or_foreign_paths(tmp_path):

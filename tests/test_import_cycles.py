@@ -85,7 +85,9 @@ def test_nets_loaders_share_one_weight_table_module():
     graph = import_graph(REPO, "nets")
     assert graph["weight_table"] == set()   # the vocabulary imports no other nets/ module
     assert graph["torch_weights"] == {"resnet34", "vgg16", "weight_table"}
-    assert graph["backbone_loader"] == {"mobilenet_v3", "torch_weights", "torchvision_ssdlite", "vgg16", "weight_table"}
+    assert graph["keras_mobilenet_v3"] == {"mobilenet_v3", "weight_table"}
+    assert graph["backbone_loader"] == {"keras_mobilenet_v3", "mobilenet_v3", "torch_weights", "torchvision_ssdlite",
+                                        "vgg16", "weight_table"}
 
 
 @pytest.mark.parametrize("source, expected", [
