@@ -143,8 +143,9 @@ def _check_data_dir(data_dir):
 def _check_backbone(values):
     if values["require_pretrained"] and not backbone_present(values["checkpoint_path"]):
         raise flags.ValidationError(f"--require_pretrained is set but --checkpoint_path="
-                                    f"{values['checkpoint_path']!r} holds no backbone: put the reduced-fc VGG16 "
-                                    f"there (README: Pretrained backbone) or drop --require_pretrained")
+                                    f"{values['checkpoint_path']!r} holds no backbone: put the preset's backbone "
+                                    f"there (the reduced-fc VGG16, torchvision's resnet34 or mobilenet_v3_large .pth, "
+                                    f"Keras's MobileNetV3Large .h5; docs/training.md) or drop --require_pretrained")
     return True
 
 
