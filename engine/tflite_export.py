@@ -37,7 +37,9 @@ float-input file is written.
 Post-processing is model/postprocess.py's algorithm written with TFLite built-ins only, batch 1:
 softmax, per class the top config.max_detections_per_class anchors (TOPK_V2), NON_MAX_SUPPRESSION_V5
 per class (strictly-greater score threshold and IoU suppression, as tf.image.combined_non_max_suppression),
-then the config.max_detections best survivors over all classes. It is the one graph that does not call
+then the config.max_detections best survivors over all classes. Boxes of zero area (clipped flat onto
+an image edge) bypass the NMS op, whose TFLite kernel would select them over and over, and exact score
+ties follow one rule (postprocess_batch1). It is the one graph that does not call
 engine/inference.detect: model/postprocess.py's combined_non_max_suppression has no TFLite built-in
 kernel (it would need the Flex delegate), so the same steps are written here with ops that have one.
 The OD API's TFLite_Detection_PostProcess custom op was not used either: it has no per-class
@@ -79,7 +81,7 @@ INT8_FLOAT_LAYERS = (ssd.NORMALIZATION_LAYER, vgg16.CONV4_3_NORM, "mbox_conf", "
 # post-processing, so they are kept in float by type.
 INT8_FLOAT_OPS = ("TOPK_V2", "UNPACK")
 POSTPROCESS_SCOPE = "postprocess"
-_INVALID_SCORE = -1.0   # marks NMS padding rows; every kept score is > config.score_threshold >= 0
+_INVALID_SCORE = -1.0   # marks dropped candidates; every kept score is > config.score_threshold >= 0
 
 
 def tflite_filename(fmt):
@@ -90,6 +92,20 @@ def postprocess_batch1(cls_logits, box_codes, anchors, config):
     """model/postprocess.py's detections for one image, with TFLite built-in ops only.
 
     cls_logits [1, A, C+1], box_codes [1, A, 4], anchors [A, 4] -> the module docstring's outputs.
+
+    Per class, the top-k candidates (TOPK_V2: score descending, the lower anchor index first among
+    equal scores) go through NON_MAX_SUPPRESSION_V5 with two guards for TFLite's kernel:
+      - only boxes of positive area: TFLite's kernel pushes every box it selects back onto its queue
+        and drops it the next time only because its IoU with itself is 1; a box of zero area (a
+        clipped box flat on an image edge) has IoU 0 with everything (TF, TFLite, ONNX Runtime, and
+        NaN in torchvision), so TFLite selected it again and again, filling the class with one box
+        (docs/deployment.md). Such boxes never suppress and are never suppressed in any of them, so
+        they are kept without NMS when their score passes the threshold.
+      - NMS is fed the candidates' ranks (k, k-1, ..., 1), not their scores: TFLite's queue orders
+        equal scores arbitrarily; with ranks, a tie between overlapping boxes keeps the lower
+        anchor index, as a stable sort does (torchvision's nms).
+    NMS marks the candidates it keeps; the kept ones' own scores are then ranked over all classes
+    (TOPK_V2 again), so exact score ties come out by class, then anchor index.
     """
     boxes = box_coder.decode(box_codes[0], anchors, config.variances)                # [A, 4]
     if config.clip_boxes_before_nms:
@@ -97,15 +113,29 @@ def postprocess_batch1(cls_logits, box_codes, anchors, config):
     scores = tf.nn.softmax(tf.cast(cls_logits[0], tf.float32), axis=-1)[:, fields.BACKGROUND_CLASS + 1:]
     k = min(config.max_detections_per_class, int(anchors.shape[0]))
     class_scores, anchor_index = tf.math.top_k(tf.transpose(scores), k)             # [C, k]
+    positions = tf.range(k)
+    ranks = tf.cast(k - positions, tf.float32)                                        # [k] k..1
     kept_scores, kept_boxes, kept_classes = [], [], []
     for c in range(config.num_classes):   # unrolled: C NMS ops, no WHILE loop in the graph
         candidates = tf.gather(boxes, anchor_index[c])                                # [k, 4]
-        selected, selected_scores, count = tf.raw_ops.NonMaxSuppressionV5(
-            boxes=candidates, scores=class_scores[c], max_output_size=k,
-            iou_threshold=config.nms_iou_threshold, score_threshold=config.score_threshold,
+        ymin, xmin, ymax, xmax = tf.unstack(candidates, axis=1)
+        # Area as the NMS kernels compute it (corners in either order).
+        positive = tf.abs(ymax - ymin) * tf.abs(xmax - xmin) > 0.0                    # [k]
+        passing = class_scores[c] > config.score_threshold                            # [k]
+        selected, _, count = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=candidates, scores=tf.where(passing & positive, ranks, _INVALID_SCORE),
+            max_output_size=k, iou_threshold=config.nms_iou_threshold, score_threshold=0.0,
             soft_nms_sigma=0.0, pad_to_max_output_size=True)
-        kept_scores.append(tf.where(tf.range(k) < count, selected_scores, _INVALID_SCORE))
-        kept_boxes.append(tf.gather(candidates, selected))
+        # Position p is kept when NMS selected it (among its first `count` outputs), or when it is a
+        # flat box over the threshold.
+        selected_here = tf.equal(selected[:, None], positions[None, :]) & (positions < count)[:, None]
+        kept = tf.reduce_any(selected_here, axis=0) | (passing & ~positive)           # [k]
+        # The score where kept, -1 (_INVALID_SCORE) elsewhere, by arithmetic: tf.where on these scores
+        # made the int8 quantizer put a QUANTIZE/DEQUANTIZE pair on the softmax output (every score
+        # rounded to a step of 1/256, the module docstring's mAP loss).
+        kept_weight = tf.cast(kept, tf.float32)
+        kept_scores.append(class_scores[c] * kept_weight + (kept_weight - 1.0))
+        kept_boxes.append(candidates)
         kept_classes.append(tf.fill([k], float(c + 1)))
     top_scores, top_index = tf.math.top_k(tf.concat(kept_scores, 0), config.max_detections)  # [K]
     valid = tf.cast(top_scores >= 0.0, tf.float32)                                    # [K]
