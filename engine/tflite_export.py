@@ -117,8 +117,10 @@ def postprocess_batch1(cls_logits, box_codes, anchors, config):
     class_scores, anchor_index = tf.math.top_k(tf.transpose(scores), k)             # [C, k]
     positions = tf.range(k)
     ranks = tf.cast(k - positions, tf.float32)                                        # [k] k..1
-    # Position p's stand-in: [10 + 2p, 0, 11 + 2p, 1], apart from the image and from each other.
-    low = 10.0 + 2.0 * tf.cast(positions, tf.float32)
+    # Position p's stand-in: [1e4 + 2p, 0, 1e4 + 2p + 1, 1] (exact in float32), apart from each other
+    # and from every box: clipped boxes lie in [0, 1], and unclipped ones (Caffe's mode) reach 1e4
+    # only from codes no network puts out.
+    low = 1e4 + 2.0 * tf.cast(positions, tf.float32)
     stand_ins = tf.stack([low, tf.zeros([k]), low + 1.0, tf.ones([k])], axis=1)      # [k, 4]
     kept_scores, kept_boxes, kept_classes = [], [], []
     for c in range(config.num_classes):   # unrolled: C NMS ops, no WHILE loop in the graph
