@@ -37,7 +37,9 @@ float-input file is written.
 Post-processing is model/postprocess.py's algorithm written with TFLite built-ins only, batch 1:
 softmax, per class the top config.max_detections_per_class anchors (TOPK_V2), NON_MAX_SUPPRESSION_V5
 per class (strictly-greater score threshold and IoU suppression, as tf.image.combined_non_max_suppression),
-then the config.max_detections best survivors over all classes. It is the one graph that does not call
+then the config.max_detections best survivors over all classes. Boxes of zero area (clipped flat onto
+an image edge) enter the NMS op as stand-ins, as its TFLite kernel would select them over and over, and
+exact score ties follow one rule (postprocess_batch1). It is the one graph that does not call
 engine/inference.detect: model/postprocess.py's combined_non_max_suppression has no TFLite built-in
 kernel (it would need the Flex delegate), so the same steps are written here with ops that have one.
 The OD API's TFLite_Detection_PostProcess custom op was not used either: it has no per-class
@@ -79,7 +81,7 @@ INT8_FLOAT_LAYERS = (ssd.NORMALIZATION_LAYER, vgg16.CONV4_3_NORM, "mbox_conf", "
 # post-processing, so they are kept in float by type.
 INT8_FLOAT_OPS = ("TOPK_V2", "UNPACK")
 POSTPROCESS_SCOPE = "postprocess"
-_INVALID_SCORE = -1.0   # marks NMS padding rows; every kept score is > config.score_threshold >= 0
+_INVALID_SCORE = -1.0   # marks dropped candidates; every kept score is > config.score_threshold >= 0
 
 
 def tflite_filename(fmt):
@@ -90,6 +92,22 @@ def postprocess_batch1(cls_logits, box_codes, anchors, config):
     """model/postprocess.py's detections for one image, with TFLite built-in ops only.
 
     cls_logits [1, A, C+1], box_codes [1, A, 4], anchors [A, 4] -> the module docstring's outputs.
+
+    Per class, the top-k candidates (TOPK_V2: score descending, the lower anchor index first among
+    equal scores) go through NON_MAX_SUPPRESSION_V5 with two guards for TFLite's kernel:
+      - a box of zero area (a box clipped flat onto an image edge) enters NMS as a stand-in: a unit
+        square of its own far outside the image. TFLite's kernel pushes every box it selects back onto
+        its queue and drops it the next time only because its IoU with itself is 1; a flat box has
+        IoU 0 with everything, itself included, so TFLite selected it again and again, filling its
+        class with one box (docs/deployment.md). The stand-in has IoU 1 with itself and 0 with every
+        other box, which is what a flat box has in every NMS that is right (TF's and ONNX Runtime's
+        kernels: IoU 0 by rule; torchvision's nms: 0/0 is NaN): it never suppresses and is never
+        suppressed. The detection keeps the flat box itself.
+      - NMS is fed the candidates' ranks (k, k-1, ..., 1), not their scores: TFLite's queue orders
+        equal scores arbitrarily; with ranks, a tie between overlapping boxes keeps the lower
+        anchor index, as a stable sort does (torchvision's nms).
+    The survivors' own scores are then ranked over all classes (TOPK_V2 again), so exact score ties
+    come out by class, then anchor index.
     """
     boxes = box_coder.decode(box_codes[0], anchors, config.variances)                # [A, 4]
     if config.clip_boxes_before_nms:
@@ -97,14 +115,29 @@ def postprocess_batch1(cls_logits, box_codes, anchors, config):
     scores = tf.nn.softmax(tf.cast(cls_logits[0], tf.float32), axis=-1)[:, fields.BACKGROUND_CLASS + 1:]
     k = min(config.max_detections_per_class, int(anchors.shape[0]))
     class_scores, anchor_index = tf.math.top_k(tf.transpose(scores), k)             # [C, k]
+    positions = tf.range(k)
+    ranks = tf.cast(k - positions, tf.float32)                                        # [k] k..1
+    # Position p's stand-in: [1e4 + 2p, 0, 1e4 + 2p + 1, 1] (exact in float32), apart from each other
+    # and from every box: clipped boxes lie in [0, 1], and unclipped ones (Caffe's mode) reach 1e4
+    # only from codes no network puts out.
+    low = 1e4 + 2.0 * tf.cast(positions, tf.float32)
+    stand_ins = tf.stack([low, tf.zeros([k]), low + 1.0, tf.ones([k])], axis=1)      # [k, 4]
     kept_scores, kept_boxes, kept_classes = [], [], []
     for c in range(config.num_classes):   # unrolled: C NMS ops, no WHILE loop in the graph
         candidates = tf.gather(boxes, anchor_index[c])                                # [k, 4]
-        selected, selected_scores, count = tf.raw_ops.NonMaxSuppressionV5(
-            boxes=candidates, scores=class_scores[c], max_output_size=k,
-            iou_threshold=config.nms_iou_threshold, score_threshold=config.score_threshold,
-            soft_nms_sigma=0.0, pad_to_max_output_size=True)
-        kept_scores.append(tf.where(tf.range(k) < count, selected_scores, _INVALID_SCORE))
+        ymin, xmin, ymax, xmax = tf.unstack(candidates, axis=1)
+        # Area as the NMS kernels compute it (corners in either order); 1 positive, 0 flat.
+        positive = tf.cast(tf.abs(ymax - ymin) * tf.abs(xmax - xmin) > 0.0, tf.float32)[:, None]
+        passing = class_scores[c] > config.score_threshold                            # [k]
+        # Blended by arithmetic, not tf.where: a SELECT_V2 here made the int8 quantizer put a
+        # QUANTIZE/DEQUANTIZE pair on the softmax output (every score rounded to a step of 1/256).
+        selected, _, count = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=candidates * positive + stand_ins * (1.0 - positive),
+            scores=tf.where(passing, ranks, _INVALID_SCORE), max_output_size=k,
+            iou_threshold=config.nms_iou_threshold, score_threshold=0.0, soft_nms_sigma=0.0,
+            pad_to_max_output_size=True)
+        valid = tf.cast(positions < count, tf.float32)                                # [k]
+        kept_scores.append(tf.gather(class_scores[c], selected) * valid + (valid - 1.0))  # -1 in padding
         kept_boxes.append(tf.gather(candidates, selected))
         kept_classes.append(tf.fill([k], float(c + 1)))
     top_scores, top_index = tf.math.top_k(tf.concat(kept_scores, 0), config.max_detections)  # [K]
