@@ -38,6 +38,9 @@ flags.DEFINE_float("score_threshold", 0.3, "Detections scoring below this are ne
                    "(the window's slider starts here).")
 flags.DEFINE_list("classes", None, "Class names to show (default: all).")
 flags.DEFINE_integer("batch_size", 1, "Frames per model call (more can be faster on a GPU, adds latency).")
+flags.DEFINE_integer("num_threads", 1, "Threads of a .tflite or .onnx model's interpreter. 1: the other "
+                     "core(s) decode, resize, draw and encode the neighbouring frames meanwhile "
+                     "(docs/video.md#speed).")
 flags.DEFINE_integer("max_frames", 0, "Stop after this many frames (0: at the end of the source).")
 flags.DEFINE_float("output_fps", 0.0, "Frame rate of --output (0: the source's, else 25).")
 flags.DEFINE_integer("max_reconnects", 5, "Reopen tries of a camera or stream that stops delivering.")
@@ -73,6 +76,8 @@ def main(argv):
     # Flag mistakes are told before TensorFlow and OpenCV are imported (seconds).
     if not (FLAGS.model or FLAGS.model_dir or FLAGS.checkpoint_path):
         raise ValueError("name a model: --model (SavedModel folder or .tflite) or --model_dir")
+    if FLAGS.num_threads < 1:
+        raise ValueError(f"--num_threads must be at least 1, not {FLAGS.num_threads}")
     if FLAGS.batch_size < 1:
         raise ValueError(f"--batch_size must be at least 1, not {FLAGS.batch_size}")
     if not FLAGS.no_display:
@@ -87,7 +92,7 @@ def main(argv):
     source = sources.open_source(FLAGS.source, max_reconnects=FLAGS.max_reconnects,
                                  backoff_s=FLAGS.reconnect_backoff_s, max_backoff_s=FLAGS.max_backoff_s,
                                  timeout_s=FLAGS.stream_timeout_s)
-    detector = sources.open_model(FLAGS.model or FLAGS.checkpoint_path or FLAGS.model_dir)
+    detector = sources.open_model(FLAGS.model or FLAGS.checkpoint_path or FLAGS.model_dir, FLAGS.num_threads)
     class_ids = _class_ids(FLAGS.classes, detector.class_names)
     logging.info("%s with %s (%s)", source.name, detector.path, "live" if source.live else "every frame")
     pipeline = streaming.Pipeline(source, detector, FLAGS.batch_size, FLAGS.max_frames)

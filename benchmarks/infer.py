@@ -26,7 +26,8 @@ trained model_dir (its preset and width then win).
 Random heads score nearly every anchor ~1/(C+1) > 0.01, so post-processing runs at its worst case
 (config.max_detections_per_class candidates per class). The bfloat16 variant builds the network under
 Keras' mixed_bfloat16 policy; its outputs are float32 like the float32 model's. Defaults keep a CPU run
-of full-width SSD300 to a few minutes. The last stdout line is one JSON object.
+of full-width SSD300 to a few minutes. The JSON also gives the load average before and after (the machine
+is shared). The last stdout line is one JSON object.
 """
 
 import json
@@ -203,6 +204,7 @@ def benchmark(policy, export_root):
 
 def main(argv):
     del argv
+    load_before = os.getloadavg()
     results, config = {}, None
     with tempfile.TemporaryDirectory(prefix="ssd_infer_bench_") as export_root:
         for policy in FLAGS.policies:
@@ -223,6 +225,8 @@ def main(argv):
         "latency_iterations": FLAGS.latency_iterations,
         "throughput_iterations": FLAGS.throughput_iterations,
         "tflite_threads": FLAGS.tflite_threads,
+        # The 1-minute load average (os.getloadavg) before and after: the machine is shared.
+        "load_average_before_after": [load_before[0], os.getloadavg()[0]],
         "results": results,
     }
     print(json.dumps(summary, sort_keys=True))

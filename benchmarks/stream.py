@@ -16,7 +16,11 @@ pipeline / detector near 1 means reading, drawing and writing cost nothing besid
 overlap with it); pipeline / serial is what the threads buy. Random weights (--preset, default SSD300,
 20 classes, written as a model_dir in the temporary folder) unless --model_dir. --runtime float32 /
 float16 / int8 converts that model to TFLite first (engine/tflite_export.py) and times the interpreter
-instead (its forward row: the bare interpreter call on the frame, in-graph resize included). Each figure is the best of --repeats rounds. The last stdout line is one JSON object.
+instead, with --num_threads interpreter threads as stream_ssd.py runs it; its forward row is then the bare
+interpreter call on the frame already resized to the file's S x S (what the pipeline's inference thread
+runs: the resize happens in its capture thread, apps/video/streaming.py). Each figure is the best of
+--repeats rounds; the JSON also gives the load average (os.getloadavg) before and after, as the machine
+is shared. The last stdout line is one JSON object.
 """
 
 import json
@@ -45,6 +49,7 @@ flags.DEFINE_enum("runtime", "checkpoint", ("checkpoint",) + tflite_export.FORMA
                   "What the pipeline runs: the checkpoint, or the model converted to that TFLite format "
                   "(int8 calibrated on the clip's frames); with TFLite the forward row is the bare "
                   "interpreter call on the frame.")
+flags.DEFINE_integer("num_threads", 1, "TFLite interpreter threads (stream_ssd.py --num_threads).")
 flags.DEFINE_integer("num_classes", 20, "C of the random model (VOC: 20).")
 flags.DEFINE_integer("num_frames", 32, "Frames of the synthetic video.")
 flags.DEFINE_list("frame_size", ["320", "240"], "Width,height of the synthetic video.")
@@ -119,6 +124,7 @@ def _make_video(path, size):
 
 def main(argv):
     del argv
+    load_before = os.getloadavg()
     size = (int(FLAGS.frame_size[0]), int(FLAGS.frame_size[1]))
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     with tempfile.TemporaryDirectory(prefix="ssd_stream_bench_") as folder:
@@ -137,8 +143,9 @@ def main(argv):
             calibration = list(resized.astype(np.uint8))
             tflite_path = tflite_export.export(detector.runtime, class_names, os.path.join(folder, "tflite"),
                                                formats=(FLAGS.runtime,), calibration=calibration)[FLAGS.runtime]
-            detector = serving.load_detector(tflite_path)
-            forward = lambda i: detector.runtime(frames[i])   # noqa: E731  the bare interpreter call
+            detector = serving.load_detector(tflite_path, num_threads=FLAGS.num_threads)
+            squares = [tflite_export.resize_uint8(frame, detector.runtime.input_size) for frame in frames]
+            forward = lambda i: detector.runtime(squares[i])   # noqa: E731  the bare interpreter call
         for batch in sorted(set(batch_sizes + [1])):  # tracing and first-call allocation, untimed
             detector(frames[:batch])
             forward(0)
@@ -193,7 +200,8 @@ def main(argv):
         "device": "gpu" if tf.config.list_physical_devices("GPU") else "cpu",
         "preset": config.name, "width_multiplier": config.width_multiplier, "runtime": FLAGS.runtime,
         "weights": FLAGS.model_dir or "random", "frames": count, "frame_size": list(size),
-        "repeats": FLAGS.repeats, "frames_per_s": fps, "detections_drawn_per_frame": float(drawn),
+        "repeats": FLAGS.repeats, "num_threads": FLAGS.num_threads, "frames_per_s": fps,
+        "load_average_before_after": [load_before[0], os.getloadavg()[0]], "detections_drawn_per_frame": float(drawn),
         "pipeline_over_detector": {p: fps[p] / fps["detector"] for p in pipelines},
         "pipeline_over_forward": {p: fps[p] / fps["forward"] for p in pipelines},
         "pipeline_over_serial": {p: fps[p] / fps["serial"] for p in pipelines},

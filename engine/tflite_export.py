@@ -5,13 +5,14 @@ Formats:
   float32   weights and activations float32; detections equal the SavedModel's (tests/test_tflite.py)
   float16   weights stored float16 (half the file), computed in float32 after dequantization
   int8      full integer post-training quantization of the network: weights and activations int8
-            (every conv, pooling, MobileNetV3's hard-swish, squeeze-excitation and residual adds),
-            calibrated on uint8 images (e.g. N records of the training split); the heads' outputs are
-            dequantized where they are concatenated, and the post-processing and the normalization
-            layers (input scaling, SSD300's L2 norm) run in float32 (INT8_FLOAT_LAYERS, chosen by node
-            name; the file runs whole in LiteRT's XNNPACK delegate). Quantizing it too (the converter's
-            default) rounds softmax scores to steps of 1/256: ties everywhere, and on the sample
-            the VOC07 mAP of a trained model fell from 0.178 to 0.095; with it in float, 0.182.
+            (every conv, pooling, MobileNetV3's squeeze-excitation and residual adds), calibrated on
+            uint8 images (e.g. N records of the training split); the heads' outputs are dequantized
+            where they are concatenated, and the post-processing and the normalization layers (input
+            scaling, SSD300's L2 norm) run in float32 (INT8_FLOAT_LAYERS, chosen by node name), as does
+            MobileNetV3's hard-swish (INT8_FLOAT_OPS: XNNPACK has no int8 kernel for it), so the network
+            runs as one partition of LiteRT's XNNPACK delegate. Quantizing the post-processing (the
+            converter's default) rounds softmax scores to steps of 1/256: ties everywhere, and on the
+            sample the VOC07 mAP of a trained model fell from 0.178 to 0.095; with it in float, 0.182.
 
 Graph contract (every format):
   input   input_tensor       uint8   [1, S, S, 3]  RGB, S fixed: the preset's size unless input_size says
@@ -77,9 +78,13 @@ OUTPUT_KEYS = (fields.DETECTION_BOXES, fields.DETECTION_SCORES, fields.DETECTION
 # XNNPACK fragments between QUANTIZE/DEQUANTIZE pieces, every int8 conv on TFLite's own kernels, 5x
 # slower than the float32 file (docs/performance.md).
 INT8_FLOAT_LAYERS = (ssd.NORMALIZATION_LAYER, vgg16.CONV4_3_NORM, "mbox_conf", "mbox_loc")
-# The quantizer does not match ops of several outputs by any of their names; these occur only in the
-# post-processing, so they are kept in float by type.
-INT8_FLOAT_OPS = ("TOPK_V2", "UNPACK")
+# Kept in float by op type. TOPK_V2, UNPACK: the quantizer does not match ops of several outputs by any of
+# their names; they occur only in the post-processing. HARD_SWISH: LiteRT's XNNPACK delegate takes only
+# float hard-swish (its VisitHardSwishNode checks for a float tensor), so each int8 one ran on TFLite's own
+# kernel and cut the MobileNetV3 graph into 25 XNNPACK partitions (SSDLite int8 0.037 s against float32's
+# 0.020 s); in float, between a DEQUANTIZE and a QUANTIZE that XNNPACK also runs, the network is one
+# partition again (docs/performance.md).
+INT8_FLOAT_OPS = ("TOPK_V2", "UNPACK", "HARD_SWISH")
 POSTPROCESS_SCOPE = "postprocess"
 _INVALID_SCORE = -1.0   # marks dropped candidates; every kept score is > config.score_threshold >= 0
 
@@ -166,7 +171,9 @@ class TFLiteGraph(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([1, input_size, input_size, 3], tf.uint8, name=INPUT_NAME)])
         def serve(input_tensor):
             # ResizeBilinear has no uint8-input TFLite kernel; on float input its result is the same.
-            resized = inputs.resize(tf.cast(input_tensor, tf.float32), config)        # [1, S, S, 3]
+            resized = tf.cast(input_tensor, tf.float32)
+            if input_size != config.image_size:   # bilinear to the same size is the identity: no op
+                resized = inputs.resize(resized, config)                              # [1, S, S, 3]
             outputs = model(resized, training=False)   # the model normalizes (nets/ssd.py)
             with tf.name_scope(POSTPROCESS_SCOPE):   # the int8 file keeps it in float (_float_nodes)
                 return postprocess_batch1(outputs[fields.CLS_LOGITS], outputs[fields.BOX_CODES],

@@ -73,14 +73,16 @@ def test_files_signature_and_builtin_ops_only(exports, detectors):
         assert signature == {"serving_default": {
             "inputs": ["input_tensor"], "outputs": sorted(tflite_export.OUTPUT_KEYS)}}
         ops = _op_names(detector)
-        # Post-processing inside: NMS, top-k and softmax are in the file; nothing custom or Flex.
-        assert {"NON_MAX_SUPPRESSION_V5", "TOPK_V2", "SOFTMAX", "RESIZE_BILINEAR", "CONV_2D"} <= ops, fmt
+        # Post-processing inside: NMS, top-k and softmax are in the file; nothing custom or Flex. The
+        # input is the preset's S x S already: no resize op (bilinear to the same size is the identity).
+        assert {"NON_MAX_SUPPRESSION_V5", "TOPK_V2", "SOFTMAX", "CONV_2D"} <= ops, fmt
+        assert "RESIZE_BILINEAR" not in ops, fmt
         assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], fmt
         assert detector.runtime.input_size == exports["config"].image_size, fmt
         details = detector.runtime.interpreter.get_input_details()[0]
         assert list(details["shape_signature"]) == [1, 300, 300, 3] and details["dtype"] == np.uint8, fmt
     dynamic = detectors["dynamic"].runtime
-    assert dynamic.input_size is None
+    assert dynamic.input_size is None and "RESIZE_BILINEAR" in _op_names(detectors["dynamic"])
     assert list(dynamic.interpreter.get_input_details()[0]["shape_signature"]) == [1, -1, -1, 3]
     sizes = {fmt: os.path.getsize(path) for fmt, path in exports["tflite"].items()}
     assert 0.45 < sizes["float16"] / sizes["float32"] < 0.6     # float16 weights: half the bytes

@@ -16,7 +16,7 @@ import pytest
 from apps.video import sources, streaming
 from conftest import REPO_ROOT
 from dataset import fields
-from engine import serving
+from engine import serving, tflite_export
 from model import anchors as anchors_lib
 from model import presets
 from nets import ssd
@@ -178,6 +178,35 @@ def test_file_is_processed_in_order_and_a_live_source_drops_stale_frames(clip):
     assert pipeline.frames_read == 60 and pipeline.frames_dropped > 0
     assert len(indices) + pipeline.frames_dropped == 60
     assert indices == sorted(indices) and indices[-1] == 59   # the newest frame always gets through
+
+
+def test_a_fixed_input_model_gets_frames_resized_in_the_capture_thread(clip):
+    """A model of fixed input S (a TFLite file: runtime.input_size) is fed the door's own resize of each
+    frame, done by the capture thread; the results carry the frames as read."""
+    path, frames = clip
+    seen = []
+
+    def batch_fn(images):
+        seen.append(images)
+        return fake_batch_fn(images)
+
+    class FixedInput:
+        input_size = 48
+
+    detector = serving.Detector("fake", "fake", None, CLASS_NAMES, batch_fn, FixedInput())
+    pipeline = streaming.Pipeline(sources.open_source(path), detector, batch_size=2).start()
+    results = []
+    while not isinstance(result := pipeline.get(timeout=10), streaming.Ended):
+        results.append(result)
+    pipeline.stop()
+    assert pipeline.model_size == 48 and [r.index for r in results] == list(range(VIDEO_FRAMES))
+    fed = np.concatenate(seen)
+    assert fed.shape == (VIDEO_FRAMES, 48, 48, 3) and fed.dtype == np.uint8
+    for i in (0, VIDEO_FRAMES - 1):
+        np.testing.assert_array_equal(fed[i], tflite_export.resize_uint8(frames[i], 48))
+        np.testing.assert_array_equal(results[i].frame, frames[i])
+    # Any other model (the graph resizes) gets the frames as they are.
+    assert streaming.Pipeline(sources.open_source(path), fake_detector()).model_size is None
 
 
 class FakeCapture:

@@ -201,13 +201,14 @@ def open_source(spec, **capture_options):
 
 # --- Model ---------------------------------------------------------------------------------------------
 
-def open_model(path):
-    """engine.serving.load_detector(path) (the one door; any model kind); a model that cannot be
-    loaded raises ValueError naming `path` and the problem (stream_ssd.py's one-line message)."""
+def open_model(path, num_threads=None):
+    """engine.serving.load_detector(path, num_threads) (the one door; any model kind; `num_threads`: the
+    TFLite interpreter's or ONNX Runtime's threads); a model that cannot be loaded raises ValueError naming
+    `path` and the problem (stream_ssd.py's one-line message)."""
     from engine import serving  # imports TensorFlow: not needed to tell a bad --source in a second
 
     try:
-        return serving.load_detector(path)
+        return serving.load_detector(path, num_threads=num_threads)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot load the model ({e})") from None
 

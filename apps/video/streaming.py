@@ -1,6 +1,6 @@
 """The threaded video pipeline (capture -> inference -> consumer) and the headless runner.
 
-    capture thread    source.read() -> size guard -> frame queue (bounded)
+    capture thread    source.read() -> size guard -> model input -> frame queue (bounded)
     inference thread  frame queue -> batches of up to batch_size -> serving.Detector -> result queue (bounded)
     consumer          Pipeline.get(): the Qt window (apps/video/viewer.py) or run_headless below
 
@@ -11,6 +11,11 @@ consumer holds back inference, which makes a live capture drop and a file reader
 
 All frames of a stream must have one size (batches stack them, the output video has one size): a frame
 of another size is resized to the first frame's size, with one warning naming the source and sizes.
+
+A model of fixed input size S (a TFLite file: its runner's input_size) gets each frame resized to S x S
+in the capture thread, with the resize the detector door would apply itself (engine/tflite_export.py
+resize_uint8), so the detections are the same and the resize overlaps the previous frame's model call
+instead of adding to it; the frame as read is what is drawn and returned.
 """
 
 import collections
@@ -139,6 +144,8 @@ class Pipeline:
         self.model_seconds = 0.0
         self.latencies = collections.deque(maxlen=1000)   # per frame: its batch's model time
         self.fps = RateMeter()
+        # S of a fixed-input model (TFLite), else None: the graph resizes (module docstring).
+        self.model_size = getattr(detector.runtime, "input_size", None)
         self._threads = [threading.Thread(target=self._capture, name="capture", daemon=True),
                          threading.Thread(target=self._infer, name="inference", daemon=True)]
 
@@ -162,6 +169,8 @@ class Pipeline:
 
     def _capture(self):
         size = None
+        if self.model_size:
+            from engine import tflite_export  # imports TensorFlow; only a fixed-input model needs it
         try:
             while not self._frames.closed and not (self.max_frames and self.frames_read >= self.max_frames):
                 item = self.source.read()
@@ -177,7 +186,8 @@ class Pipeline:
                                         frame.shape[1], frame.shape[0], size[1], size[0], size[1], size[0])
                     self.frames_resized += 1
                     frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-                self._frames.put((self.frames_read, frame, position), drop_oldest=self.source.live)
+                model_input = tflite_export.resize_uint8(frame, self.model_size) if self.model_size else frame
+                self._frames.put((self.frames_read, frame, model_input, position), drop_oldest=self.source.live)
                 self.frames_read += 1
         except sources.SourceError as e:
             self._error = str(e)
@@ -192,10 +202,10 @@ class Pipeline:
                 if not batch:
                     break
                 start = time.perf_counter()
-                detections = self.detector(np.stack([frame for _, frame, _ in batch]))   # one call a batch
+                detections = self.detector(np.stack([model_input for _, _, model_input, _ in batch]))  # one call
                 seconds = time.perf_counter() - start
                 self.model_seconds += seconds
-                for (index, frame, position), found in zip(batch, detections):
+                for (index, frame, _, position), found in zip(batch, detections):
                     self.latencies.append(seconds)
                     self._results.put(FrameResult(index, frame, found, seconds, position), drop_oldest=False)
         except Exception as e:  # noqa: BLE001  (a model failure ends the stream with its message)
