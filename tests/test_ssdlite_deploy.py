@@ -22,6 +22,7 @@ WIDTH = 0.25
 PARITY_TOLERANCE = 1e-4
 NUM_VAL_IMAGES = 4
 INT8_TOP = 10
+NUM_AGREEMENT_IMAGES = 16       # int8 against float32: a share, so more images than the row-by-row parity
 NUM_CALIBRATION_RECORDS = 4
 
 
@@ -37,13 +38,16 @@ def exports(tmp_path_factory, sample_records):
             "onnx": onnx_export.export(module, CLASS_NAMES, str(root / "onnx"), ["float32"])}
 
 
+def _resized_val_images(sample_records, size, count):
+    return [(example[fields.IMAGE_ID].numpy().decode(), tflite_export.resize_uint8(example[fields.IMAGE].numpy(), size))
+            for example in reader.read_split(sample_records, "val").take(count)]
+
+
 @pytest.fixture(scope="module")
 def val_images(sample_records, exports):
     """The first val images resized to S x S (the door's resize_uint8), where every runtime sees the same
     pixels as the checkpoint."""
-    size = exports["config"].image_size
-    return [(example[fields.IMAGE_ID].numpy().decode(), tflite_export.resize_uint8(example[fields.IMAGE].numpy(), size))
-            for example in reader.read_split(sample_records, "val").take(NUM_VAL_IMAGES)]
+    return _resized_val_images(sample_records, exports["config"].image_size, NUM_VAL_IMAGES)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +92,7 @@ def test_fixed_files_carry_metadata_and_the_preset_s_input(exports, detectors):
         assert list(details["shape"]) == [1, 320, 320, 3] and details["dtype"] == np.uint8, fmt
 
 
-def test_int8_runs_quantized_in_litert_and_agrees_with_float32(detectors, val_images):
+def test_int8_runs_quantized_in_litert_and_agrees_with_float32(detectors, val_images, exports, sample_records):
     interpreter = detectors["tflite_int8"].runtime.interpreter
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
@@ -118,14 +122,17 @@ def test_int8_runs_quantized_in_litert_and_agrees_with_float32(detectors, val_im
                               for op in detectors[f"tflite_{fmt}"].runtime.interpreter._get_ops_details())
     assert partitions["int8"] == partitions["float32"] > 0, partitions
     # Detections against float32: of the float file's top INT8_TOP rows, the share the int8 file also
-    # finds (same class, IoU >= 0.5). Measured 0.6 on these images (0.3-0.9 per image): this random
-    # narrow net amplifies rounding (its int8 head outputs correlate 0.79 with float32's), so the bar
-    # is loose; a trained model's int8 cost is measured in docs/deployment.md.
+    # finds (same class, IoU >= 0.5), over NUM_AGREEMENT_IMAGES val images. This random narrow net
+    # amplifies rounding (its int8 head outputs correlate about 0.8 with float32's), so the bar is a
+    # smoke bar, far below a trained model's agreement; the int8 mAP cost of a trained SSDLite is
+    # measured in docs/deployment.md.
     found = []
-    for image_id, image in val_images:
+    for image_id, image in _resized_val_images(sample_records, exports["config"].image_size, NUM_AGREEMENT_IMAGES):
         reference, ours = detectors["tflite_float32"](image), detectors["tflite_int8"](image)
         assert len(ours) == len(reference) and np.all(np.diff(ours.scores) <= 0), image_id
         overlap = box_ops.iou(reference.boxes[:INT8_TOP], ours.boxes).numpy()
         same_class = reference.classes[:INT8_TOP, None] == ours.classes[None, :]
         found.append(((overlap >= 0.5) & same_class).any(axis=1).mean())
-    assert np.mean(found) >= 0.4, found
+    # Measured 0.631 (0.3-1.0 per image) with the merged exporter (hard-swish in float, flat-box NMS).
+    print("int8 agreement per image:", [round(float(f), 2) for f in found], "mean", round(float(np.mean(found)), 3))
+    assert np.mean(found) >= 0.45, found
